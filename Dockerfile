@@ -1,0 +1,57 @@
+# syntax=docker/dockerfile:1
+# One image for both roles: `gitops-bridge web` (default) and `gitops-bridge worker`.
+# Build: docker build -t gitops-bridge .   Run: docker run -p 8080:8080 gitops-bridge web
+
+ARG PYTHON_VERSION=3.11
+
+# --- build: install the package and its dependencies into a self-contained virtualenv -----------------------------
+FROM python:${PYTHON_VERSION}-slim-bookworm AS build
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+WORKDIR /src
+# Only what the wheel needs; .dockerignore keeps everything else out of the build context.
+COPY pyproject.toml README.md ./
+COPY bridge ./bridge
+COPY workers ./workers
+# Every dependency ships binary wheels for linux/amd64, so no compiler is needed here either.
+RUN pip install --no-cache-dir . \
+    && gitops-bridge --help > /dev/null
+
+# --- runtime: python, git and ssh, the virtualenv, a numeric non-root user ------------------------------------------
+FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
+
+# git and openssh-client follow the Debian release of the base image; pinning them would break every point release.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends git openssh-client ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 bridge \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin bridge \
+    && mkdir -p /etc/gitops-bridge /var/lib/gitops-bridge/repos /var/run/secrets/gitops-bridge \
+    && chown -R 10001:10001 /var/lib/gitops-bridge
+
+COPY --from=build /opt/venv /opt/venv
+
+# HOME=/tmp: git writes its config and ssh its known_hosts under HOME; /tmp is a writable volume in the chart.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/tmp \
+    BRIDGE_LOG_JSON=true \
+    BRIDGE_CONFIG=/etc/gitops-bridge/bridge.yaml \
+    BRIDGE_SECRETS_DIR=/var/run/secrets/gitops-bridge \
+    BRIDGE_GIT__WORK_DIR=/var/lib/gitops-bridge/repos
+
+WORKDIR /var/lib/gitops-bridge
+USER 10001:10001
+
+# 8080: web (webhooks, API, /healthz, /readyz, /metrics); 9090: worker (/healthz, /metrics).
+EXPOSE 8080 9090
+ENTRYPOINT ["gitops-bridge"]
+CMD ["web"]

@@ -1,0 +1,83 @@
+"""The one exception tree of gitops-bridge.
+
+    BridgeError
+    ├── ConfigError                 invalid settings or routing file (never retried)
+    ├── TransientError              worth retrying with backoff
+    │   ├── UpstreamUnavailable     timeouts, connection errors, 5xx, 429 from an external system
+    │   ├── PushRejected            the remote branch moved under us (non-fast-forward)
+    │   └── LockBusy                another writer holds the repository lock
+    └── PermanentError              retrying cannot help; reported back once
+        ├── AuthError               401/403, or Azure DevOps' 203 sign-in page
+        ├── NotFound                404 from an external system
+        ├── InvalidBuild            a tag that is not a valid OCI tag, a build we cannot route
+        └── UnsafeWrite             the values edit would change more than the target scalars
+
+`is_transient` is the single place that decides whether an error is retried.
+"""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Base of every error gitops-bridge raises on purpose."""
+
+
+class ConfigError(BridgeError):
+    """Invalid configuration. `problems` holds one line per problem, each naming file, route and field."""
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class TransientError(BridgeError):
+    """A failure that may go away: retry with jittered backoff, bounded."""
+
+
+class UpstreamUnavailable(TransientError):
+    def __init__(self, system: str, detail: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        self.system = system
+        self.status = status
+        self.retry_after = retry_after
+        super().__init__(f"{system} unavailable: {detail}")
+
+
+class PushRejected(TransientError):
+    """The remote branch moved; fetch, re-apply and push again."""
+
+
+class LockBusy(TransientError):
+    """Another writer holds the lock for this repository and branch."""
+
+
+class PermanentError(BridgeError):
+    """Retrying will not help: report the failure once."""
+
+
+class AuthError(PermanentError):
+    def __init__(self, system: str, detail: str = "authentication failed") -> None:
+        self.system = system
+        super().__init__(f"{system}: {detail}")
+
+
+class NotFound(PermanentError):
+    def __init__(self, system: str, what: str) -> None:
+        self.system = system
+        super().__init__(f"{system}: {what} not found")
+
+
+class InvalidBuild(PermanentError):
+    """The build cannot be deployed as it is (bad tag, missing commit, ...)."""
+
+
+class UnsafeWrite(PermanentError):
+    """An edit that would change more than the target values; nothing was written."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """The retry policy: transient errors and bare network timeouts are retried, everything else is not."""
+    if isinstance(exc, TransientError):
+        return True
+    if isinstance(exc, PermanentError | ConfigError):
+        return False
+    return isinstance(exc, TimeoutError | ConnectionError)

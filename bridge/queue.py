@@ -1,0 +1,112 @@
+"""The queue contract between the web process and the workers: names, job ids, payloads (JSON only), enqueue.
+
+Jobs are enqueued by name, so `bridge/` never imports `workers/`. Every job id is derived from what the job is about,
+which makes enqueueing idempotent (arq refuses a second job with the same id while the first or its result exists).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from arq.connections import ArqRedis
+
+# Job names: the worker registers functions under exactly these names.
+PROCESS_BUILD = "process_build"            # (event: dict) → route, create records, hand to writer / PR
+FLUSH_REPOSITORY = "flush_repository"      # (repository: str) → apply every pending bump in one commit and push
+OPEN_PULL_REQUEST = "open_pull_request"    # (deployment_id: str)
+CHECK_PULL_REQUEST = "check_pull_request"  # (deployment_id: str) → merged? closed? again later
+VERIFY_DEPLOYMENT = "verify_deployment"    # (deployment_id: str) → register with the application's watcher
+WATCH_APPLICATION = "watch_application"    # (app_key: str) → one Argo CD read, judge every waiting deployment
+REPORT_DEPLOYMENT = "report_deployment"    # (deployment_id: str, phase: "started" | "finished")
+PROMOTE_BUILD = "promote_build"            # (deployment_id: str, to_environment: str, force: bool, by: str)
+RECONCILE_BUILDS = "reconcile_builds"      # cron: queue completed builds the webhook never delivered
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Every Redis key gitops-bridge owns (arq's own keys aside)."""
+
+    prefix: str = "gitops-bridge"
+
+    def seen(self, build_key: str) -> str:
+        return f"{self.prefix}:seen:{build_key}"
+
+    def deployment(self, deployment_id: str) -> str:
+        return f"{self.prefix}:dep:{deployment_id}"
+
+    @property
+    def deployments(self) -> str:
+        return f"{self.prefix}:deps"
+
+    def build_deployments(self, build_key: str) -> str:
+        return f"{self.prefix}:build:{build_key}"
+
+    def hold(self, route: str, environment: str) -> str:
+        return f"{self.prefix}:hold:{route}:{environment}"
+
+    @property
+    def holds(self) -> str:
+        return f"{self.prefix}:holds"
+
+    def last_setter(self, repository: str, file: str, key: str) -> str:
+        return f"{self.prefix}:last:{repository}:{file}:{key}"
+
+    def pending(self, repository: str) -> str:
+        return f"{self.prefix}:pending:{repository}"
+
+    def lock(self, repository: str) -> str:
+        return f"{self.prefix}:lock:{repository}"
+
+    def waiting(self, app_key: str) -> str:
+        return f"{self.prefix}:waiting:{app_key}"
+
+    @property
+    def watched_apps(self) -> str:
+        return f"{self.prefix}:apps"
+
+    @property
+    def reconcile_watermark(self) -> str:
+        return f"{self.prefix}:reconcile:watermark"
+
+
+def build_job_id(build_key: str) -> str:
+    return f"build:{build_key}"
+
+
+def deployment_id(build_key: str, route: str, environment: str) -> str:
+    """Short, readable and unique: `<build id>-<route>-<env>-<hash of organization and project>`."""
+    org_project, _, build_id = build_key.rpartition(":")
+    digest = hashlib.sha1(org_project.encode()).hexdigest()[:6]
+    return f"{build_id}-{route}-{environment}-{digest}"
+
+
+def tick_job_id(kind: str, subject: str, interval: float, now: float | None = None) -> str:
+    """One deferred job per subject and poll interval, however many callers ask for it."""
+    tick = int((now if now is not None else time.time()) // max(interval, 0.001)) + 1
+    return f"{kind}:{subject}:{tick}"
+
+
+def unique_job_id(kind: str) -> str:
+    return f"{kind}:{uuid.uuid4().hex}"
+
+
+@dataclass(frozen=True)
+class EnqueueOutcome:
+    status: str  # "queued" | "duplicate"
+    job_id: str
+
+
+async def enqueue_build(
+    redis: ArqRedis, keys: Keys, queue_name: str, event: dict[str, Any], build_key: str, retention_s: float
+) -> EnqueueOutcome:
+    """Durably queue one build, once. Raises redis errors unchanged (the caller answers 503)."""
+    job_id = build_job_id(build_key)
+    if await redis.exists(keys.seen(build_key)):
+        return EnqueueOutcome("duplicate", job_id)
+    job = await redis.enqueue_job(PROCESS_BUILD, event, _job_id=job_id, _queue_name=queue_name)
+    await redis.set(keys.seen(build_key), job_id, ex=int(retention_s))
+    return EnqueueOutcome("queued" if job is not None else "duplicate", job_id)

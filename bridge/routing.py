@@ -1,0 +1,310 @@
+"""The routing file: which builds deploy where. A validated model plus pure matching.
+
+Errors name the file, the route and the field, e.g.
+`bridge.yaml: routes[0] (api-service): environments[1].file: must be a relative path inside the repository`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bridge.errors import ConfigError
+from bridge.keypath import parse_key
+from bridge.tags import unknown_placeholders
+
+RESULTS = ("succeeded", "partiallySucceeded", "failed", "canceled")
+NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_globs(globs: list[str]) -> list[str]:
+    for g in globs:
+        if not g or g != g.strip():
+            raise ValueError(f"empty or padded glob {g!r}")
+        if g.count("[") != g.count("]"):
+            raise ValueError(f"unbalanced brackets in glob {g!r}")
+        try:
+            re.compile(fnmatch.translate(g))
+        except re.error as exc:
+            raise ValueError(f"bad glob {g!r}: {exc}") from None
+    return globs
+
+
+class Repository(_Model):
+    url: str
+    branch: str = "main"
+    github: str | None = Field(default=None, description="owner/name; enables pull requests")
+
+    @field_validator("github")
+    @classmethod
+    def _owner_name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[\w.-]+/[\w.-]+", v):
+            raise ValueError("must be 'owner/name'")
+        return v
+
+
+class Match(_Model):
+    project: str
+    definition: str
+    branches: list[str] = Field(default_factory=lambda: ["*"])
+    results: list[Literal["succeeded", "partiallySucceeded", "failed", "canceled"]] = Field(
+        default_factory=lambda: ["succeeded"]
+    )
+
+    _globs = field_validator("branches")(_check_globs)
+
+
+class ArgoApp(_Model):
+    app: str
+    project: str = "default"
+    namespace: str | None = Field(default=None, description="appNamespace, for apps outside argocd's namespace")
+    source_index: int | None = Field(default=None, ge=0, description="multi-source apps: the source with the file")
+
+
+class Environment(_Model):
+    name: str
+    repository: str
+    file: str
+    keys: list[str] = Field(default_factory=lambda: ["image.tag"], min_length=1)
+    argocd: ArgoApp | None = None
+    promotion: Literal["push", "pull-request"] = "push"
+    branches: list[str] | None = None
+    after: str | None = None
+    create_missing_keys: bool = False
+    deadline_seconds: float | None = Field(default=None, gt=0)
+    degraded_grace_seconds: float | None = Field(default=None, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME.match(v):
+            raise ValueError("must be lower-case letters, digits and '-'")
+        return v
+
+    @field_validator("file")
+    @classmethod
+    def _relative(cls, v: str) -> str:
+        p = PurePosixPath(v)
+        if not v or p.is_absolute() or v.startswith("\\") or re.match(r"^[A-Za-z]:", v):
+            raise ValueError("must be a relative path inside the repository")
+        if ".." in p.parts:
+            raise ValueError("must not escape the repository ('..')")
+        if not v.endswith((".yaml", ".yml")):
+            raise ValueError("must be a .yaml or .yml file")
+        return str(p)
+
+    @field_validator("keys")
+    @classmethod
+    def _keys(cls, v: list[str]) -> list[str]:
+        for key in v:
+            try:
+                parse_key(key)
+            except ValueError as exc:
+                raise ValueError(str(exc)) from None
+        if len(set(v)) != len(v):
+            raise ValueError("duplicate key")
+        return v
+
+    _globs = field_validator("branches")(lambda v: v if v is None else _check_globs(v))
+
+
+class Route(_Model):
+    name: str
+    match: Match
+    tag: str = "{build.id}"
+    ordering: Literal["build-id", "finish-time", "none"] = Field(
+        default="build-id", description="how 'older build' is decided; 'none' lets any build win"
+    )
+    environments: list[Environment] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME.match(v):
+            raise ValueError("must be lower-case letters, digits and '-'")
+        return v
+
+    @field_validator("tag")
+    @classmethod
+    def _tag(cls, v: str) -> str:
+        unknown = unknown_placeholders(v)
+        if unknown:
+            raise ValueError(f"unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)} in {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _envs(self) -> Route:
+        names = [e.name for e in self.environments]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"environments: duplicate name(s) {', '.join(dupes)}")
+        for i, env in enumerate(self.environments):
+            if env.after is not None and env.after not in names:
+                raise ValueError(f"environments[{i}].after: unknown environment {env.after!r}")
+            if env.after == env.name:
+                raise ValueError(f"environments[{i}].after: cannot follow itself")
+        return self
+
+    def environment(self, name: str) -> Environment:
+        for env in self.environments:
+            if env.name == name:
+                return env
+        raise KeyError(name)
+
+
+class RoutingConfig(_Model):
+    repositories: dict[str, Repository]
+    routes: list[Route]
+
+    def route(self, name: str) -> Route:
+        for r in self.routes:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One deployment target: an environment of a route."""
+
+    route: Route
+    environment: Environment
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.route.name, self.environment.name)
+
+
+def _cross_checks(cfg: RoutingConfig) -> list[tuple[int | None, str, str]]:
+    problems: list[tuple[int | None, str, str]] = []
+    seen_names: dict[str, int] = {}
+    targets: dict[tuple[str, str, str], str] = {}
+    for ri, route in enumerate(cfg.routes):
+        if route.name in seen_names:
+            problems.append((ri, "name", f"duplicate route name (also routes[{seen_names[route.name]}])"))
+        seen_names.setdefault(route.name, ri)
+        for ei, env in enumerate(route.environments):
+            if env.repository not in cfg.repositories:
+                known = ", ".join(sorted(cfg.repositories)) or "none"
+                problems.append((ri, f"environments[{ei}].repository", f"unknown repository {env.repository!r} "
+                                 f"(known: {known})"))
+                continue
+            repo = cfg.repositories[env.repository]
+            if env.promotion == "pull-request" and not repo.github:
+                problems.append((ri, f"environments[{ei}].promotion",
+                                 f"pull-request needs repositories.{env.repository}.github"))
+            for key in env.keys:
+                t = (env.repository, env.file, key)
+                here = f"{route.name}/{env.name}"
+                if t in targets:
+                    problems.append((ri, f"environments[{ei}].keys", f"duplicate target {env.file}:{key} "
+                                     f"(also {targets[t]})"))
+                targets.setdefault(t, here)
+    return problems
+
+
+def _route_label(raw: Any, index: int) -> str:
+    try:
+        name = raw["routes"][index]["name"]
+        return f"routes[{index}] ({name})"
+    except (KeyError, IndexError, TypeError):
+        return f"routes[{index}]"
+
+
+def _loc(raw: Any, loc: tuple[int | str, ...]) -> str:
+    if len(loc) >= 2 and loc[0] == "routes" and isinstance(loc[1], int):
+        head = _route_label(raw, loc[1])
+        rest = loc[2:]
+    else:
+        head, rest = "", loc
+    field = ""
+    for part in rest:
+        field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
+    return f"{head}: {field}" if head and field else (head or field or "(top level)")
+
+
+def parse_routing(raw: Any, source: str = "bridge.yaml") -> RoutingConfig:
+    """Validate an already-loaded YAML document; ConfigError lists every problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: (top level): must be a mapping with 'repositories' and 'routes'")
+    try:
+        cfg = RoutingConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            problems.append(f"{source}: {_loc(raw, loc)}: {msg}")
+        raise ConfigError(problems) from None
+    cross = _cross_checks(cfg)
+    if cross:
+        raise ConfigError([f"{source}: {_route_label(raw, ri)}: {field}: {msg}" for ri, field, msg in cross])
+    return cfg
+
+
+def load_routing(path: Path) -> RoutingConfig:
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read routing file: {exc.strerror or exc}") from None
+    try:
+        raw = YAML(typ="safe").load(text)
+    except YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    return parse_routing(raw, str(path))
+
+
+def _id_or_name(want: str, ident: str | int | None, name: str | None) -> bool:
+    return want.lower() in {str(ident).lower() if ident is not None else "", (name or "").lower()}
+
+
+def branch_matches(globs: list[str], branch: str) -> bool:
+    return any(fnmatch.fnmatchcase(branch, g) for g in globs)
+
+
+def match_build(
+    cfg: RoutingConfig,
+    *,
+    project_id: str | None,
+    project_name: str | None,
+    definition_id: int | None,
+    definition_name: str | None,
+    branch: str | None,
+    result: str,
+) -> list[Target]:
+    """Every (route, environment) this build deploys to. `branch=None` (not known yet) skips branch checks.
+
+    Environments with `after:` are not started by the build itself; they follow a successful predecessor.
+    """
+    targets: list[Target] = []
+    for route in cfg.routes:
+        m = route.match
+        if not _id_or_name(m.project, project_id, project_name):
+            continue
+        if not _id_or_name(m.definition, definition_id, definition_name):
+            continue
+        if result not in m.results:
+            continue
+        if branch is not None and not branch_matches(m.branches, branch):
+            continue
+        for env in route.environments:
+            if env.after is not None:
+                continue
+            if branch is not None and env.branches is not None and not branch_matches(env.branches, branch):
+                continue
+            targets.append(Target(route, env))
+    return targets

@@ -1,0 +1,184 @@
+"""The one settings class. Built once at start-up (`load_settings`) and passed down; nothing else reads the environment.
+
+Every field comes from `BRIDGE_<NAME>` (nested groups with `__`, e.g. `BRIDGE_ARGOCD__TOKEN`) or from a file of the
+same name (lower case, e.g. `argocd__token`) in the secrets directory (`BRIDGE_SECRETS_DIR`, default
+`/var/run/secrets/gitops-bridge`), which is how a Kubernetes Secret is mounted. Lists accept JSON or comma-separated text.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NestedSecretsSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+DEFAULT_SECRETS_DIR = Path("/var/run/secrets/gitops-bridge")
+
+SecretList = Annotated[list[SecretStr], NoDecode]
+StrList = Annotated[list[str], NoDecode]
+
+
+def _split_list(value: Any) -> Any:
+    """Accept a JSON list or comma/newline separated text for list settings."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [item.strip() for item in text.replace("\n", ",").split(",") if item.strip()]
+    return value
+
+
+class _Group(BaseModel):
+    model_config = {"extra": "forbid"}
+
+
+class WebhookSettings(_Group):
+    header_name: str = "X-Bridge-Token"
+    tokens: SecretList = Field(default_factory=list, description="Accepted values of the secret header (rotation).")
+    basic: SecretList = Field(default_factory=list, description="Accepted `user:password` pairs for HTTP Basic.")
+    max_body_bytes: int = 2 * 1024 * 1024
+
+    _split = field_validator("tokens", "basic", mode="before")(_split_list)
+
+
+class ApiSettings(_Group):
+    read_tokens: SecretList = Field(default_factory=list, description="Bearer tokens that may read /api/*.")
+    write_tokens: SecretList = Field(default_factory=list, description="Bearer tokens that may hold/release/promote.")
+
+    _split = field_validator("read_tokens", "write_tokens", mode="before")(_split_list)
+
+
+class GitSettings(_Group):
+    work_dir: Path = Path("var/repos")
+    token: SecretStr | None = None
+    username: str = "x-access-token"
+    ssh_key_file: Path | None = None
+    ssh_known_hosts_file: Path | None = None
+    author_name: str = "gitops-bridge"
+    author_email: str = "gitops-bridge@localhost"
+    committer_name: str | None = None
+    committer_email: str | None = None
+    commit_template: str = "ci: update {app} image tag to {tag} ({env})"
+    lock_lease_seconds: float = 60.0
+    lock_wait_seconds: float = 120.0
+    push_attempts: int = 6
+    timeout_seconds: float = 120.0
+
+
+class GitHubSettings(_Group):
+    token: SecretStr | None = None
+    api_url: str = "https://api.github.com"
+    labels: StrList = Field(default_factory=lambda: ["gitops-bridge"])
+    pr_poll_seconds: float = 60.0
+    pr_max_age_seconds: float = 7 * 24 * 3600.0
+    webhook_secret: SecretStr | None = None
+    timeout_seconds: float = 15.0
+
+    _split = field_validator("labels", mode="before")(_split_list)
+
+
+class ArgoCDSettings(_Group):
+    url: str | None = None
+    token: SecretStr | None = None
+    verify_tls: bool = True
+    poll_seconds: float = 5.0
+    refresh_timeout_seconds: float = 10.0
+    request_timeout_seconds: float = 15.0
+    deadline_seconds: float = 900.0
+    degraded_grace_seconds: float = 60.0
+
+
+class AzureDevOpsSettings(_Group):
+    token: SecretStr | None = None
+    auth: str = Field(default="pat", pattern="^(pat|bearer)$")
+    api_version: str = "7.1"
+    timeout_seconds: float = 15.0
+    report: bool = True
+    reconcile_seconds: float = 300.0
+    reconcile_lookback_seconds: float = 6 * 3600.0
+    organization_url: str | None = Field(
+        default=None, description="e.g. https://dev.azure.com/org/ — used by the reconciler and `subscribe`."
+    )
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BRIDGE_",
+        env_nested_delimiter="__",
+        secrets_prefix="",
+        secrets_nested_delimiter="__",
+        extra="ignore",
+        case_sensitive=False,
+        secrets_dir_missing="ok",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, NestedSecretsSettingsSource(file_secret_settings)
+
+    config: Path = Path("bridge.yaml")
+    redis_url: SecretStr | None = None
+    redis_data_dir: Path = Path("var/redis")
+    queue_name: str = "gitops-bridge:queue"
+    key_prefix: str = "gitops-bridge"
+    host: str = "0.0.0.0"
+    port: int = 8080
+    worker_metrics_port: int = 9090
+    worker_max_jobs: int = 10
+    log_level: str = "INFO"
+    log_json: bool = False
+    retention_days: float = 30.0
+    public_url: str | None = None
+
+    webhook: WebhookSettings = Field(default_factory=WebhookSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    git: GitSettings = Field(default_factory=GitSettings)
+    github: GitHubSettings = Field(default_factory=GitHubSettings)
+    argocd: ArgoCDSettings = Field(default_factory=ArgoCDSettings)
+    azure_devops: AzureDevOpsSettings = Field(default_factory=AzureDevOpsSettings)
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret, for log scrubbing and tests."""
+        found: list[str] = []
+
+        def walk(obj: Any) -> None:
+            if isinstance(obj, SecretStr):
+                value = obj.get_secret_value()
+                if value:
+                    found.append(value)
+                    if ":" in value:  # basic pairs: the password alone must not leak either
+                        found.append(value.split(":", 1)[1])
+            elif isinstance(obj, BaseModel):
+                for name in type(obj).model_fields:
+                    walk(getattr(obj, name))
+            elif isinstance(obj, list | tuple):
+                for item in obj:
+                    walk(item)
+
+        walk(self)
+        return [s for s in found if len(s) >= 4]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and the secrets directory; keyword arguments win (tests use them)."""
+    secrets_dir = Path(os.environ.get("BRIDGE_SECRETS_DIR", str(DEFAULT_SECRETS_DIR)))
+    if secrets_dir.is_dir():
+        return Settings(_secrets_dir=secrets_dir, **overrides)
+    return Settings(**overrides)

@@ -1,0 +1,76 @@
+"""The end of every deployment: set the verdict once, count it, report it, start what follows it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from bridge import metrics
+from bridge.queue import PROMOTE_BUILD, REPORT_DEPLOYMENT
+from bridge.records import DeploymentRecord, Verdict
+from workers.context import Ctx, enqueue, routing, store
+
+
+def _parse(ts: str | None) -> datetime | None:
+    if not ts:
+        return None
+    try:
+        return datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _span(start: str | None, end: str | None) -> float | None:
+    a, b = _parse(start), _parse(end)
+    if a is None or b is None:
+        return None
+    return max(0.0, (b - a).total_seconds())
+
+
+def observe_lead_times(record: DeploymentRecord) -> None:
+    t = record.timeline
+    build_done = record.build_finished or t.get("received")
+    for span, start, end in (
+        ("build_to_commit", build_done, t.get("committed") or t.get("merged")),
+        ("commit_to_synced", t.get("committed") or t.get("merged"), t.get("synced")),
+        ("build_to_healthy", build_done, t.get("healthy")),
+    ):
+        seconds = _span(start, end)
+        if seconds is not None:
+            metrics.LEAD_TIME.labels(span=span).observe(seconds)
+
+
+async def report(ctx: Ctx, deployment_id: str, phase: str) -> None:
+    """Queue a report-back to the build; one job per (deployment, phase), however often this is called."""
+    await enqueue(ctx, REPORT_DEPLOYMENT, deployment_id, phase, job_id=f"report:{deployment_id}:{phase}")
+
+
+async def finish_deployment(ctx: Ctx, deployment_id: str, verdict: Verdict, reason: str, **changes: object) -> bool:
+    """Set the verdict (once), count it, queue the final report and, on success, the `after:` environments.
+
+    Returns False when the deployment already had a verdict: a re-run job then does nothing more.
+    """
+    if not await store(ctx).finish(deployment_id, verdict, reason, **changes):
+        return False
+    record = await store(ctx).get(deployment_id)
+    if record is None:
+        return False
+    metrics.DEPLOYMENTS.labels(environment=record.environment, verdict=verdict).inc()
+    observe_lead_times(record)
+    await report(ctx, deployment_id, "finished")
+    if verdict == "succeeded":
+        await start_followers(ctx, record)
+    return True
+
+
+async def start_followers(ctx: Ctx, record: DeploymentRecord) -> None:
+    """Environments declaring `after: <this environment>` start once this one succeeded."""
+    try:
+        route = routing(ctx).route(record.route)
+    except KeyError:
+        return
+    for env in route.environments:
+        if env.after == record.environment:
+            await enqueue(
+                ctx, PROMOTE_BUILD, record.id, env.name, False, "after:" + record.environment,
+                job_id=f"promote:{record.id}:{env.name}",
+            )
