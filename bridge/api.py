@@ -1,0 +1,187 @@
+"""The operator API: deployment records, holds and promotions. Bearer tokens: read for GETs, write for changes."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from pydantic import SecretStr
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from bridge import metrics
+from bridge.queue import PROMOTE_BUILD, Keys, deployment_id, unique_job_id
+from bridge.records import VERDICTS, DeploymentRecord, DeploymentStore
+from bridge.routing import RoutingConfig
+from bridge.settings import Settings
+
+
+def _token_ok(request: Request, tokens: list[SecretStr]) -> bool:
+    header = request.headers.get("authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented:
+        return False
+    ok = False
+    for token in tokens:  # no early exit: the time taken does not say which token was close
+        ok |= hmac.compare_digest(presented.encode(), token.get_secret_value().encode())
+    return ok
+
+
+def _deny(endpoint: str) -> JSONResponse:
+    metrics.API_REQUESTS.labels(endpoint=endpoint, outcome="unauthorized").inc()
+    return JSONResponse({"error": "a valid bearer token is required"}, status_code=401,
+                        headers={"WWW-Authenticate": 'Bearer realm="gitops-bridge"'})
+
+
+def _error(endpoint: str, status: int, message: str) -> JSONResponse:
+    metrics.API_REQUESTS.labels(endpoint=endpoint, outcome="error").inc()
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _settings(request: Request) -> Settings:
+    value: Settings = request.app.state.settings
+    return value
+
+
+def _routing(request: Request) -> RoutingConfig:
+    value: RoutingConfig = request.app.state.routing
+    return value
+
+
+def _store(request: Request) -> DeploymentStore:
+    settings = _settings(request)
+    return DeploymentStore(request.app.state.redis, Keys(prefix=settings.key_prefix),
+                           retention_seconds=settings.retention_days * 86400)
+
+
+def _readers(request: Request) -> list[SecretStr]:
+    api = _settings(request).api
+    return [*api.read_tokens, *api.write_tokens]
+
+
+def record_json(record: DeploymentRecord) -> dict[str, Any]:
+    return record.model_dump(mode="json")
+
+
+async def list_deployments(request: Request) -> JSONResponse:
+    if not _token_ok(request, _readers(request)):
+        return _deny("deployments")
+    q = request.query_params
+    try:
+        build_id = int(q["build_id"]) if q.get("build_id") else None
+        limit = min(max(int(q.get("limit", "50")), 1), 500)
+        offset = max(int(q.get("offset", "0")), 0)
+    except ValueError:
+        return _error("deployments", 400, "build_id, limit and offset must be integers")
+    verdict = q.get("verdict")
+    if verdict is not None and verdict not in (*VERDICTS, "in-flight"):
+        return _error("deployments", 400, f"verdict must be one of {', '.join((*VERDICTS, 'in-flight'))}")
+    records, next_offset = await _store(request).list(
+        build_id=build_id, route=q.get("route"), environment=q.get("environment"), verdict=verdict,
+        limit=limit, offset=offset,
+    )
+    metrics.API_REQUESTS.labels(endpoint="deployments", outcome="ok").inc()
+    return JSONResponse({"items": [record_json(r) for r in records], "next_offset": next_offset})
+
+
+async def get_deployment(request: Request) -> JSONResponse:
+    if not _token_ok(request, _readers(request)):
+        return _deny("deployment")
+    record = await _store(request).get(request.path_params["id"])
+    if record is None:
+        return _error("deployment", 404, f"deployment {request.path_params['id']!r} not found")
+    metrics.API_REQUESTS.labels(endpoint="deployment", outcome="ok").inc()
+    return JSONResponse(record_json(record))
+
+
+def _check_target(request: Request, route: str, environment: str) -> str | None:
+    try:
+        _routing(request).route(route).environment(environment)
+    except KeyError:
+        return f"no environment {environment!r} in route {route!r}"
+    return None
+
+
+async def _json_body(request: Request) -> dict[str, Any] | None:
+    try:
+        body = await request.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+async def holds(request: Request) -> JSONResponse:
+    if request.method == "GET":
+        if not _token_ok(request, _readers(request)):
+            return _deny("holds")
+        return JSONResponse({"items": await _store(request).list_holds()})
+    if not _token_ok(request, _settings(request).api.write_tokens):
+        return _deny("holds")
+    route, environment = request.path_params.get("route", ""), request.path_params.get("environment", "")
+    problem = _check_target(request, route, environment)
+    if problem:
+        return _error("holds", 404, problem)
+    store = _store(request)
+    if request.method == "DELETE":
+        released = await store.release_hold(route, environment)
+        metrics.API_REQUESTS.labels(endpoint="holds", outcome="ok").inc()
+        return JSONResponse({"released": released, "route": route, "environment": environment})
+    body = await _json_body(request)
+    reason = (body or {}).get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        return _error("holds", 400, "body must be JSON with a non-empty 'reason'")
+    by = (body or {}).get("by") if isinstance((body or {}).get("by"), str) else "api"
+    hold = await store.set_hold(route, environment, reason.strip(), by=str(by))
+    metrics.API_REQUESTS.labels(endpoint="holds", outcome="ok").inc()
+    return JSONResponse(hold, status_code=201)
+
+
+async def promote(request: Request) -> JSONResponse:
+    """POST {"build_id": 123, "to": "staging", "route": "api-service"?, "force": false} → 202 or 409 with why."""
+    if not _token_ok(request, _settings(request).api.write_tokens):
+        return _deny("promotions")
+    body = await _json_body(request)
+    if body is None:
+        return _error("promotions", 400, "body must be a JSON object")
+    build_id, to, route_name, force = body.get("build_id"), body.get("to"), body.get("route"), bool(body.get("force"))
+    if not isinstance(build_id, int) or not isinstance(to, str):
+        return _error("promotions", 400, "'build_id' (integer) and 'to' (environment name) are required")
+    routes = [r for r in _routing(request).routes if any(e.name == to for e in r.environments)]
+    if isinstance(route_name, str):
+        routes = [r for r in routes if r.name == route_name]
+    store = _store(request)
+    records = [r for r in (await store.list(build_id=build_id, limit=500))[0] if r.route in {x.name for x in routes}]
+    if not records:
+        return _error("promotions", 404, f"no deployment of build {build_id} in a route with environment {to!r}")
+    if len({r.route for r in records}) > 1:
+        return _error("promotions", 400, "the build deployed through several routes: name one with 'route'")
+    route = next(r for r in routes if r.name == records[0].route)
+    env = route.environment(to)
+    names = [e.name for e in route.environments]
+    previous = env.after or (names[names.index(to) - 1] if names.index(to) > 0 else None)
+    source = next((r for r in records if r.environment == previous), None) or records[0]
+    if source.environment == to:
+        return _error("promotions", 409, f"build {build_id} already has a deployment to {to}")
+    if previous is not None and not force and (source.environment != previous or source.verdict != "succeeded"):
+        state = "not deployed" if source.environment != previous else (source.verdict or "still in flight")
+        return _error("promotions", 409, f"{previous} did not succeed for build {build_id} ({state}); "
+                                         "pass force to override")
+    target_id = deployment_id(source.build_key, route.name, to)
+    if await store.get(target_id) is not None:
+        return _error("promotions", 409, f"build {build_id} already has a deployment to {to} ({target_id})")
+    by = body.get("by") if isinstance(body.get("by"), str) else "api"
+    await request.app.state.redis.enqueue_job(PROMOTE_BUILD, source.id, to, force, by,
+                                              _job_id=unique_job_id("promote"),
+                                              _queue_name=_settings(request).queue_name)
+    metrics.API_REQUESTS.labels(endpoint="promotions", outcome="ok").inc()
+    return JSONResponse({"status": "queued", "deployment": target_id, "from": source.id}, status_code=202)
+
+
+routes = [
+    Route("/api/deployments", list_deployments, methods=["GET"]),
+    Route("/api/deployments/{id}", get_deployment, methods=["GET"]),
+    Route("/api/holds", holds, methods=["GET"]),
+    Route("/api/holds/{route}/{environment}", holds, methods=["PUT", "DELETE"]),
+    Route("/api/promotions", promote, methods=["POST"]),
+]

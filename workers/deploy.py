@@ -1,0 +1,210 @@
+"""The deployment job, step by step: event → targets → records → (hold, tag) → writer or pull request.
+
+What follows (commit, push, pull request, Argo CD, report) runs in the jobs this one hands over to, by name.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from arq import Retry
+
+from bridge.errors import InvalidBuild, PermanentError, is_transient
+from bridge.events import BuildEvent
+from bridge.queue import OPEN_PULL_REQUEST, deployment_id
+from bridge.records import DeploymentRecord, now_iso
+from bridge.routing import Environment, Route, Target, branch_matches, match_build
+from bridge.tags import build_values, render_tag
+from workers.context import Ctx, enqueue, routing, settings, store
+from workers.outcome import finish_deployment, report
+
+log = logging.getLogger("gitops_bridge.deploy")
+
+# States in which the job that owns the next step has already taken over: re-running must not dispatch again.
+HANDED_OVER = ("awaiting-merge", "verifying", "done")
+
+
+def backoff(job_try: int, base: float = 2.0, cap: float = 120.0) -> float:
+    return float(min(cap, base ** min(job_try, 7)))
+
+
+async def process_build(ctx: Ctx, payload: dict[str, Any]) -> dict[str, Any]:
+    """Route one finished build and start a deployment for each environment it matches."""
+    event = BuildEvent.from_json(payload.get("event", payload))
+    received = payload.get("received") or now_iso()
+    event = await _complete(ctx, event)
+    targets = match_build(
+        routing(ctx),
+        project_id=event.project_id,
+        project_name=event.project_name,
+        definition_id=event.definition_id,
+        definition_name=event.definition_name,
+        branch=event.source_branch,
+        result=event.result,
+    )
+    if event.source_branch is None:
+        # Without the branch (no look-up possible) only routes that accept every branch may deploy.
+        targets = [t for t in targets if t.route.match.branches == ["*"] and t.environment.branches is None]
+    started = []
+    for target in targets:
+        record = await _record_for(ctx, event, target, received)
+        if await start_deployment(ctx, record, target.route, target.environment):
+            started.append(record.id)
+    log.info("build %s routed to %d deployment(s)", event.build_id, len(targets),
+             extra={"build_id": event.build_id, "deployments": [t.key for t in targets]})
+    return {"build": event.build_key, "deployments": started}
+
+
+async def _complete(ctx: Ctx, event: BuildEvent) -> BuildEvent:
+    """Fill in what the payload lacks (branch, commit, repository) from the Azure DevOps build."""
+    if not event.needs_lookup or event.base_url is None:
+        return event
+    client = ctx.get("ado")
+    if client is None or not getattr(client, "enabled", False):
+        return event
+    from workers.azure_devops import lookup_build
+
+    try:
+        return await lookup_build(client, event)
+    except Exception as exc:
+        if is_transient(exc) and ctx.get("job_try", 1) < 8:
+            raise Retry(defer=backoff(ctx.get("job_try", 1))) from exc
+        log.warning("build %s: look-up failed (%s); routing without branch and commit", event.build_id, exc)
+        return event
+
+
+def new_record(event: BuildEvent, route: Route, env: Environment, received: str) -> DeploymentRecord:
+    record = DeploymentRecord(
+        id=deployment_id(event.build_key, route.name, env.name),
+        build_key=event.build_key,
+        build_id=event.build_id,
+        build_number=event.build_number,
+        build_url=event.web_url,
+        build_finished=event.finish_time,
+        organization_url=event.base_url,
+        project=event.project_id or event.project_name,
+        definition=str(event.definition_id) if event.definition_id is not None else event.definition_name,
+        source_branch=event.source_branch,
+        source_commit=event.source_version,
+        source_repository_id=event.repository.id if event.repository else None,
+        source_repository_type=event.repository.type if event.repository else None,
+        route=route.name,
+        environment=env.name,
+        repository=env.repository,
+        file=env.file,
+        keys=list(env.keys),
+        promotion=env.promotion,
+        argocd_app=env.argocd.app if env.argocd else None,
+        state="queued",
+    )
+    record.timeline["received"] = received
+    record.stamp("queued")
+    return record
+
+
+async def _record_for(ctx: Ctx, event: BuildEvent, target: Target, received: str) -> DeploymentRecord:
+    record = new_record(event, target.route, target.environment, received)
+    if not await store(ctx).create(record):
+        existing = await store(ctx).get(record.id)
+        if existing is not None:
+            return existing
+    return record
+
+
+async def start_deployment(ctx: Ctx, record: DeploymentRecord, route: Route, env: Environment) -> bool:
+    """Hold check, tag, then hand over to the writer (push) or the pull-request job. Idempotent."""
+    if record.verdict is not None or record.state in HANDED_OVER:
+        return False
+    await report(ctx, record.id, "started")
+    hold = await store(ctx).get_hold(route.name, env.name)
+    if hold is not None:
+        await finish_deployment(ctx, record.id, "held", f"{route.name}/{env.name} is held: {hold.get('reason', '')}")
+        return False
+    try:
+        tag = render_tag(
+            route.tag,
+            build_values(
+                build_id=record.build_id,
+                build_number=record.build_number,
+                commit=record.source_commit,
+                branch=record.source_branch,
+                definition_id=int(record.definition) if (record.definition or "").isdigit() else None,
+            ),
+        )
+    except InvalidBuild as exc:
+        await finish_deployment(ctx, record.id, "failed", str(exc))
+        return False
+    record = await store(ctx).update(record.id, tag=tag, state="writing", stamp=("started",))
+    if env.promotion == "pull-request":
+        await enqueue(ctx, OPEN_PULL_REQUEST, record.id, job_id=f"open-pr:{record.id}")
+    else:
+        from workers.writer import submit_bump
+
+        await submit_bump(ctx, record)
+    return True
+
+
+def previous_environment(route: Route, env: Environment) -> Environment | None:
+    if env.after is not None:
+        return route.environment(env.after)
+    names = [e.name for e in route.environments]
+    index = names.index(env.name)
+    return route.environments[index - 1] if index > 0 else None
+
+
+async def promote_build(ctx: Ctx, source_id: str, to_environment: str, force: bool, by: str) -> dict[str, Any]:
+    """Deploy the build of deployment `source_id` to another environment of the same route.
+
+    Refuses (verdict `rejected`) when the previous environment did not succeed, unless forced. Only verified builds
+    move forward: the automatic `after:` path calls this only for a succeeded deployment.
+    """
+    source = await store(ctx).get(source_id)
+    if source is None:
+        raise PermanentError(f"deployment {source_id} not found")
+    route = routing(ctx).route(source.route)
+    env = route.environment(to_environment)
+    previous = previous_environment(route, env)
+    if env.branches is not None and source.source_branch and not branch_matches(env.branches, source.source_branch):
+        if not force:
+            return {"status": "refused", "reason": f"branch {source.source_branch} is not allowed in {env.name}"}
+    if previous is not None and not force:
+        prev = await store(ctx).get(deployment_id(source.build_key, route.name, previous.name))
+        if prev is None or prev.verdict != "succeeded":
+            state = "not deployed" if prev is None else (prev.verdict or "still in flight")
+            return {"status": "refused", "reason": f"{previous.name} did not succeed for build {source.build_id} "
+                                                   f"({state}); use force to override"}
+    record = source.model_copy(deep=True)
+    fresh = DeploymentRecord(
+        id=deployment_id(source.build_key, route.name, env.name),
+        build_key=source.build_key,
+        build_id=source.build_id,
+        build_number=source.build_number,
+        build_url=source.build_url,
+        build_finished=source.build_finished,
+        organization_url=source.organization_url,
+        project=source.project,
+        definition=source.definition,
+        source_branch=source.source_branch,
+        source_commit=source.source_commit,
+        source_repository_id=source.source_repository_id,
+        source_repository_type=source.source_repository_type,
+        route=route.name,
+        environment=env.name,
+        repository=env.repository,
+        file=env.file,
+        keys=list(env.keys),
+        promotion=env.promotion,
+        argocd_app=env.argocd.app if env.argocd else None,
+        promoted_from=record.id,
+        details={"promoted_by": by, "forced": force},
+        state="queued",
+    )
+    fresh.stamp("received", "queued")
+    if not await store(ctx).create(fresh):
+        existing = await store(ctx).get(fresh.id)
+        if existing is None:
+            raise PermanentError(f"deployment {fresh.id} vanished")
+        fresh = existing
+    started = await start_deployment(ctx, fresh, route, env)
+    return {"status": "started" if started else "exists", "deployment": fresh.id}

@@ -1,0 +1,170 @@
+"""The arq worker: job registry, start-up and shutdown of the shared clients, health and metrics for probes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from arq import Worker, cron
+from arq.connections import RedisSettings
+from arq.worker import func
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from bridge import metrics
+from bridge.queue import (
+    CHECK_PULL_REQUEST,
+    FLUSH_REPOSITORY,
+    OPEN_PULL_REQUEST,
+    PROCESS_BUILD,
+    PROMOTE_BUILD,
+    RECONCILE_BUILDS,
+    REPORT_DEPLOYMENT,
+    VERIFY_DEPLOYMENT,
+    WATCH_APPLICATION,
+    Keys,
+)
+from bridge.records import DeploymentStore
+from bridge.routing import RoutingConfig
+from bridge.settings import Settings
+from workers.context import Ctx
+
+log = logging.getLogger("gitops_bridge.worker")
+
+
+def job_functions(settings: Settings) -> list[Any]:
+    from workers.deploy import process_build, promote_build
+    from workers.pullrequest import check_pull_request, open_pull_request
+    from workers.report import report_deployment
+    from workers.verify import verify_deployment, watch_application
+    from workers.writer import flush_repository
+
+    git_timeout = settings.git.timeout_seconds * (settings.git.push_attempts + 2)
+    return [
+        func(process_build, name=PROCESS_BUILD, max_tries=10, keep_result=3600),
+        func(flush_repository, name=FLUSH_REPOSITORY, max_tries=20, timeout=git_timeout, keep_result=0),
+        func(open_pull_request, name=OPEN_PULL_REQUEST, max_tries=10, timeout=git_timeout),
+        func(check_pull_request, name=CHECK_PULL_REQUEST, max_tries=10, keep_result=0),
+        func(verify_deployment, name=VERIFY_DEPLOYMENT, max_tries=10),
+        func(watch_application, name=WATCH_APPLICATION, max_tries=10, keep_result=0),
+        func(report_deployment, name=REPORT_DEPLOYMENT, max_tries=8, keep_result=86400),
+        func(promote_build, name=PROMOTE_BUILD, max_tries=5, keep_result=86400),
+    ]
+
+
+def cron_jobs(settings: Settings) -> list[Any]:
+    ado = settings.azure_devops
+    if ado.token is None or not ado.organization_url or ado.reconcile_seconds <= 0:
+        return []
+    from workers.reconcile import reconcile_builds
+
+    minutes = max(1, int(ado.reconcile_seconds // 60))
+    return [cron(reconcile_builds, name=RECONCILE_BUILDS, minute=set(range(0, 60, minutes)), run_at_startup=True,
+                 timeout=300)]
+
+
+async def make_context(settings: Settings, routing: RoutingConfig, ctx: Ctx) -> None:
+    """Create the shared clients; `ctx["redis"]` is arq's pool."""
+    from workers.argocd import ArgoCDClient
+    from workers.azure_devops import AzureDevOpsClient
+    from workers.github import GitHubClient
+    from workers.gitrepo import RepoCache
+
+    keys = Keys(prefix=settings.key_prefix)
+    ctx["settings"] = settings
+    ctx["routing"] = routing
+    ctx["keys"] = keys
+    ctx["store"] = DeploymentStore(ctx["redis"], keys, retention_seconds=settings.retention_days * 86400)
+    repos = RepoCache.from_settings(settings, routing)
+    ctx["repos"] = repos
+    ctx["is_ancestor"] = repos.is_ancestor
+    ctx["argocd"] = ArgoCDClient.from_settings(settings)
+    ctx["ado"] = AzureDevOpsClient.from_settings(settings)
+    ctx["github"] = GitHubClient.from_settings(settings)
+
+
+async def close_context(ctx: Ctx) -> None:
+    for name in ("argocd", "ado", "github"):
+        client = ctx.get(name)
+        close = getattr(client, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def build_worker(settings: Settings, routing: RoutingConfig, *, burst: bool = False,
+                 redis_url: str | None = None) -> Worker:
+    url = redis_url or (settings.redis_url.get_secret_value() if settings.redis_url else "redis://127.0.0.1:6379/0")
+
+    async def startup(ctx: Ctx) -> None:
+        await make_context(settings, routing, ctx)
+        from workers.verify import resume_watches
+
+        await resume_watches(ctx)
+        log.info("worker ready: %d routes, queue %s", len(routing.routes), settings.queue_name)
+
+    async def shutdown(ctx: Ctx) -> None:
+        await close_context(ctx)
+
+    return Worker(
+        functions=job_functions(settings),
+        cron_jobs=cron_jobs(settings),
+        queue_name=settings.queue_name,
+        redis_settings=RedisSettings.from_dsn(url),
+        on_startup=startup,
+        on_shutdown=shutdown,
+        burst=burst,
+        max_jobs=settings.worker_max_jobs,
+        handle_signals=False,
+        poll_delay=0.05,
+        max_tries=10,
+        health_check_interval=30,
+        health_check_key=f"{settings.key_prefix}:worker:health",
+        keep_result=3600,
+    )
+
+
+def health_app(worker: Worker, settings: Settings) -> Starlette:
+    """`/healthz` answers 200 while the worker's loop runs and Redis answers; `/metrics` for Prometheus."""
+
+    async def healthz(request: Request) -> Response:
+        try:
+            pool = worker.pool
+            await asyncio.wait_for(pool.ping(), timeout=2)
+        except Exception as exc:  # noqa: BLE001 - any failure means unhealthy
+            return JSONResponse({"status": "unhealthy", "reason": type(exc).__name__}, status_code=503)
+        return JSONResponse({"status": "ok", "jobs_complete": worker.jobs_complete, "jobs_failed": worker.jobs_failed})
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics_endpoint)])
+
+
+async def run_worker(settings: Settings, routing: RoutingConfig, *, redis_url: str | None = None,
+                     serve_health: bool = True) -> None:
+    """Run the worker until cancelled (SIGTERM/SIGINT are handled by the caller's loop)."""
+    import uvicorn
+
+    worker = build_worker(settings, routing, redis_url=redis_url)
+    tasks = [asyncio.ensure_future(worker.async_run())]
+    server = None
+    if serve_health:
+        config = uvicorn.Config(health_app(worker, settings), host=settings.host, port=settings.worker_metrics_port,
+                                log_level="warning", lifespan="off")
+        server = uvicorn.Server(config)
+        tasks.append(asyncio.ensure_future(server.serve()))
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    finally:
+        if server is not None:
+            server.should_exit = True
+        await worker.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
