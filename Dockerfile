@@ -38,6 +38,7 @@ RUN apt-get update \
 
 COPY --from=build /opt/venv /opt/venv
 
+# Tokens are read from files in /var/run/secrets/gitops-bridge (the settings' default), never from ENV.
 # HOME=/tmp: git writes its config and ssh its known_hosts under HOME; /tmp is a writable volume in the chart.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -45,7 +46,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
     BRIDGE_LOG_JSON=true \
     BRIDGE_CONFIG=/etc/gitops-bridge/bridge.yaml \
-    BRIDGE_SECRETS_DIR=/var/run/secrets/gitops-bridge \
     BRIDGE_GIT__WORK_DIR=/var/lib/gitops-bridge/repos
 
 WORKDIR /var/lib/gitops-bridge

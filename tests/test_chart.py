@@ -1,0 +1,698 @@
+"""The Helm chart: values vs schema vs templates, and Helm's own lint and rendering through helm-sdkpy.
+
+helm-sdkpy bundles Helm's Go library but needs Python >= 3.12, so the Helm half runs in a cached python3.12 venv
+(`.cache/helm-venv/`, made on first use) through a subprocess: one run lints and renders every value set.
+"""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from bridge import metrics
+from bridge.routing import parse_routing
+from bridge.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "charts" / "gitops-bridge"
+CACHE = ROOT / ".cache"
+HELM_VENV = CACHE / "helm-venv"
+HELM_SDKPY = "helm-sdkpy==0.1.32"
+RELEASE, NAMESPACE = "gitops-bridge", "bridge"
+CI_FILES = sorted((CHART / "ci").glob("*.yaml"))
+# Schema objects deliberately left open: Kubernetes or app-owned structures passed through as they are.
+PASSTHROUGH = {("global",), ("config", "routing")} | {
+    (role, *path) for role in ("web", "worker")
+    for path in [("affinity",), ("topologySpreadConstraints", "[]"), ("extraEnv", "[]", "valueFrom")]
+}
+# Schema properties without a default in values.yaml (optional hardening knobs and Helm's `global`).
+OPTIONAL = {
+    ("global",), ("podSecurityContext", "supplementalGroups"),
+    ("podSecurityContext", "seccompProfile", "localhostProfile"),
+    ("securityContext", "runAsUser"), ("securityContext", "runAsGroup"), ("securityContext", "capabilities", "add"),
+    ("securityContext", "seccompProfile", "localhostProfile"),
+}
+# Value sets that must fail, with the message Helm gives.
+# Value sets that must fail: values, Helm's message, whether lint catches it too (lint tolerates `required`).
+BROKEN = {
+    "misspelled-key": ({"web": {"replica": 3}}, "additional properties 'replica' not allowed", True),
+    "no-redis": ({"redis": {"url": ""}}, "set redis.url or redis.existingSecret", False),
+}
+
+DRIVER = '''\
+"""Lint and render a Helm chart with helm-sdkpy (Helm's Go library), outside any cluster.
+
+`HELM_DRIVER=memory python driver.py request.json result.json`. Rendering is Helm's install action against a
+loopback fake of the Kubernetes API (discovery answers, creates echoed back) with the in-memory release driver,
+so the manifests are exactly what `helm install` would send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+API_GROUPS: dict[str, dict[str, list[tuple[str, str, bool]]]] = {
+    "": {"v1": [("configmaps", "ConfigMap", True), ("services", "Service", True), ("secrets", "Secret", True),
+                ("serviceaccounts", "ServiceAccount", True), ("persistentvolumeclaims", "PersistentVolumeClaim", True),
+                ("namespaces", "Namespace", False)]},
+    "apps": {"v1": [("deployments", "Deployment", True), ("statefulsets", "StatefulSet", True)]},
+    "policy": {"v1": [("poddisruptionbudgets", "PodDisruptionBudget", True)]},
+    "autoscaling": {"v2": [("horizontalpodautoscalers", "HorizontalPodAutoscaler", True)]},
+    "networking.k8s.io": {"v1": [("ingresses", "Ingress", True), ("networkpolicies", "NetworkPolicy", True)]},
+    "monitoring.coreos.com": {"v1": [("servicemonitors", "ServiceMonitor", True),
+                                     ("prometheusrules", "PrometheusRule", True)]},
+}
+
+
+class FakeKubeAPI(BaseHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _send(self, code: int, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/version":
+            return self._send(200, {"major": "1", "minor": "30", "gitVersion": "v1.30.0", "platform": "linux/amd64"})
+        if path == "/api":
+            return self._send(200, {"kind": "APIVersions", "versions": ["v1"]})
+        if path == "/apis":
+            groups = [{"name": g, "versions": [{"groupVersion": f"{g}/{v}", "version": v} for v in vs],
+                       "preferredVersion": {"groupVersion": f"{g}/{next(iter(vs))}", "version": next(iter(vs))}}
+                      for g, vs in API_GROUPS.items() if g]
+            return self._send(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+        for group, versions in API_GROUPS.items():
+            for version, resources in versions.items():
+                gv = f"{group}/{version}" if group else version
+                if path == (f"/apis/{gv}" if group else f"/api/{version}"):
+                    return self._send(200, {
+                        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
+                        "resources": [{"name": n, "singularName": k.lower(), "namespaced": ns, "kind": k,
+                                       "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]}
+                                      for n, k, ns in resources]})
+        self._send(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+                         "code": 404, "message": "not found"})
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            self._send(201, json.loads(body or b"{}"))
+        except ValueError:  # protobuf bodies (release records) are not echoed
+            self._send(201, {})
+
+    do_PUT = do_POST
+    do_PATCH = do_POST
+
+    def do_DELETE(self) -> None:
+        self._send(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
+
+
+async def run_case(
+    helm: Any, case: dict[str, Any], request: dict[str, Any], kubeconfig: str, work: str
+) -> dict[str, Any]:
+    result: dict[str, Any] = {"name": case["name"]}
+    # Lint reads the chart's values.yaml only, so lint a copy whose values.yaml holds the merged values (JSON is YAML).
+    copy = os.path.join(work, "lint-" + case["name"], os.path.basename(request["chart"]))
+    shutil.copytree(request["chart"], copy)
+    with open(os.path.join(copy, "values.yaml"), "w") as fh:
+        fh.write(json.dumps(case["merged_values"]))
+    config = helm.Configuration(namespace=request["namespace"], kubeconfig=kubeconfig)
+    try:
+        lint = await helm.Lint(config).run(copy)
+        result["lint"] = {"messages": [{"severity": m.get("Severity"), "path": m.get("Path"), "err": str(m.get("Err"))}
+                                       for m in lint.get("Messages") or []],
+                          "errors": len(lint.get("Errors") or [])}
+    except Exception as exc:  # noqa: BLE001 - reported to the test, which asserts on it
+        result["lint"] = {"failed": f"{type(exc).__name__}: {exc}"}
+    config = helm.Configuration(namespace=request["namespace"], kubeconfig=kubeconfig)
+    try:
+        release = await helm.Install(config).run(request["release"], request["chart"], values=case["values"] or None,
+                                                 wait=False, timeout=30)
+        result["manifest"] = release.get("manifest", "")
+        result["notes"] = (release.get("info") or {}).get("notes", "")
+    except Exception as exc:  # noqa: BLE001
+        result["error"] = f"{type(exc).__name__}: {exc}"
+    return result
+
+
+def main() -> None:
+    # Go reads the environment when the library loads: the caller must start us with the in-memory release driver.
+    if os.environ.get("HELM_DRIVER") != "memory":
+        sys.exit("run with HELM_DRIVER=memory")
+    with open(sys.argv[1]) as fh:
+        request = json.load(fh)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeKubeAPI)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with tempfile.TemporaryDirectory() as work:
+        kubeconfig = os.path.join(work, "kubeconfig")
+        with open(kubeconfig, "w") as fh:
+            fh.write(json.dumps({
+                "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+                "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{server.server_address[1]}"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+                "users": [{"name": "fake", "user": {"token": "fake"}}],
+            }))
+        import helm_sdkpy
+
+        results = [asyncio.run(run_case(helm_sdkpy, case, request, kubeconfig, work)) for case in request["cases"]]
+    server.shutdown()
+    with open(sys.argv[2], "w") as fh:
+        json.dump({"helm_sdkpy": helm_sdkpy.__version__, "results": results}, fh)
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Helm's coalescing: maps merge, everything else replaces, null deletes."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _defaults() -> dict[str, Any]:
+    return yaml.safe_load((CHART / "values.yaml").read_text())
+
+
+def _schema() -> dict[str, Any]:
+    return json.loads((CHART / "values.schema.json").read_text())
+
+
+def _ci_values(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def _schema_node(schema: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:
+    """The schema of a key path through `properties` only (None when the path is not a declared property)."""
+    node = schema
+    for key in path:
+        node = node.get("properties", {}).get(key)
+        if node is None:
+            return None
+    return node
+
+
+def _object_nodes(node: dict[str, Any], path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], dict[str, Any]]]:
+    found = []
+    if node.get("type") == "object" or (isinstance(node.get("type"), list) and "object" in node["type"]):
+        found.append((path, node))
+    for key, child in node.get("properties", {}).items():
+        found += _object_nodes(child, path + (key,))
+    if isinstance(node.get("items"), dict):
+        found += _object_nodes(node["items"], path + ("[]",))
+    if isinstance(node.get("additionalProperties"), dict):
+        found += _object_nodes(node["additionalProperties"], path + ("*",))
+    return found
+
+
+def _value_paths(values: dict[str, Any], schema: dict[str, Any], path: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    """Key paths of values.yaml that the schema declares as properties (not entries of free-form maps)."""
+    paths = set()
+    for key, value in values.items():
+        here = path + (key,)
+        paths.add(here)
+        node = _schema_node(schema, here)
+        if isinstance(value, dict) and node is not None and "properties" in node:
+            paths |= _value_paths(value, schema, here)
+    return paths
+
+
+def _documented_keys(text: str) -> dict[tuple[str, ...], bool]:
+    """Every mapping key of a values file (outside lists) and whether a `# --` comment block sits right above it."""
+    found: dict[tuple[str, ...], bool] = {}
+    stack: list[tuple[int, str | None]] = []
+    comments: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            comments = []
+            continue
+        if stripped.startswith("#"):
+            comments.append(stripped)
+            continue
+        indent = len(line) - len(line.lstrip())
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        match = re.match(r"([A-Za-z0-9_./-]+):(\s|$)", stripped)
+        if stripped.startswith("-"):
+            stack.append((indent, None))
+        elif match:
+            if all(key is not None for _, key in stack):
+                found[tuple(key for _, key in stack if key) + (match.group(1),)] = any(
+                    c.startswith("# --") for c in comments
+                )
+            stack.append((indent, match.group(1)))
+        comments = []
+    return found
+
+
+def _template_value_refs() -> set[tuple[str, ...]]:
+    refs = set()
+    for template in (CHART / "templates").iterdir():
+        for match in re.finditer(r"\.Values((?:\.[A-Za-z_][A-Za-z0-9_]*)+)", template.read_text()):
+            refs.add(tuple(match.group(1).strip(".").split(".")))
+    return refs
+
+
+# --- values, schema, documentation --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value_file", [None, *CI_FILES], ids=lambda p: p.name if p else "values.yaml")
+def test_values_validate_against_the_schema(value_file: Path | None) -> None:
+    values = _merge(_defaults(), _ci_values(value_file) if value_file else {})
+    jsonschema.Draft7Validator.check_schema(_schema())
+    jsonschema.Draft7Validator(_schema()).validate(values)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [{"web": {"replica": 3}}, {"replicas": 2}, {"metrics": {"serviceMonitor": {"enable": True}}},
+     {"podSecurityContext": {"seccompProfile": {"typ": "RuntimeDefault"}}}, {"image": {"pullPolicy": "Sometimes"}},
+     {"redis": {"url": "localhost:6379"}}, {"ingress": {"hosts": [{"host": "x", "paths": [{"path": "webhooks"}]}]}}],
+)
+def test_schema_rejects_misspelled_or_invalid_values(override: dict[str, Any]) -> None:
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft7Validator(_schema()).validate(_merge(_defaults(), override))
+
+
+def test_schema_closes_every_object() -> None:
+    for path, node in _object_nodes(_schema()):
+        assert "additionalProperties" in node, f"{'.'.join(path) or '<root>'}: additionalProperties not set"
+        if node["additionalProperties"] is True:
+            assert path in PASSTHROUGH, f"{'.'.join(path)} is open but not a declared pass-through"
+        if "properties" in node:
+            assert node["additionalProperties"] is False, ".".join(path)
+
+
+def test_values_and_schema_declare_the_same_keys() -> None:
+    schema = _schema()
+    in_values = _value_paths(_defaults(), schema)
+    missing_from_schema = {p for p in in_values if _schema_node(schema, p) is None}
+    assert not missing_from_schema
+    declared = {p for p, node in _walk_properties(schema)}
+    assert declared - in_values == OPTIONAL
+
+
+def _walk_properties(node: dict[str, Any], path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], dict[str, Any]]]:
+    found = []
+    for key, child in node.get("properties", {}).items():
+        found.append((path + (key,), child))
+        found += _walk_properties(child, path + (key,))
+    return found
+
+
+def test_every_value_is_documented() -> None:
+    schema = _schema()
+    documented = _documented_keys((CHART / "values.yaml").read_text())
+    # Values are the leaves and free-form maps; sections (objects with properties) group them.
+    declared = {p for p in _value_paths(_defaults(), schema) if "properties" not in (_schema_node(schema, p) or {})}
+    assert declared <= documented.keys()
+    assert [".".join(p) for p in sorted(declared) if not documented[p]] == []
+
+
+def test_readme_lists_every_value() -> None:
+    readme = (CHART / "README.md").read_text()
+    schema = _schema()
+    for path in _value_paths(_defaults(), schema):
+        if "properties" not in (_schema_node(schema, path) or {}):
+            assert f"| `{'.'.join(path)}` |" in readme, ".".join(path)
+
+
+def test_templates_use_only_declared_values() -> None:
+    refs = _template_value_refs()
+    assert ("redis", "existingSecretKey") in refs  # the scan sees the templates
+    defaults, schema = _defaults(), _schema()
+    for ref in refs:
+        node: Any = defaults
+        for key in ref:
+            assert isinstance(node, dict) and key in node, f".Values.{'.'.join(ref)} is not in values.yaml"
+            node = node[key]
+        assert _schema_node(schema, ref) is not None, f".Values.{'.'.join(ref)} is not in values.schema.json"
+
+
+def test_settings_keys_name_real_settings() -> None:
+    for path in CI_FILES:
+        for key in _ci_values(path).get("config", {}).get("settings", {}):
+            assert _is_setting(key), f"{path.name}: config.settings.{key} is not a gitops-bridge setting"
+
+
+def _is_setting(name: str) -> bool:
+    model: Any = Settings
+    parts = name.lower().split("__")
+    for depth, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        if depth < len(parts) - 1:
+            model = field.annotation
+            if not (isinstance(model, type) and issubclass(model, BaseModel)):
+                return False
+    return True
+
+
+# --- helm-sdkpy: Helm's own lint and rendering ----------------------------------------------------------------------
+
+
+def _python312() -> str:
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    candidates = [sys.executable] if sys.version_info >= (3, 12) else []
+    for root in dict.fromkeys([pyenv, Path("/root/.pyenv")]):
+        candidates += sorted(glob.glob(str(root / "versions" / "3.1[2-9]*" / "bin" / "python3.1[2-9]")), reverse=True)
+    candidates += [found for name in ("python3.12", "python3.13", "python3") if (found := shutil.which(name))]
+    for candidate in candidates:
+        probe = subprocess.run([candidate, "-c", "import sys, venv; sys.exit(sys.version_info < (3, 12))"],
+                               capture_output=True, timeout=30)
+        if probe.returncode == 0:
+            return candidate
+    pytest.fail(f"helm-sdkpy needs Python >= 3.12 and none was found (tried {candidates or 'nothing'}); "
+                "install one, e.g. `pyenv install 3.12`, or put python3.12 on PATH")
+
+
+def _helm_python() -> Path:
+    """The python of `.cache/helm-venv` with helm-sdkpy, made once (under a lock) and reused."""
+    CACHE.mkdir(exist_ok=True)
+    (CACHE / ".gitignore").write_text("*\n")
+    python, stamp = HELM_VENV / "bin" / "python", HELM_VENV / ".installed"
+    with open(CACHE / "helm-venv.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if stamp.exists() and stamp.read_text() == HELM_SDKPY and python.exists():
+            return python
+        shutil.rmtree(HELM_VENV, ignore_errors=True)
+        for step in ([_python312(), "-m", "venv", str(HELM_VENV)],
+                     [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", HELM_SDKPY]):
+            proc = subprocess.run(step, capture_output=True, text=True, timeout=100)
+            if proc.returncode != 0:
+                pytest.fail(f"making the helm-sdkpy venv failed: {' '.join(step)}\n{proc.stdout}{proc.stderr}")
+        stamp.write_text(HELM_SDKPY)
+    return python
+
+
+@pytest.fixture(scope="session")
+def helm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """Lint and install (rendering only) of every value set: name -> {lint, manifest | error, docs}."""
+    work = tmp_path_factory.mktemp("helm")
+    defaults = _defaults()
+    cases = [{"name": p.stem, "values": _ci_values(p)} for p in CI_FILES]
+    cases += [{"name": name, "values": values} for name, (values, _, _) in BROKEN.items()]
+    for case in cases:
+        case["merged_values"] = _merge(defaults, case["values"])
+    (work / "driver.py").write_text(DRIVER)
+    (work / "request.json").write_text(json.dumps(
+        {"chart": str(CHART), "namespace": NAMESPACE, "release": RELEASE, "cases": cases}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HELM_", "KUBE"))}
+    env.update(HELM_DRIVER="memory", HELM_CACHE_HOME=str(work / "cache"), HELM_CONFIG_HOME=str(work / "config"),
+               HELM_DATA_HOME=str(work / "data"))
+    proc = subprocess.run(
+        [str(_helm_python()), str(work / "driver.py"), str(work / "request.json"), str(work / "result.json")],
+        capture_output=True, text=True, timeout=100, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = {r["name"]: r for r in json.loads((work / "result.json").read_text())["results"]}
+    for result in results.values():
+        result["docs"] = [d for d in yaml.safe_load_all(result.get("manifest") or "") if d]
+    return results
+
+
+def _kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def _one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    (found,) = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    return found
+
+
+def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+CASES = [p.stem for p in CI_FILES]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_helm_lint_passes(helm: dict[str, dict[str, Any]], case: str) -> None:
+    lint = helm[case]["lint"]
+    assert "failed" not in lint, lint
+    # Severity 1 is INFO (e.g. "icon is recommended"); 2 is WARNING and 3 ERROR.
+    assert [m for m in lint["messages"] if m["severity"] >= 2] == [] and lint["errors"] == 0
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_helm_rejects_broken_values(helm: dict[str, dict[str, Any]], case: str) -> None:
+    _, message, lint_fails = BROKEN[case]
+    result = helm[case]
+    assert (result["lint"]["errors"] >= 1) is lint_fails
+    assert "manifest" not in result and message in result["error"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_rendered_pods_are_hardened(helm: dict[str, dict[str, Any]], case: str) -> None:
+    deployments = _kind(helm[case]["docs"], "Deployment")
+    assert len(deployments) == 2
+    for deployment in deployments:
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] > 0
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["automountServiceAccountToken"] is False
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for container in pod["containers"]:
+            sc = container["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+            assert sc["capabilities"] == {"drop": ["ALL"]} and sc["seccompProfile"] == {"type": "RuntimeDefault"}
+            assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+            mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+            assert {m["name"] for m in mounts.values()} <= volumes.keys()
+            # Read-only root filesystem: everything the process writes is a volume.
+            assert "emptyDir" in volumes[mounts["/tmp"]["name"]] and not mounts["/tmp"].get("readOnly")
+            assert _env(container)["HOME"]["value"] == "/tmp"
+            assert mounts["/etc/gitops-bridge"]["readOnly"] is True
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_probes_hit_the_health_endpoints(helm: dict[str, dict[str, Any]], case: str) -> None:
+    docs = helm[case]["docs"]
+    for deployment in _kind(docs, "Deployment"):
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        live, ready = container["livenessProbe"]["httpGet"], container["readinessProbe"]["httpGet"]
+        assert live["port"] in ports and ready["port"] in ports
+        if container["args"] == ["web"]:
+            assert (live["path"], ready["path"]) == ("/healthz", "/readyz")
+            assert _env(container)["BRIDGE_PORT"]["value"] == str(ports["http"])
+        else:
+            assert container["args"] == ["worker"]
+            assert (live["path"], ready["path"]) == ("/healthz", "/healthz")
+            assert _env(container)["BRIDGE_WORKER_METRICS_PORT"]["value"] == str(ports["metrics"])
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_no_secret_is_rendered_inline(helm: dict[str, dict[str, Any]], case: str) -> None:
+    docs = helm[case]["docs"]
+    assert _kind(docs, "Secret") == []
+    for deployment in _kind(docs, "Deployment"):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            for name, env in _env(container).items():
+                if re.search(r"TOKEN|SECRET(?!S_DIR)|PASSWORD|BASIC", name):
+                    assert "valueFrom" in env, name
+                assert not re.search(r"://[^/\s]*:[^/\s]*@", str(env.get("value", ""))), name
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_environment_names_real_settings(helm: dict[str, dict[str, Any]], case: str) -> None:
+    for deployment in _kind(helm[case]["docs"], "Deployment"):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            for name in _env(container):
+                if name.startswith("BRIDGE_") and name != "BRIDGE_SECRETS_DIR":
+                    assert _is_setting(name.removeprefix("BRIDGE_")), name
+
+
+def test_default_release(helm: dict[str, dict[str, Any]]) -> None:
+    docs = helm["default-values"]["docs"]
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == ["ConfigMap", "Deployment", "Deployment", "PodDisruptionBudget", "PodDisruptionBudget",
+                     "Service", "Service", "ServiceAccount"]
+    web = _one(docs, "Deployment", f"{RELEASE}-web")["spec"]
+    worker = _one(docs, "Deployment", f"{RELEASE}-worker")["spec"]
+    assert web["replicas"] == 2 and worker["replicas"] == 1
+    (web_container,) = web["template"]["spec"]["containers"]
+    (worker_container,) = worker["template"]["spec"]["containers"]
+    assert web_container["image"] == "ghcr.io/gitops-bridge/gitops-bridge:0.1.0"
+    assert _env(web_container)["BRIDGE_REDIS_URL"]["value"] == "redis://redis-master:6379/0"
+    assert _env(web_container)["BRIDGE_CONFIG"]["value"] == "/etc/gitops-bridge/bridge.yaml"
+    assert "bridge.yaml" in _one(docs, "ConfigMap", f"{RELEASE}-config")["data"]
+    # No Secret named: nothing is mounted over the secrets directory, and NOTES says what to create.
+    assert "/var/run/secrets/gitops-bridge" not in {m["mountPath"] for m in web_container["volumeMounts"]}
+    assert "secrets.existingSecret is empty" in helm["default-values"]["notes"]
+    repos = {m["mountPath"]: m["name"] for m in worker_container["volumeMounts"]}["/var/lib/gitops-bridge/repos"]
+    volumes = {v["name"]: v for v in worker["template"]["spec"]["volumes"]}
+    assert volumes[repos]["emptyDir"] == {"sizeLimit": "2Gi"}
+    assert _env(worker_container)["BRIDGE_GIT__WORK_DIR"]["value"] == "/var/lib/gitops-bridge/repos"
+
+
+@pytest.mark.parametrize(("case", "routes"), [("default-values", []), ("full-values", ["api-service"]),
+                                               ("routing-text-values", ["web-frontend"])])
+def test_routing_file_is_valid_for_the_bridge(helm: dict[str, dict[str, Any]], case: str, routes: list[str]) -> None:
+    text = _one(helm[case]["docs"], "ConfigMap", f"{RELEASE}-config")["data"]["bridge.yaml"]
+    assert [route.name for route in parse_routing(yaml.safe_load(text)).routes] == routes
+    if case == "routing-text-values":
+        assert text.startswith("# Routes kept in their own file")  # text goes in verbatim, comments included
+
+
+def test_full_release(helm: dict[str, dict[str, Any]]) -> None:
+    docs = helm["full-values"]["docs"]
+    kinds = {d["kind"] for d in docs}
+    assert {"Ingress", "HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule"} <= kinds
+    web = _one(docs, "Deployment", f"{RELEASE}-web")["spec"]
+    worker = _one(docs, "Deployment", f"{RELEASE}-worker")["spec"]
+    assert "replicas" not in web  # the HPA owns it
+    hpa = _one(docs, "HorizontalPodAutoscaler", f"{RELEASE}-web")["spec"]
+    assert hpa["scaleTargetRef"]["name"] == f"{RELEASE}-web" and (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 10)
+    (container,) = worker["template"]["spec"]["containers"]
+    assert container["image"].endswith("@sha256:" + "0123456789abcdef" * 4)
+    assert _env(container)["BRIDGE_REDIS_URL"]["valueFrom"] == {
+        "secretKeyRef": {"name": "gitops-bridge-redis", "key": "url"}}
+    assert _env(container)["BRIDGE_ARGOCD__URL"]["value"] == "https://argocd.example.com"
+    assert _env(container)["BRIDGE_WORKER_MAX_JOBS"]["value"] == "20"
+    volumes = {v["name"]: v for v in worker["template"]["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    secrets = mounts["/var/run/secrets/gitops-bridge"]
+    assert secrets["readOnly"] is True and volumes[secrets["name"]]["secret"]["secretName"] == "gitops-bridge-tokens"
+    claim = volumes[mounts["/var/lib/gitops-bridge/repos"]["name"]]["ephemeral"]["volumeClaimTemplate"]["spec"]
+    assert claim["resources"]["requests"]["storage"] == "10Gi" and claim["storageClassName"] == "fast"
+    known_hosts = _env(container)["BRIDGE_GIT__SSH_KNOWN_HOSTS_FILE"]["value"]
+    assert os.path.dirname(known_hosts) in mounts
+    assert "github.com ssh-ed25519" in _one(docs, "ConfigMap", f"{RELEASE}-ssh")["data"]["known_hosts"]
+    assert _one(docs, "PodDisruptionBudget", f"{RELEASE}-worker")["spec"]["maxUnavailable"] == "50%"
+
+
+def test_existing_config_release(helm: dict[str, dict[str, Any]]) -> None:
+    docs = helm["existing-config-values"]["docs"]
+    assert sorted(d["kind"] for d in docs) == ["Deployment", "Deployment", "Service"]
+    for deployment in _kind(docs, "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == "bridge"
+        config = {v["name"]: v for v in pod["volumes"]}["config"]
+        assert config["configMap"]["name"] == "gitops-bridge-routing"
+        (container,) = pod["containers"]
+        assert _env(container)["BRIDGE_CONFIG"]["value"] == "/etc/gitops-bridge/routing.yaml"
+        assert _env(container)["BRIDGE_LOG_JSON"]["value"] == "false"
+        assert deployment["metadata"]["name"].startswith("bridge-")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_services_reach_their_pods(helm: dict[str, dict[str, Any]], case: str) -> None:
+    docs = helm[case]["docs"]
+    pods = [d["spec"]["template"] for d in _kind(docs, "Deployment")]
+    for service in _kind(docs, "Service"):
+        selector = service["spec"]["selector"]
+        (pod,) = [p for p in pods if selector.items() <= p["metadata"]["labels"].items()]
+        names = {port["name"] for c in pod["spec"]["containers"] for port in c["ports"]}
+        assert {port["targetPort"] for port in service["spec"]["ports"]} <= names
+
+
+def test_monitoring_scrapes_both_roles(helm: dict[str, dict[str, Any]]) -> None:
+    docs = helm["full-values"]["docs"]
+    monitor = _one(docs, "ServiceMonitor", RELEASE)
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    selected = [s for s in _kind(docs, "Service")
+                if monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()]
+    service_ports = {(s["metadata"]["labels"]["app.kubernetes.io/component"], p["name"])
+                     for s in selected for p in s["spec"]["ports"]}
+    endpoints = {e["port"] for e in monitor["spec"]["endpoints"]}
+    assert {("web", "http"), ("worker", "metrics")} <= service_ports
+    assert endpoints == {"http", "metrics"}
+    assert all(e["path"] == "/metrics" and e["interval"] == "15s" for e in monitor["spec"]["endpoints"])
+
+
+def test_ingress_exposes_only_the_webhooks_over_tls(helm: dict[str, dict[str, Any]]) -> None:
+    ingress = _one(helm["full-values"]["docs"], "Ingress", RELEASE)["spec"]
+    assert ingress["ingressClassName"] == "nginx" and ingress["tls"][0]["secretName"] == "gitops-bridge-tls"
+    (rule,) = ingress["rules"]
+    assert rule["host"] == "gitops-bridge.example.com"
+    for path in rule["http"]["paths"]:
+        assert path["path"].startswith("/webhooks")
+        assert path["backend"]["service"] == {"name": RELEASE, "port": {"name": "http"}}
+
+
+def _exported_metric_names() -> set[str]:
+    names = set()
+    for family in metrics.REGISTRY.collect():
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(family.type, [""])
+        names |= {family.name + suffix for suffix in suffixes}
+    return names
+
+
+def test_alerts_cover_the_failure_modes_with_real_metrics(helm: dict[str, dict[str, Any]]) -> None:
+    rule = _one(helm["full-values"]["docs"], "PrometheusRule", RELEASE)
+    alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert {"GitopsBridgeDeploymentsFailing", "GitopsBridgeWebhookErrors", "GitopsBridgeDeploymentsStuck",
+            "GitopsBridgeReportsFailing"} <= alerts.keys()
+    assert 'verdict=~"failed|timed-out"' in alerts["GitopsBridgeDeploymentsFailing"]["expr"]
+    exported = _exported_metric_names()
+    for name, alert in alerts.items():
+        expr = alert["expr"]
+        assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), name
+        assert f'namespace="{NAMESPACE}"' in expr, name
+        assert "increase(" not in expr or "[30m]" in expr, name  # metrics.prometheusRule.window
+        used = set(re.findall(r"\bbridge_[a-z_]+", expr))
+        assert used and used <= exported, f"{name}: {used - exported}"
+        assert alert["labels"]["team"] == "platform" and alert["annotations"]["summary"]
+    # Prometheus' own templates survive Helm's templating.
+    assert "{{ $labels.environment }}" in alerts["GitopsBridgeDeploymentsFailing"]["annotations"]["summary"]
+    assert "{{ $value | humanize }}" in alerts["GitopsBridgeDeploymentsStuck"]["annotations"]["description"]
+
+
+def test_grafana_dashboard_for_the_sidecar(helm: dict[str, dict[str, Any]]) -> None:
+    docs = helm["full-values"]["docs"]
+    configmap = _one(docs, "ConfigMap", f"{RELEASE}-dashboard")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert configmap["metadata"]["annotations"] == {"grafana_folder": "GitOps"}
+    dashboard = json.loads(configmap["data"]["gitops-bridge.json"])
+    assert dashboard == json.loads((CHART / "dashboards" / "gitops-bridge.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {name for expr in exprs for name in re.findall(r"\bbridge_[a-z_]+", expr)}
+    assert used <= _exported_metric_names(), used - _exported_metric_names()
+    for required in ("bridge_deployments_total", "bridge_lead_time_seconds_bucket", "bridge_webhook_requests_total",
+                     "bridge_enqueue_failures_total", "bridge_argocd_requests_total",
+                     "bridge_azure_devops_requests_total"):
+        assert required in used, required
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    assert "grafana_dashboard" not in str(helm["default-values"]["docs"])
