@@ -149,7 +149,7 @@ async def test_promotion_refused_until_previous_environment_succeeded(ctx: dict[
     forced = await promote_build(ctx, staging, "prod", True, "test")
     assert forced["status"] == "started"
     prod = await ctx["store"].get(forced["deployment"])
-    assert prod.environment == "prod" and prod.promoted_from == staging and prod.details["forced"] is True
+    assert prod.environment == "prod" and prod.promoted_from == staging and prod.details["force"] is True
 
 
 async def test_success_starts_the_after_environment(ctx: dict[str, Any]) -> None:

@@ -58,7 +58,7 @@ async def process_build(ctx: Ctx, payload: dict[str, Any]) -> dict[str, Any]:
 
 async def _complete(ctx: Ctx, event: BuildEvent) -> BuildEvent:
     """Fill in what the payload lacks (branch, commit, repository) from the Azure DevOps build."""
-    if not event.needs_lookup or event.base_url is None:
+    if not event.needs_lookup:
         return event
     client = ctx.get("ado")
     if client is None or not getattr(client, "enabled", False):
@@ -197,7 +197,7 @@ async def promote_build(ctx: Ctx, source_id: str, to_environment: str, force: bo
         promotion=env.promotion,
         argocd_app=env.argocd.app if env.argocd else None,
         promoted_from=record.id,
-        details={"promoted_by": by, "forced": force},
+        details={"promoted_by": by, "force": force},
         state="queued",
     )
     fresh.stamp("received", "queued")
