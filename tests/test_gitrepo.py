@@ -1,0 +1,225 @@
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from writer_worker import git, human_commit, make_remote, remote_file, remote_log, values_file
+
+from bridge.errors import AuthError, PermanentError, PushRejected, UpstreamUnavailable
+from bridge.routing import Repository
+from bridge.settings import GitSettings
+from workers.gitrepo import RepoCache
+
+TOKEN = "s3cr3t-t0ken-value"
+
+
+def cache_for(tmp_path: Path, url: str, **git_cfg: object) -> RepoCache:
+    settings = GitSettings(work_dir=tmp_path / "cache", **git_cfg)  # type: ignore[arg-type]
+    return RepoCache(settings, {"gitops": Repository(url=url, branch="main")})
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Path:
+    return make_remote(tmp_path, {"apps/a/values.yaml": values_file("a"), "README.md": "gitops\n"})
+
+
+async def edit_commit_push(cache: RepoCache, text: str, message: str = "bump\n") -> str:
+    await cache.sync("gitops")
+    cache.file_path("gitops", "apps/a/values.yaml").write_text(text)
+    sha = await cache.commit("gitops", message, ["apps/a/values.yaml"])
+    await cache.push("gitops", "main")
+    return sha
+
+
+async def test_sync_clones_then_resets_onto_the_remote(tmp_path: Path, remote: Path) -> None:
+    cache = cache_for(tmp_path, f"file://{remote}")
+    first = await cache.sync("gitops")
+    assert first.exists and first.head == git("rev-parse", "main", cwd=remote).strip()
+    work = cache.path("gitops")
+    (work / "junk.txt").write_text("left behind by a crash")
+    (work / "README.md").write_text("half-written edit")
+    git("-c", "user.name=x", "-c", "user.email=x@x", "commit", "-qam", "local only", cwd=work)  # never pushed
+    human = human_commit(remote, tmp_path, "README.md", "changed by a human\n")
+    second = await cache.sync("gitops")
+    assert second.head == human
+    assert not (work / "junk.txt").exists()
+    assert (work / "README.md").read_text() == "changed by a human\n"
+
+
+@pytest.mark.parametrize("damage", ["missing", "no-head", "garbage-index", "stale-locks", "wrong-url"])
+async def test_broken_cache_is_repaired(tmp_path: Path, remote: Path, damage: str) -> None:
+    cache = cache_for(tmp_path, f"file://{remote}")
+    await cache.sync("gitops")
+    git_dir = cache.path("gitops") / ".git"
+    if damage == "missing":
+        subprocess.run(["rm", "-rf", str(cache.path("gitops"))], check=True)
+    elif damage == "no-head":
+        (git_dir / "HEAD").unlink()
+    elif damage == "garbage-index":
+        (git_dir / "index").write_bytes(b"not an index at all")
+    elif damage == "stale-locks":
+        (git_dir / "index.lock").write_text("")
+        (git_dir / "refs" / "remotes" / "origin" / "main.lock").write_text("")
+    elif damage == "wrong-url":
+        git("remote", "set-url", "origin", "file:///nowhere", cwd=cache.path("gitops"))
+        cache = cache_for(tmp_path, f"file://{remote}")  # a fresh process reads the configured URL again
+    sha = await edit_commit_push(cache, values_file("a", "2.0.0"))
+    assert git("rev-parse", "main", cwd=remote).strip() == sha
+    assert 'tag: "2.0.0"' in remote_file(remote, "apps/a/values.yaml")
+
+
+async def test_commit_uses_configured_identity_and_message(tmp_path: Path, remote: Path) -> None:
+    cache = cache_for(tmp_path, str(remote), author_name="Bridge Bot", author_email="bot@example.com",
+                      committer_name="Committer", committer_email="c@example.com")
+    await edit_commit_push(cache, values_file("a", "3.0.0"), "ci: bump\n\nDeployment-Id: d-1\n")
+    who = git("log", "-1", "--format=%an <%ae>|%cn <%ce>|%s", "main", cwd=remote).strip()
+    assert who == "Bridge Bot <bot@example.com>|Committer <c@example.com>|ci: bump"
+    assert await cache.find_trailers("gitops", ["d-1", "d-2"]) == {"d-1": git("rev-parse", "main", cwd=remote).strip()}
+
+
+async def test_push_rejected_when_the_remote_moved_and_nothing_is_forced(tmp_path: Path, remote: Path) -> None:
+    cache = cache_for(tmp_path, f"file://{remote}")
+    await cache.sync("gitops")
+    cache.file_path("gitops", "apps/a/values.yaml").write_text(values_file("a", "4.0.0"))
+    await cache.commit("gitops", "mine\n", ["apps/a/values.yaml"])
+    human = human_commit(remote, tmp_path, "README.md", "human\n")
+    with pytest.raises(PushRejected):
+        await cache.push("gitops", "main")
+    assert git("rev-parse", "main", cwd=remote).strip() == human
+    # After a sync the same edit goes on top of the human commit.
+    sha = await edit_commit_push(cache, values_file("a", "4.0.0"))
+    assert [m.strip() for _, m in remote_log(remote)][:2] == ["bump", "human edit"]
+    assert await cache.is_ancestor("gitops", human, sha)
+
+
+async def test_new_branch_starts_from_the_base_branch(tmp_path: Path, remote: Path) -> None:
+    cache = cache_for(tmp_path, f"file://{remote}")
+    synced = await cache.sync("gitops", "gitops-bridge/prod/a-1")
+    assert not synced.exists and synced.head == git("rev-parse", "main", cwd=remote).strip()
+    cache.file_path("gitops", "apps/a/values.yaml").write_text(values_file("a", "5.0.0"))
+    await cache.commit("gitops", "pr\n", ["apps/a/values.yaml"])
+    await cache.push("gitops", "gitops-bridge/prod/a-1")
+    again = await cache.sync("gitops", "gitops-bridge/prod/a-1")
+    assert again.exists
+    assert 'tag: "5.0.0"' in remote_file(remote, "apps/a/values.yaml", "gitops-bridge/prod/a-1")
+    assert 'tag: "1.0.0"' in remote_file(remote, "apps/a/values.yaml", "main")
+
+
+async def test_is_ancestor_fetches_unknown_commits(tmp_path: Path, remote: Path) -> None:
+    cache = cache_for(tmp_path, f"file://{remote}")
+    base = (await cache.sync("gitops")).head
+    later = human_commit(remote, tmp_path, "README.md", "later\n")  # not fetched by the cache yet
+    assert await cache.is_ancestor("gitops", base, later)
+    assert not await cache.is_ancestor("gitops", later, base)
+    assert not await cache.is_ancestor("gitops", "f" * 40, later)
+
+
+async def test_file_path_stays_inside_the_clone(tmp_path: Path, remote: Path) -> None:
+    cache = cache_for(tmp_path, f"file://{remote}")
+    await cache.sync("gitops")
+    os.symlink("/etc", cache.path("gitops") / "escape")
+    with pytest.raises(PermanentError):
+        cache.file_path("gitops", "escape/passwd")
+
+
+async def test_unreachable_remote_is_transient(tmp_path: Path) -> None:
+    cache = cache_for(tmp_path, f"file://{tmp_path}/does-not-exist.git")
+    with pytest.raises(UpstreamUnavailable):
+        await cache.sync("gitops")
+
+
+# -- credentials over real smart HTTP (git http-backend behind Basic auth) ------------------------------------------
+
+class _GitHttp(BaseHTTPRequestHandler):
+    root: Path
+    expected: str
+    seen: list[str]
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _serve(self) -> None:
+        auth = self.headers.get("Authorization", "")
+        self.seen.append(auth)
+        if auth != self.expected:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="git"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        path, _, query = self.path.partition("?")
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        env = {
+            "PATH": os.environ["PATH"], "GIT_PROJECT_ROOT": str(self.root), "GIT_HTTP_EXPORT_ALL": "1",
+            "PATH_INFO": path, "QUERY_STRING": query, "REQUEST_METHOD": self.command, "REMOTE_USER": "user",
+            "REMOTE_ADDR": "127.0.0.1", "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+            "CONTENT_LENGTH": str(len(body)), "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""),
+            "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
+        }
+        done = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True, check=False)
+        head, _, payload = done.stdout.partition(b"\r\n\r\n")
+        status = 200
+        headers = []
+        for line in head.decode().split("\r\n"):
+            name, _, value = line.partition(":")
+            if name.lower() == "status":
+                status = int(value.strip().split()[0])
+            elif name:
+                headers.append((name, value.strip()))
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = _serve
+    do_POST = _serve
+
+
+@pytest.fixture
+def http_remote(tmp_path: Path, remote: Path) -> Iterator[tuple[str, list[str]]]:
+    seen: list[str] = []
+    expected = "Basic " + base64.b64encode(f"x-access-token:{TOKEN}".encode()).decode()
+    handler = type("Handler", (_GitHttp,), {"root": remote.parent, "expected": expected, "seen": seen})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/{remote.name}", seen
+    server.shutdown()
+    server.server_close()
+
+
+async def test_token_is_sent_but_never_stored(tmp_path: Path, remote: Path, http_remote: tuple[str, list[str]]) -> None:
+    url, seen = http_remote
+    cache = cache_for(tmp_path, url, token=TOKEN)
+    sha = await edit_commit_push(cache, values_file("a", "6.0.0"))
+    assert git("rev-parse", "main", cwd=remote).strip() == sha
+    assert any(h.startswith("Basic ") for h in seen)
+    encoded = base64.b64encode(f"x-access-token:{TOKEN}".encode()).decode()
+    for path in (cache.path("gitops") / ".git").rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert TOKEN.encode() not in data and encoded.encode() not in data, path
+    assert git("remote", "get-url", "origin", cwd=cache.path("gitops")).strip() == url
+
+
+async def test_bad_token_is_an_auth_error_without_the_secret(
+    tmp_path: Path, http_remote: tuple[str, list[str]]
+) -> None:
+    url, _ = http_remote
+    wrong = "wrong-token-1234"
+    cache = cache_for(tmp_path, url, token=wrong)
+    with pytest.raises(AuthError) as caught:
+        await cache.sync("gitops")
+    assert wrong not in str(caught.value)
+    assert base64.b64encode(f"x-access-token:{wrong}".encode()).decode() not in str(caught.value)
+    no_token = cache_for(tmp_path / "other", url)
+    with pytest.raises(AuthError):
+        await no_token.sync("gitops")
