@@ -35,7 +35,9 @@ class TransientError(BridgeError):
 
 
 class UpstreamUnavailable(TransientError):
-    def __init__(self, system: str, detail: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+    def __init__(
+        self, system: str, detail: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
         self.system = system
         self.status = status
         self.retry_after = retry_after

@@ -16,7 +16,7 @@ from bridge.queue import OPEN_PULL_REQUEST, deployment_id
 from bridge.records import DeploymentRecord, now_iso
 from bridge.routing import Environment, Route, Target, branch_matches, match_build
 from bridge.tags import build_values, render_tag
-from workers.context import Ctx, enqueue, routing, settings, store
+from workers.context import Ctx, enqueue, routing, store
 from workers.outcome import finish_deployment, report
 
 log = logging.getLogger("gitops_bridge.deploy")
