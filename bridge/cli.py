@@ -31,9 +31,9 @@ def _load(args: argparse.Namespace) -> tuple[Settings, RoutingConfig]:
         overrides["config"] = args.config
     settings = load_settings(**overrides)
     routing = load_routing(settings.config)
-    from bridge.logs import setup_logging
+    from bridge.logs import configure_logging
 
-    setup_logging(settings)
+    configure_logging(settings)
     return settings, routing
 
 
@@ -166,8 +166,9 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     from workers.subscribe import subscribe
 
     settings, routing = _load(args)
-    return asyncio.run(subscribe(settings, routing, public_url=args.url or settings.public_url, dry_run=args.dry_run,
-                                 check=args.check, out=sys.stdout))
+    code: int = asyncio.run(subscribe(settings, routing, public_url=args.url or settings.public_url,
+                                      dry_run=args.dry_run, check=args.check, out=sys.stdout))
+    return code
 
 
 # -- commands that talk to a running bridge ------------------------------------------------------------------------

@@ -7,6 +7,7 @@ verdict at most once, which makes re-run jobs harmless.
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 from collections.abc import Iterable
@@ -111,7 +112,7 @@ class DeploymentStore:
                         setattr(record, name, value)
                     record.stamp(*stamp)
                     record.updated = time.time()
-                    pipe.multi()
+                    pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.set(key, record.model_dump_json(), keepttl=True)
                     await pipe.execute()
                     return record
@@ -131,7 +132,7 @@ class DeploymentStore:
                         raise KeyError(deployment_id)
                     record = DeploymentRecord.model_validate_json(raw)
                     if record.verdict is not None:
-                        await pipe.reset()
+                        await pipe.reset()  # type: ignore[no-untyped-call]
                         return False
                     for name, value in changes.items():
                         setattr(record, name, value)
@@ -140,7 +141,7 @@ class DeploymentStore:
                     record.state = "done"
                     record.stamp("finished")
                     record.updated = time.time()
-                    pipe.multi()
+                    pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.set(key, record.model_dump_json(), keepttl=True)
                     await pipe.execute()
                     return True
@@ -149,7 +150,7 @@ class DeploymentStore:
         raise RuntimeError(f"deployment {deployment_id}: too much contention finishing the record")
 
     async def for_build(self, build_key: str) -> list[DeploymentRecord]:
-        ids = sorted(await self.redis.smembers(self.keys.build_deployments(build_key)))
+        ids = sorted(await self.redis.smembers(self.keys.build_deployments(build_key)))  # type: ignore[misc]
         records = [await self.get(i.decode() if isinstance(i, bytes) else i) for i in ids]
         return [r for r in records if r is not None]
 
@@ -214,9 +215,9 @@ class DeploymentStore:
         raw = await self.redis.get(self.keys.hold(route, environment))
         return json.loads(raw) if raw else None
 
-    async def list_holds(self) -> list[dict[str, str]]:
+    async def list_holds(self) -> builtins.list[dict[str, str]]:
         out = []
-        for member in sorted(await self.redis.smembers(self.keys.holds)):
+        for member in sorted(await self.redis.smembers(self.keys.holds)):  # type: ignore[misc]
             text = member.decode() if isinstance(member, bytes) else member
             route, _, env = text.partition(":")
             hold = await self.get_hold(route, env)

@@ -129,7 +129,7 @@ async def start_deployment(ctx: Ctx, record: DeploymentRecord, route: Route, env
                 build_number=record.build_number,
                 commit=record.source_commit,
                 branch=record.source_branch,
-                definition_id=int(record.definition) if (record.definition or "").isdigit() else None,
+                definition_id=int(record.definition) if record.definition and record.definition.isdigit() else None,
             ),
         )
     except InvalidBuild as exc:

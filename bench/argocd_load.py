@@ -1,0 +1,203 @@
+"""Argo CD load while many deployments wait: 100 deployments on 10 applications (issue §6).
+
+    .venv/bin/python bench/argocd_load.py [--deployments 100] [--apps 10] [--poll 1.0] [--redis redis://127.0.0.1:6379/4]
+
+The Argo CD fake (real socket) follows a real bare repository; one commit bumps all applications, each app then
+stays Progressing for a while before turning Healthy. An arq worker runs in a child process (so its RSS is the
+worker's alone) with the real verify/watch jobs. Prints Argo CD requests per second (status reads, refreshes,
+syncs) against the target of one status read per application per poll interval, and the worker's peak RSS.
+Uses (and flushes) only the given Redis database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from arq import create_pool  # noqa: E402
+from arq.connections import RedisSettings  # noqa: E402
+
+from bridge.queue import VERIFY_DEPLOYMENT, Keys  # noqa: E402
+from bridge.records import DeploymentRecord, DeploymentStore  # noqa: E402
+from bridge.routing import RoutingConfig, parse_routing  # noqa: E402
+from bridge.settings import Settings  # noqa: E402
+from workers.fakes.argocd import FAKE_TOKEN, ArgoCDFake  # noqa: E402
+
+PREFIX = "gb-bench-argocd"
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def make_repo(root: Path, apps: int) -> tuple[Path, Path]:
+    bare, work = root / "gitops.git", root / "work"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    subprocess.run(["git", "clone", "-q", str(bare), str(work)], check=True, capture_output=True)
+    git(work, "config", "user.email", "bench@example.com")
+    git(work, "config", "user.name", "bench")
+    git(work, "checkout", "-q", "-b", "main")
+    for i in range(apps):
+        (work / f"app{i}").mkdir()
+        (work / f"app{i}" / "values.yaml").write_text("image:\n  tag: '1'\n")
+    git(work, "add", "-A")
+    git(work, "commit", "-q", "-m", "initial")
+    git(work, "push", "-q", "origin", "HEAD:main")
+    return bare, work
+
+
+def routing(apps: int) -> RoutingConfig:
+    envs = [{"name": f"app{i}", "repository": "gitops", "file": f"app{i}/values.yaml",
+             "argocd": {"app": f"app{i}", "project": "bench"}, "deadline_seconds": 600} for i in range(apps)]
+    return parse_routing({"repositories": {"gitops": {"url": "https://example.com/gitops.git"}},
+                          "routes": [{"name": "svc", "match": {"project": "p", "definition": "d"},
+                                      "environments": envs}]})
+
+
+def worker_process(redis_url: str, argocd_url: str, poll: float, apps: int, bare: str) -> None:
+    """The worker under measurement: real verify/watch jobs, no-op reports, burst until every wait is decided."""
+    from arq.worker import Worker, func
+
+    from bridge.queue import PROMOTE_BUILD, REPORT_DEPLOYMENT, WATCH_APPLICATION
+    from workers.argocd import ArgoCDClient
+    from workers.fakes.argocd import git_is_ancestor
+    from workers.verify import resume_watches, verify_deployment, watch_application
+
+    async def noop(ctx: dict[str, Any], *args: Any) -> None:
+        return None
+
+    async def main() -> None:
+        settings = bench_settings(argocd_url, poll)
+        keys = Keys(PREFIX)
+        pool = await create_pool(RedisSettings.from_dsn(redis_url))
+        ctx: dict[str, Any] = {"settings": settings, "routing": routing(apps), "keys": keys,
+                               "store": DeploymentStore(pool, keys), "redis": pool,
+                               "argocd": ArgoCDClient.from_settings(settings),
+                               "is_ancestor": git_is_ancestor({"gitops": bare})}
+        await resume_watches(ctx)
+        worker = Worker(functions=[func(verify_deployment, name=VERIFY_DEPLOYMENT),
+                                   func(watch_application, name=WATCH_APPLICATION, keep_result=0),
+                                   func(noop, name=REPORT_DEPLOYMENT), func(noop, name=PROMOTE_BUILD)],
+                        redis_pool=pool, queue_name=settings.queue_name, burst=True, poll_delay=0.05,
+                        handle_signals=False, ctx=ctx, max_jobs=10)
+        await worker.main()
+        await ctx["argocd"].aclose()
+        await pool.aclose()
+
+    asyncio.run(main())
+
+
+def bench_settings(argocd_url: str, poll: float) -> Settings:
+    return Settings(argocd={"url": argocd_url, "token": FAKE_TOKEN, "poll_seconds": poll,
+                            "refresh_timeout_seconds": 5.0, "request_timeout_seconds": 5.0},
+                    queue_name=f"{PREFIX}:queue", key_prefix=PREFIX)
+
+
+async def seed(redis_url: str, deployments: int, apps: int, sha: str, queue: str) -> None:
+    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    await pool.flushdb()
+    store = DeploymentStore(pool, Keys(PREFIX))
+    for n in range(deployments):
+        env = f"app{n % apps}"
+        record = DeploymentRecord(id=f"{n}-svc-{env}", build_key=f"org:p:{n}", build_id=n, route="svc",
+                                  environment=env, repository="gitops", file=f"{env}/values.yaml",
+                                  keys=["image.tag"], commit_sha=sha, state="verifying")
+        record.stamp("pushed")
+        await store.create(record)
+        await pool.enqueue_job(VERIFY_DEPLOYMENT, record.id, _job_id=f"verify:{record.id}", _queue_name=queue)
+    await pool.aclose()
+
+
+async def verdicts(redis_url: str) -> Counter[str]:
+    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    records, _ = await DeploymentStore(pool, Keys(PREFIX)).list(limit=10_000)
+    await pool.flushdb()
+    await pool.aclose()
+    return Counter(r.verdict or "in-flight" for r in records)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--deployments", type=int, default=100)
+    parser.add_argument("--apps", type=int, default=10)
+    parser.add_argument("--poll", type=float, default=1.0, help="argocd.poll_seconds")
+    parser.add_argument("--progressing", type=int, default=15, help="controller passes each app stays Progressing")
+    parser.add_argument("--reconcile", type=float, default=1.0, help="fake controller period (s)")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/4")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bare, work = make_repo(Path(tmp), args.apps)
+        fake = ArgoCDFake(bare)
+        for i in range(args.apps):
+            fake.add_app(f"app{i}", f"app{i}/values.yaml", project="bench",
+                         health_sequence=["Progressing"] * args.progressing + ["Healthy"])
+        for i in range(args.apps):
+            (work / f"app{i}" / "values.yaml").write_text("image:\n  tag: '2'\n")
+        git(work, "commit", "-q", "-am", "bump every app")
+        git(work, "push", "-q", "origin", "HEAD:main")
+        sha = git(work, "rev-parse", "HEAD")
+
+        with fake.serve(reconcile_period=args.reconcile):
+            settings = bench_settings(fake.url, args.poll)
+            asyncio.run(seed(args.redis, args.deployments, args.apps, sha, settings.queue_name))
+            proc = mp.get_context("spawn").Process(
+                target=worker_process, args=(args.redis, fake.url, args.poll, args.apps, str(bare)))
+            started = time.time()
+            proc.start()
+            peak_rss = 0
+            child = psutil.Process(proc.pid)
+            while proc.is_alive() and time.time() - started < 600:
+                try:
+                    peak_rss = max(peak_rss, child.memory_info().rss)
+                except psutil.Error:
+                    break
+                time.sleep(0.1)
+            proc.join(timeout=30)
+            elapsed = time.time() - started
+            log = [r for r in fake.requests if r.time >= started and r.path.startswith("/api/v1/applications/")]
+
+        outcome = asyncio.run(verdicts(args.redis))
+
+    reads = [r for r in log if r.method == "GET" and "refresh" not in r.query]
+    refreshes = [r for r in log if r.method == "GET" and "refresh" in r.query]
+    syncs = [r for r in log if r.method == "POST"]
+    window = (max(r.time for r in log) - min(r.time for r in log)) if log else 0.0
+    per_interval: Counter[tuple[str, int]] = Counter(
+        (r.path, int(r.time // args.poll)) for r in reads + refreshes)
+    target = args.apps / args.poll
+    print(f"deployments={args.deployments} apps={args.apps} poll={args.poll:g}s "
+          f"progressing_passes={args.progressing} reconcile={args.reconcile:g}s")
+    print(f"verdicts: {dict(outcome)}  wall={elapsed:.1f}s  request window={window:.1f}s")
+    print(f"Argo CD requests: {len(log)} total = {len(reads)} status reads + {len(refreshes)} refreshes "
+          f"+ {len(syncs)} syncs")
+    if window:
+        print(f"status reads/s: {len(reads) / window:.2f} (target <= {target:.2f} = apps / poll interval); "
+              f"all requests/s: {len(log) / window:.2f}")
+    print(f"max status requests for one app in one poll interval: {max(per_interval.values(), default=0)}")
+    gaps: list[float] = []
+    for path in {r.path for r in reads + refreshes}:
+        times = sorted(r.time for r in reads + refreshes if r.path == path)
+        gaps += [b - a for a, b in zip(times, times[1:], strict=False)]
+    if gaps:
+        print(f"gap between status requests for one app: min {min(gaps):.2f}s, mean {sum(gaps) / len(gaps):.2f}s "
+              f"(poll interval {args.poll:g}s)")
+    print(f"requests per deployment: {len(log) / max(args.deployments, 1):.2f}")
+    print(f"worker peak RSS: {peak_rss / 2**20:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
