@@ -7,6 +7,7 @@ service-hook envelopes at all. Real deliveries differ from the published samples
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -75,7 +76,11 @@ class BuildEvent:
         return f"{self.organization}:{(self.project_id or self.project_name or '-').lower()}:{self.build_id}"
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-able dict, equal to `dataclasses.asdict(self)` (built by hand: asdict deep-copies, slowly)."""
+        data = dict(self.__dict__)
+        data["repository"] = asdict(self.repository) if self.repository is not None else None
+        data["extra"] = copy.deepcopy(self.extra) if self.extra else {}
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BuildEvent:
@@ -101,7 +106,7 @@ def _int(v: Any) -> int | None:
         return None
     if isinstance(v, int):
         return v
-    if isinstance(v, str) and v.isdigit():
+    if isinstance(v, str) and v.isascii() and v.isdigit() and len(v) <= 18:  # "²".isdigit() is True; int() fails
         return int(v)
     return None
 
@@ -155,16 +160,16 @@ def _envelope(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _build_complete(body: dict[str, Any], r: dict[str, Any]) -> BuildEvent | Ignored:
-    build_id = _int(r.get("id"))
-    if build_id is None:
-        raise InvalidEvent("field 'resource.id' (build id) must be an integer")
     result = _str(r.get("result"))
     if result is None:
         status = _str(r.get("status"))
         return Ignored(f"legacy resourceVersion 1.0 shape (status {status!r}, no result); subscribe with 2.0",
                        BUILD_COMPLETE)
     if _str(r.get("status")) not in (None, "completed"):
-        return Ignored(f"build status {r.get('status')!r} is not completed", BUILD_COMPLETE)
+        return Ignored(f"build status {_str(r.get('status'))!r} is not completed", BUILD_COMPLETE)
+    build_id = _int(r.get("id"))
+    if build_id is None or build_id <= 0:
+        raise InvalidEvent("field 'resource.id' (build id) must be a positive integer")
     base = _str(_get(body, "resourceContainers", "collection", "baseUrl")) or _str(
         _get(body, "resourceContainers", "account", "baseUrl")
     ) or _org_base(_str(_get(r, "_links", "web", "href")) or _str(r.get("url")))
@@ -217,12 +222,12 @@ def _run_state_changed(body: dict[str, Any], r: dict[str, Any]) -> BuildEvent | 
     web = _str(_get(run, "_links", "web", "href"))
     build_id = _int(run.get("id"))
     if build_id is None and web:
-        m = re.search(r"buildId=(\d+)", web)
+        m = re.search(r"buildId=([0-9]{1,18})\b", web)
         build_id = int(m.group(1)) if m else None
     if build_id is None and self_url:
-        m = re.search(r"/runs/(\d+)", self_url)
+        m = re.search(r"/runs/([0-9]{1,18})\b", self_url)
         build_id = int(m.group(1)) if m else None
-    if build_id is None:
+    if build_id is None or build_id <= 0:
         raise InvalidEvent("cannot find the run id in 'resource.run' (id, _links.web or url)")
     base = _str(_get(body, "resourceContainers", "collection", "baseUrl")) or _org_base(self_url or web)
     collection = _str(_get(body, "resourceContainers", "collection", "id")) or base or "default"

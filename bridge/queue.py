@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from arq.connections import ArqRedis
+from arq.constants import job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
+from redis.exceptions import NoScriptError
 
 # Job names: the worker registers functions under exactly these names.
 PROCESS_BUILD = "process_build"            # (event: dict) → route, create records, hand to writer / PR
@@ -68,6 +71,17 @@ class Keys:
     def watched_apps(self) -> str:
         return f"{self.prefix}:apps"
 
+    def pull_request(self, github_repo: str, number: int) -> str:
+        """Pull request `owner/name#number` → the deployment id it carries (read by the GitHub webhook)."""
+        return f"{self.prefix}:pr:{github_repo}#{number}"
+
+    def pull_latest(self, route: str, environment: str) -> str:
+        """The deployment id of the newest pull request opened for a route and environment."""
+        return f"{self.prefix}:pr-latest:{route}:{environment}"
+
+    def pull_lock(self, route: str, environment: str) -> str:
+        return f"{self.prefix}:pr-lock:{route}:{environment}"
+
     @property
     def reconcile_watermark(self) -> str:
         return f"{self.prefix}:reconcile:watermark"
@@ -100,13 +114,35 @@ class EnqueueOutcome:
     job_id: str
 
 
+# One round trip, atomic: seen? → job or result exists? → write the job exactly as arq's `enqueue_job` does (job key
+# with expiry, queue zset) → mark the build seen. Concurrent identical deliveries cannot both create the job.
+_ENQUEUE_BUILD_LUA = """
+if redis.call('exists', KEYS[1]) == 1 then return 0 end
+local created = 0
+if redis.call('exists', KEYS[2], KEYS[3]) == 0 then
+  redis.call('psetex', KEYS[2], ARGV[3], ARGV[2])
+  redis.call('zadd', KEYS[4], ARGV[4], ARGV[1])
+  created = 1
+end
+redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[5])
+return created
+"""
+_ENQUEUE_BUILD_SHA = hashlib.sha1(_ENQUEUE_BUILD_LUA.encode()).hexdigest()
+
+
 async def enqueue_build(
     redis: ArqRedis, keys: Keys, queue_name: str, event: dict[str, Any], build_key: str, retention_s: float
 ) -> EnqueueOutcome:
-    """Durably queue one build, once. Raises redis errors unchanged (the caller answers 503)."""
+    """Durably queue one build (job PROCESS_BUILD(event)), once. Raises redis errors unchanged (the caller answers
+    503). Equivalent to `redis.enqueue_job(PROCESS_BUILD, event, _job_id=..., _queue_name=...)` guarded by the
+    `seen` key, in a single Lua call instead of five round trips."""
     job_id = build_job_id(build_key)
-    if await redis.exists(keys.seen(build_key)):
-        return EnqueueOutcome("duplicate", job_id)
-    job = await redis.enqueue_job(PROCESS_BUILD, event, _job_id=job_id, _queue_name=queue_name)
-    await redis.set(keys.seen(build_key), job_id, ex=int(retention_s))
-    return EnqueueOutcome("queued" if job is not None else "duplicate", job_id)
+    enqueue_time_ms = int(time.time() * 1000)
+    job = serialize_job(PROCESS_BUILD, (event,), {}, None, enqueue_time_ms, serializer=redis.job_serializer)
+    script_keys = (keys.seen(build_key), job_key_prefix + job_id, result_key_prefix + job_id, queue_name)
+    args = (job_id, job, redis.expires_extra_ms, enqueue_time_ms, max(int(retention_s), 1))
+    try:
+        created = await redis.evalsha(_ENQUEUE_BUILD_SHA, len(script_keys), *script_keys, *args)  # type: ignore[arg-type,misc]
+    except NoScriptError:  # first call on this server (or it restarted): send the script itself
+        created = await redis.eval(_ENQUEUE_BUILD_LUA, len(script_keys), *script_keys, *args)  # type: ignore[arg-type,misc]
+    return EnqueueOutcome("queued" if created == 1 else "duplicate", job_id)

@@ -52,13 +52,18 @@ class Repository(_Model):
         return v
 
 
+Result = Literal["succeeded", "partiallySucceeded", "failed", "canceled"]
+
+
+def _default_results() -> list[Result]:
+    return ["succeeded"]
+
+
 class Match(_Model):
     project: str
     definition: str
     branches: list[str] = Field(default_factory=lambda: ["*"])
-    results: list[Literal["succeeded", "partiallySucceeded", "failed", "canceled"]] = Field(
-        default_factory=lambda: ["succeeded"]
-    )
+    results: list[Result] = Field(default_factory=_default_results)
 
     _globs = field_validator("branches")(_check_globs)
 
@@ -184,8 +189,8 @@ class Target:
         return (self.route.name, self.environment.name)
 
 
-def _cross_checks(cfg: RoutingConfig) -> list[tuple[int | None, str, str]]:
-    problems: list[tuple[int | None, str, str]] = []
+def _cross_checks(cfg: RoutingConfig) -> list[tuple[int, str, str]]:
+    problems: list[tuple[int, str, str]] = []
     seen_names: dict[str, int] = {}
     targets: dict[tuple[str, str, str], str] = {}
     for ri, route in enumerate(cfg.routes):
@@ -268,8 +273,18 @@ def load_routing(path: Path) -> RoutingConfig:
     return parse_routing(raw, str(path))
 
 
+_ID_SHAPED = re.compile(r"[0-9]+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
 def _id_or_name(want: str, ident: str | int | None, name: str | None) -> bool:
-    return want.lower() in {str(ident).lower() if ident is not None else "", (name or "").lower()}
+    """`want` names the id or the name. An unknown name (None: run-state events carry only the project id) cannot
+    rule out a name-shaped `want`, so that matches for now; the worker routes again after looking the build up."""
+    w = want.lower()
+    if ident is not None and w == str(ident).lower():
+        return True
+    if name is not None:
+        return w == name.lower()
+    return ident is None or not _ID_SHAPED.fullmatch(want)
 
 
 def branch_matches(globs: list[str], branch: str) -> bool:
@@ -286,7 +301,8 @@ def match_build(
     branch: str | None,
     result: str,
 ) -> list[Target]:
-    """Every (route, environment) this build deploys to. `branch=None` (not known yet) skips branch checks.
+    """Every (route, environment) this build deploys to. `branch=None` (not known yet) skips branch checks, and an
+    unknown project or definition name (None) only rules out routes that name a different id.
 
     Environments with `after:` are not started by the build itself; they follow a successful predecessor.
     """

@@ -2,7 +2,8 @@
 
 Every field comes from `BRIDGE_<NAME>` (nested groups with `__`, e.g. `BRIDGE_ARGOCD__TOKEN`) or from a file of the
 same name (lower case, e.g. `argocd__token`) in the secrets directory (`BRIDGE_SECRETS_DIR`, default
-`/var/run/secrets/gitops-bridge`), which is how a Kubernetes Secret is mounted. Lists accept JSON or comma-separated text.
+`/var/run/secrets/gitops-bridge`), which is how a Kubernetes Secret is mounted.
+Lists accept JSON or comma-separated text.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class WebhookSettings(_Group):
     tokens: SecretList = Field(default_factory=list, description="Accepted values of the secret header (rotation).")
     basic: SecretList = Field(default_factory=list, description="Accepted `user:password` pairs for HTTP Basic.")
     max_body_bytes: int = 2 * 1024 * 1024
+    allow_unauthenticated: bool = Field(
+        default=False, description="Accept webhooks without credentials; the app refuses to start otherwise."
+    )
 
     _split = field_validator("tokens", "basic", mode="before")(_split_list)
 
@@ -180,5 +184,5 @@ def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment and the secrets directory; keyword arguments win (tests use them)."""
     secrets_dir = Path(os.environ.get("BRIDGE_SECRETS_DIR", str(DEFAULT_SECRETS_DIR)))
     if secrets_dir.is_dir():
-        return Settings(_secrets_dir=secrets_dir, **overrides)
+        return Settings(_secrets_dir=secrets_dir, **overrides)  # type: ignore[call-arg]
     return Settings(**overrides)

@@ -1,0 +1,124 @@
+"""Structured logging: one line per record, text (`key=value` extras) or JSON, and a filter that scrubs secrets.
+
+`configure_logging(settings)` is called once at start-up. The scrubbing filter sits on the handlers (a filter on a
+logger does not see records propagated from its children), so every record that is written goes through it,
+including uvicorn's and those of libraries that put a URL with a password into an exception message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from bridge.settings import Settings
+
+MASK = "***"
+# Attributes every LogRecord has; anything else on a record came in through `extra=` and is a structured field.
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
+
+
+def fields_of(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
+
+
+class SecretFilter(logging.Filter):
+    """Replaces every configured secret in the message, the exception text and extra fields with `***`."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        # Longest first, so a secret that contains another is masked whole.
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def scrub(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        message = record.getMessage()
+        record.msg, record.args = self.scrub(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.scrub(record.exc_text)
+            record.exc_info = None  # the scrubbed text is what gets written
+        if record.stack_info:
+            record.stack_info = self.scrub(record.stack_info)
+        for key, value in fields_of(record).items():
+            if isinstance(value, str):
+                setattr(record, key, self.scrub(value))
+            elif value is not None and not isinstance(value, int | float | bool):
+                setattr(record, key, self.scrub(str(value)))
+        return True
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class TextFormatter(logging.Formatter):
+    """`2025-01-01T00:00:00.000Z INFO bridge.webhook message key=value ...`"""
+
+    def format(self, record: logging.LogRecord) -> str:
+        parts = [_timestamp(record), record.levelname, record.name, record.getMessage()]
+        for key, value in fields_of(record).items():
+            if value is not None:
+                text = str(value)
+                parts.append(f"{key}={json.dumps(text) if (' ' in text or not text) else text}")
+        line = " ".join(parts)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line += "\n" + record.exc_text
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": _timestamp(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        data.update({k: v for k, v in fields_of(record).items() if v is not None})
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            data["exception"] = record.exc_text
+        return json.dumps(data, default=str)
+
+
+def configure_logging(settings: Settings, stream: Any = None) -> logging.Handler:
+    """Root handler with our format and the secret filter; uvicorn's loggers write through it too."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if settings.log_json else TextFormatter())
+    handler.addFilter(SecretFilter(settings.secret_values()))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_bridge", False):
+            root.removeHandler(old)
+    handler._bridge = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(settings.log_level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    return handler
+
+
+def install_secret_filter(secrets: Iterable[str], loggers: Iterable[str] = ("", "uvicorn", "uvicorn.access")) -> None:
+    """Add the scrubbing filter to every handler of the named loggers (for handlers configured elsewhere)."""
+    secret_filter = SecretFilter(secrets)
+    for name in loggers:
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, SecretFilter) for f in handler.filters):
+                handler.addFilter(secret_filter)

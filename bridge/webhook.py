@@ -1,0 +1,185 @@
+"""`POST /webhooks/azure-devops`: authenticate → read (bounded) → parse → route → enqueue → answer.
+
+Status policy (Azure DevOps puts a subscription that gets any 4xx/5xx other than 408/502/503/504 on probation, and
+drops new events while it is there):
+
+    202  queued | duplicate | ignored (valid but unwanted: other event types, legacy shape, test button, no route)
+    400  not JSON, or JSON that is not a service-hook envelope (the reason names the problem)
+    401  no accepted credential (the body names the expected scheme, never which part was wrong)
+    413  body over webhook.max_body_bytes (2 MiB, Azure DevOps' own limit), refused without reading the rest
+    415  not JSON content
+    503  Redis unavailable, with Retry-After (Azure DevOps retries 503 for about three minutes)
+
+A 2xx `queued`/`duplicate` is only sent once the job is in Redis. No git, no outbound HTTP here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from redis.exceptions import RedisError
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from bridge import metrics
+from bridge.auth import WebhookAuth
+from bridge.events import BuildEvent, Ignored, InvalidEvent, parse_event
+from bridge.logs import SecretFilter
+from bridge.queue import Keys, deployment_id, enqueue_build
+from bridge.records import now_iso
+from bridge.routing import RoutingConfig, match_build
+from bridge.settings import Settings
+
+log = logging.getLogger("bridge.webhook")
+
+REDIS_TIMEOUT_S = 5.0  # bound on the enqueue; a hung Redis answers 503 like a stopped one
+RETRY_AFTER_S = "10"
+MAX_REASON = 300  # reasons can quote the body (an event type); keep answers and log lines short
+
+
+@dataclass
+class Answer:
+    status: int
+    outcome: str  # one of metrics.WEBHOOK_OUTCOMES
+    reason: str | None = None
+    event_type: str = "unknown"  # one of metrics.EVENT_TYPES
+    deployments: list[dict[str, str]] = field(default_factory=list)
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    event: BuildEvent | None = None
+    event_id: str | None = None
+
+
+class Intake:
+    """What the handler needs, prepared once per app (the hot path builds no models)."""
+
+    def __init__(self, settings: Settings, routing: RoutingConfig) -> None:
+        self.settings = settings
+        self.routing = routing
+        self.auth = WebhookAuth(settings.webhook)
+        self.keys = Keys(prefix=settings.key_prefix)
+        self.queue_name = settings.queue_name
+        self.max_body = settings.webhook.max_body_bytes
+        self.retention_s = max(settings.retention_days * 86400, 3600.0)
+        self.scrubber = SecretFilter(settings.secret_values())  # reasons may quote the body
+
+
+def _json_media(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it is over `limit` (declared or counted while streaming)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _event_type(body: Any) -> str:
+    value = body.get("eventType") if isinstance(body, dict) else None
+    return value if value in metrics.EVENT_TYPES[:2] else ("other" if isinstance(value, str) and value else "unknown")
+
+
+async def handle(intake: Intake, request: Request) -> Answer:
+    if not intake.auth.check(request.headers):
+        headers, challenge = intake.auth.challenge
+        return Answer(401, "unauthorized", challenge, headers=headers)
+    if not _json_media(request.headers.get("content-type")):
+        return Answer(415, "unsupported_media", "expected Content-Type: application/json")
+    try:
+        raw = await _read_body(request, intake.max_body)
+    except ClientDisconnect:
+        return Answer(400, "invalid", "client disconnected before the body was complete")
+    if raw is None:
+        return Answer(413, "too_large", f"body over {intake.max_body} bytes", headers=[("connection", "close")])
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Answer(400, "invalid", f"invalid JSON: {exc}")
+    event_type = _event_type(body)
+    event_id = body.get("id") if isinstance(body, dict) and isinstance(body.get("id"), str) else None
+    try:
+        parsed = parse_event(body)
+    except InvalidEvent as exc:
+        return Answer(400, "invalid", str(exc), event_type, event_id=event_id)
+    if isinstance(parsed, Ignored):
+        return Answer(202, "ignored", parsed.reason, event_type, event_id=event_id)
+    event = parsed
+    targets = match_build(
+        intake.routing,
+        project_id=event.project_id,
+        project_name=event.project_name,
+        definition_id=event.definition_id,
+        definition_name=event.definition_name,
+        branch=event.source_branch,
+        result=event.result,
+    )
+    if not targets:
+        return Answer(202, "ignored", "no route", event_type, event=event, event_id=event_id)
+    build_key = event.build_key
+    deployments = [
+        {"id": deployment_id(build_key, t.route.name, t.environment.name), "route": t.route.name,
+         "environment": t.environment.name}
+        for t in targets
+    ]
+    payload = {"event": event.to_json(), "received": now_iso()}
+    try:
+        async with asyncio.timeout(REDIS_TIMEOUT_S):
+            done = await enqueue_build(request.app.state.redis, intake.keys, intake.queue_name, payload, build_key,
+                                       intake.retention_s)
+    except (RedisError, OSError, TimeoutError) as exc:
+        metrics.ENQUEUE_FAILURES.inc()
+        log.warning("enqueue failed: %s", type(exc).__name__)
+        return Answer(503, "unavailable", "queue unavailable, retry later", event_type,
+                      headers=[("retry-after", RETRY_AFTER_S)], event=event, event_id=event_id)
+    reason = None if done.status == "queued" else "build already received"
+    return Answer(202, done.status, reason, event_type, deployments, event=event, event_id=event_id)
+
+
+async def azure_devops(request: Request) -> Response:
+    started = time.perf_counter()
+    intake: Intake = request.app.state.intake
+    answer = await handle(intake, request)
+    if answer.status == 202:
+        content: dict[str, Any] = {"status": answer.outcome, "reason": answer.reason, "deployments": answer.deployments}
+    elif answer.status == 503:
+        content = {"status": "unavailable", "reason": answer.reason}
+    else:
+        content = {"status": "rejected", "reason": answer.reason}
+    if answer.reason is not None:
+        reason = answer.reason if len(answer.reason) <= MAX_REASON else answer.reason[:MAX_REASON] + "..."
+        answer.reason = content["reason"] = intake.scrubber.scrub(reason)
+    response = Response(orjson.dumps(content), status_code=answer.status, media_type="application/json")
+    for name, value in answer.headers:
+        response.headers.append(name, value)
+    metrics.WEBHOOK_REQUESTS.labels(answer.event_type, answer.outcome).inc()
+    metrics.WEBHOOK_DURATION.observe(time.perf_counter() - started)
+    event = answer.event
+    log.info(
+        "azure-devops webhook %s", answer.outcome,
+        extra={
+            "outcome": answer.outcome,
+            "status": answer.status,
+            "event_type": answer.event_type,
+            "event_id": answer.event_id,
+            "build_id": event.build_id if event else None,
+            "build_key": event.build_key if event else None,
+            "reason": answer.reason,
+        },
+    )
+    return response
