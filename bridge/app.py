@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bridge import metrics, webhook
+from bridge import api, github_webhook, metrics, webhook
 from bridge.errors import ConfigError
 from bridge.routing import RoutingConfig, load_routing
 from bridge.settings import Settings, load_settings
@@ -120,6 +120,8 @@ CORE_ROUTES: list[BaseRoute] = [
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics_endpoint, methods=["GET"]),
+    *github_webhook.routes,
+    *api.routes,
 ]
 
 

@@ -11,7 +11,7 @@ import pytest
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
 from bridge.events import parse_event
-from bridge.queue import OPEN_PULL_REQUEST, PROMOTE_BUILD, Keys, deployment_id
+from bridge.queue import OPEN_PULL_REQUEST, PROMOTE_BUILD, Keys
 from bridge.records import DeploymentStore
 from bridge.routing import parse_routing
 from bridge.settings import Settings

@@ -1,0 +1,403 @@
+"""`gitops-bridge demo`: the whole flow on one machine, with no external service.
+
+An embedded Redis, a bare GitOps repository with a sample Helm app, the Argo CD, Azure DevOps and GitHub fakes the
+tests use, and the bridge itself (web + worker, as `serve` runs them). Then a realistic sequence of builds:
+
+1. shop #101: a normal dev deployment; dev succeeds, so staging (`after: dev`) opens a pull request, which the demo
+   merges like a reviewer would, and staging is verified too.
+2. cart #201 and #202 finish at the same moment: one writer, coalesced, the newer tag wins.
+3. cart #204, then #203 finishing last: the older build is `superseded`, never written.
+4. search #301: its rollout degrades in Argo CD, so the deployment `failed` — and the build says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bridge.embedded_redis import EmbeddedRedis
+from bridge.routing import parse_routing
+from bridge.settings import Settings
+from workers.fakes.argocd import FAKE_TOKEN, ArgoCDFake
+from workers.fakes.azure_devops import FakeAzureDevOps
+from workers.fakes.github import GitHubFake
+
+ORG, PROJECT = "contoso", "Storefront"
+GITHUB_REPO = "contoso/gitops"
+WEBHOOK_TOKEN = "demo-webhook-token"  # noqa: S105 - a demo credential, printed on purpose
+API_TOKEN = "demo-api-token"  # noqa: S105
+PAT = "demo-pat"  # noqa: S105
+GITHUB_TOKEN = "demo-github-token"  # noqa: S105
+GITHUB_SECRET = "demo-github-webhook-secret"  # noqa: S105
+
+VALUES = """\
+# Values for {app} in {env}.
+# gitops-bridge edits only the image tag below; everything else stays byte for byte.
+replicaCount: {replicas}
+
+image:
+  repository: contoso.azurecr.io/{app}   # pushed by the Azure DevOps pipeline
+  tag: "{tag}"
+  pullPolicy: IfNotPresent
+
+resources:
+  limits: {{cpu: 500m, memory: 256Mi}}   # flow style survives too
+
+ingress:
+  enabled: {ingress}
+"""
+
+CHART = """\
+apiVersion: v2
+name: {app}
+version: 1.0.0
+"""
+
+DEPLOYMENT = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{{{ .Chart.Name }}}}
+spec:
+  replicas: {{{{ .Values.replicaCount }}}}
+  template:
+    spec:
+      containers:
+        - name: app
+          image: "{{{{ .Values.image.repository }}}}:{{{{ .Values.image.tag }}}}"
+"""
+
+APPS = {"shop": ("dev", "staging", "prod"), "cart": ("dev", "staging", "prod"), "search": ("dev", "staging", "prod")}
+
+
+def _git(cwd: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "Platform Team", "GIT_AUTHOR_EMAIL": "platform@contoso.example",
+           "GIT_COMMITTER_NAME": "Platform Team", "GIT_COMMITTER_EMAIL": "platform@contoso.example"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+
+
+def make_gitops_repo(root: Path) -> Path:
+    """A bare repository with a Helm chart and values-dev/staging/prod.yaml per app."""
+    bare = root / "gitops.git"
+    work = root / "seed"
+    _git(root, "init", "--quiet", "--bare", "--initial-branch=main", str(bare))
+    _git(root, "init", "--quiet", "--initial-branch=main", str(work))
+    for app, envs in APPS.items():
+        chart = work / "helm" / app
+        (chart / "templates").mkdir(parents=True)
+        (chart / "Chart.yaml").write_text(CHART.format(app=app))
+        (chart / "templates" / "deployment.yaml").write_text(DEPLOYMENT)
+        for env in envs:
+            (chart / f"values-{env}.yaml").write_text(VALUES.format(
+                app=app, env=env, tag="100", replicas=3 if env == "prod" else 1,
+                ingress="true" if env != "dev" else "false"))
+    _git(work, "add", "-A")
+    _git(work, "commit", "--quiet", "-m", "Initial GitOps layout")
+    _git(work, "push", "--quiet", str(bare), "main")
+    shutil.rmtree(work)
+    return bare
+
+
+def routing_document(bare: Path) -> dict[str, Any]:
+    def env(app: str, name: str, **extra: Any) -> dict[str, Any]:
+        return {"name": name, "repository": "gitops", "file": f"helm/{app}/values-{name}.yaml", "keys": ["image.tag"],
+                "argocd": {"app": f"{app}-{name}"}, **extra}
+
+    return {
+        "repositories": {"gitops": {"url": str(bare), "branch": "main", "github": GITHUB_REPO}},
+        "routes": [
+            {"name": "shop", "match": {"project": PROJECT, "definition": "shop-ci", "branches": ["refs/heads/main"]},
+             "environments": [env("shop", "dev"), env("shop", "staging", promotion="pull-request", after="dev")]},
+            {"name": "cart", "match": {"project": PROJECT, "definition": "cart-ci", "branches": ["refs/heads/main"]},
+             "environments": [env("cart", "dev")]},
+            {"name": "search", "match": {"project": PROJECT, "definition": "search-ci"},
+             "environments": [env("search", "dev", degraded_grace_seconds=1)]},
+        ],
+    }
+
+
+def build_complete(build: dict[str, Any], org_url: str) -> dict[str, Any]:
+    """The service-hook envelope Azure DevOps posts for a finished build (resourceVersion 2.0)."""
+    return {
+        "subscriptionId": str(uuid.uuid4()), "notificationId": build["id"], "id": str(uuid.uuid4()),
+        "eventType": "build.complete", "publisherId": "tfs",
+        "message": {"text": f"Build {build['buildNumber']} succeeded"},
+        "resource": build, "resourceVersion": "2.0",
+        "resourceContainers": {"collection": {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, org_url)), "baseUrl": org_url},
+                               "project": {"id": build["project"]["id"], "baseUrl": org_url}},
+        "createdDate": build["finishTime"],
+    }
+
+
+class BridgeThread:
+    """The bridge (web + worker in one event loop, like `gitops-bridge serve`) in a background thread."""
+
+    def __init__(self, settings: Settings, routing: Any, redis_url: str, port: int) -> None:
+        self.settings, self.routing, self.redis_url, self.port = settings, routing, redis_url, port
+        self.loop = asyncio.new_event_loop()
+        self.task: asyncio.Future[None] | None = None
+        self.thread = threading.Thread(target=self._run, name="bridge", daemon=True)
+        self.error: BaseException | None = None
+
+    def _run(self) -> None:
+        from bridge.cli import serve
+
+        asyncio.set_event_loop(self.loop)
+        self.task = asyncio.ensure_future(serve(self.settings, self.routing, self.redis_url, host="127.0.0.1",
+                                                port=self.port), loop=self.loop)
+        try:
+            self.loop.run_until_complete(self.task)
+        except asyncio.CancelledError:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            self.error = exc
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.error is not None:
+                raise RuntimeError(f"the bridge did not start: {self.error}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("the bridge did not become ready")
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.loop.call_soon_threadsafe(self.task.cancel)
+        self.thread.join(timeout=10)
+
+
+class Progress:
+    """Prints each deployment's state changes as the bridge's API reports them."""
+
+    def __init__(self, api: str, out: Callable[[str], None]) -> None:
+        self.api, self.out = api, out
+        self.seen: dict[str, tuple[str, str | None]] = {}
+        self.t0 = time.monotonic()
+
+    def items(self) -> list[dict[str, Any]]:
+        response = httpx.get(f"{self.api}/api/deployments", params={"limit": 200},
+                             headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=5)
+        response.raise_for_status()
+        items: list[dict[str, Any]] = response.json()["items"]
+        return items
+
+    def poll(self) -> list[dict[str, Any]]:
+        items = self.items()
+        for item in sorted(items, key=lambda i: i["created"]):
+            now = (item["state"], item["verdict"])
+            if self.seen.get(item["id"]) == now:
+                continue
+            self.seen[item["id"]] = now
+            what = f"#{item['build_id']} {item['route']}/{item['environment']}"
+            detail = item["state"]
+            if item["verdict"]:
+                detail = f"{item['verdict'].upper()}: {item['reason']}"
+            elif item["state"] == "awaiting-merge" and item.get("pr_url"):
+                detail = f"awaiting-merge ({item['pr_url']})"
+            elif item["state"] == "verifying" and item.get("commit_sha"):
+                detail = f"verifying commit {item['commit_sha'][:10]} in Argo CD"
+            self.out(f"  [{time.monotonic() - self.t0:5.1f}s] {what:<22} {detail}")
+        return items
+
+
+def run_demo(*, keep_running: bool = False, port: int = 0, out: Callable[[str], None] = print) -> int:
+    """Run the scenario; 0 when every deployment ended with the verdict the scenario expects."""
+    root = Path(tempfile.mkdtemp(prefix="gitops-bridge-demo-"))
+    out(f"gitops-bridge demo — working directory {root}")
+    bare = make_gitops_repo(root)
+    argocd = ArgoCDFake(bare, token=FAKE_TOKEN)
+    for app, envs in APPS.items():
+        for env in envs:
+            argocd.add_app(f"{app}-{env}", f"helm/{app}/values-{env}.yaml", sync_steps=1)
+    ado = FakeAzureDevOps(pat=PAT)
+    if not port:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    bridge_url = f"http://127.0.0.1:{port}"
+    github = GitHubFake({GITHUB_REPO: bare}, token=GITHUB_TOKEN, prefix="/api/v3",
+                        webhook_url=f"{bridge_url}/webhooks/github", webhook_secret=GITHUB_SECRET)
+    redis = EmbeddedRedis(root / "redis")
+    started: list[Any] = []
+    try:
+        for thing in (redis, ado, github):
+            thing.start()
+            started.append(thing)
+        argocd.start()
+        started.append(argocd)
+        argocd.start_reconciler(period=0.25)
+        org_url = ado.org_url(ORG)
+        routing = parse_routing(routing_document(bare), "demo routing")
+        (root / "bridge.yaml").write_text(json.dumps(routing_document(bare), indent=2))
+        settings = Settings(
+            config=root / "bridge.yaml", redis_url=redis.url, queue_name="demo:queue", key_prefix="demo",
+            port=port, log_level="WARNING",
+            webhook={"tokens": [WEBHOOK_TOKEN]}, api={"read_tokens": [API_TOKEN], "write_tokens": [API_TOKEN]},
+            git={"work_dir": root / "clones", "author_name": "gitops-bridge", "author_email": "bridge@contoso.example"},
+            github={"token": GITHUB_TOKEN, "api_url": github.api_url, "pr_poll_seconds": 1.0,
+                    "webhook_secret": GITHUB_SECRET, "labels": ["gitops-bridge", "demo"]},
+            argocd={"url": argocd.url, "token": FAKE_TOKEN, "poll_seconds": 0.5, "deadline_seconds": 30,
+                    "degraded_grace_seconds": 1, "refresh_timeout_seconds": 2},
+            azure_devops={"token": PAT, "organization_url": org_url, "reconcile_seconds": 0},
+        )
+        from bridge.logs import configure_logging
+
+        configure_logging(settings)
+        bridge = BridgeThread(settings, routing, redis.url, port)
+        bridge.start()
+        started.append(bridge)
+        out(f"bridge up on {bridge_url}; Argo CD fake {argocd.url}; Azure DevOps fake {org_url}; "
+            f"GitHub fake {github.api_url}\n")
+        code = Scenario(ado, github, argocd, bridge_url, org_url, out).run()
+        if keep_running:
+            out(f"\n--keep-running: the bridge stays up on {bridge_url} (Ctrl-C to stop)\n"
+                f"  curl -H 'Authorization: Bearer {API_TOKEN}' {bridge_url}/api/deployments\n"
+                f"  curl {bridge_url}/metrics\n"
+                f"  curl -X POST -H 'Content-Type: application/json' -H 'X-Bridge-Token: {WEBHOOK_TOKEN}' "
+                f"--data @event.json {bridge_url}/webhooks/azure-devops\n"
+                f"  git --git-dir {bare} log --oneline")
+            try:
+                while True:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+        return code
+    finally:
+        for thing in reversed(started):
+            if isinstance(thing, ArgoCDFake):
+                thing.stop_reconciler()
+            thing.stop()
+        if not keep_running:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+class Scenario:
+    def __init__(self, ado: FakeAzureDevOps, github: GitHubFake, argocd: ArgoCDFake, bridge_url: str, org_url: str,
+                 out: Callable[[str], None]) -> None:
+        self.ado, self.github, self.argocd = ado, github, argocd
+        self.bridge_url, self.org_url, self.out = bridge_url, org_url, out
+        self.progress = Progress(bridge_url, out)
+        self.client = httpx.Client(timeout=10, headers={"X-Bridge-Token": WEBHOOK_TOKEN})
+        self.commits = 0
+
+    def build(self, build_id: int, app: str, *, commit: str | None = None) -> dict[str, Any]:
+        return self.ado.add_build(ORG, PROJECT, {
+            "id": build_id, "buildNumber": f"2026.11.{build_id}", "result": "succeeded",
+            "definition": {"id": {"shop": 11, "cart": 12, "search": 13}[app], "name": f"{app}-ci"},
+            "sourceBranch": "refs/heads/main",
+            "sourceVersion": (commit or f"{build_id:x}".rjust(8, "a")) * 5,
+            "repository": {"id": f"{app}-repo-id", "type": "TfsGit", "name": app},
+        })
+
+    def post(self, *builds: dict[str, Any]) -> None:
+        """Post finished builds to the webhook, concurrently when there are several."""
+        def send(build: dict[str, Any]) -> None:
+            response = self.client.post(f"{self.bridge_url}/webhooks/azure-devops",
+                                        json=build_complete(build, self.org_url))
+            body = response.json()
+            self.out(f"  webhook: build #{build['id']} ({build['definition']['name']}) → HTTP {response.status_code} "
+                     f"{body.get('status')} {[d['environment'] for d in body.get('deployments', [])]}")
+
+        threads = [threading.Thread(target=send, args=(b,)) for b in builds]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def wait(self, done: Callable[[list[dict[str, Any]]], bool], timeout: float = 30.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            items = self.progress.poll()
+            self.merge_open_pull_requests()
+            if done(items) or time.monotonic() > deadline:
+                return items
+            time.sleep(0.2)
+
+    def merge_open_pull_requests(self) -> None:
+        for pr in self.github.pulls(GITHUB_REPO):
+            if pr.state == "open":
+                sha = self.github.merge(GITHUB_REPO, pr.number)
+                self.out(f"  reviewer merges PR #{pr.number} ({pr.title}) → merge commit {sha[:10]}")
+
+    @staticmethod
+    def finished(items: list[dict[str, Any]], *builds: int) -> bool:
+        mine = [i for i in items if i["build_id"] in builds]
+        return bool(mine) and all(i["verdict"] for i in mine)
+
+    def run(self) -> int:
+        t0 = time.monotonic()
+        self.out("1) shop #101: a normal dev deployment, then staging through a pull request (after: dev)")
+        self.post(self.build(101, "shop"))
+        self.wait(lambda items: len([i for i in items if i["build_id"] == 101]) == 2
+                  and self.finished(items, 101))
+
+        self.out("\n2) cart #201 and #202 finish at the same moment")
+        self.post(self.build(201, "cart"), self.build(202, "cart"))
+        self.wait(lambda items: self.finished(items, 201, 202))
+
+        self.out("\n3) cart #204 finishes, then the older #203 finishes last")
+        self.post(self.build(204, "cart"))
+        time.sleep(0.3)
+        self.post(self.build(203, "cart"))
+        self.wait(lambda items: self.finished(items, 203, 204))
+
+        self.out("\n4) search #301: the rollout degrades in Argo CD")
+        self.argocd.script("search-dev", degrade=True)
+        self.post(self.build(301, "search"))
+        items = self.wait(lambda items: self.finished(items, 301))
+        return self.summary(items, time.monotonic() - t0)
+
+    def summary(self, items: list[dict[str, Any]], elapsed: float) -> int:
+        from bridge.cli import format_table
+
+        rows = [{"build": i["build_id"], "route": i["route"], "env": i["environment"], "tag": i["tag"],
+                 "verdict": i["verdict"] or f"({i['state']})", "commit": (i.get("commit_sha") or "")[:10] or "-",
+                 "reason": (i.get("reason") or "")[:70]} for i in sorted(items, key=lambda i: i["created"])]
+        self.out(f"\nDeployments ({elapsed:.1f}s):")
+        self.out(format_table(rows, ("build", "route", "env", "tag", "verdict", "commit", "reason")))
+        self.out("\nCommits in the GitOps repository (newest first):")
+        log = subprocess.run(["git", "--git-dir", str(self.argocd.repo), "log", "--format=%h %an  %s", "main"],
+                             capture_output=True, text=True, check=True).stdout
+        self.out("\n".join("  " + line for line in log.strip().splitlines()))
+        tags = {b: self.ado.tags(b) for b in (101, 201, 202, 203, 204, 301)}
+        self.out("\nWhat each build shows in Azure DevOps (build tags):")
+        for build_id, build_tags in tags.items():
+            self.out(f"  #{build_id}: {', '.join(build_tags) or '-'}")
+        self.out(f"\nWhere to look: {self.bridge_url}/api/deployments (Authorization: Bearer {API_TOKEN}), "
+                 f"{self.bridge_url}/metrics, gitops-bridge deployments --url {self.bridge_url} --token {API_TOKEN}")
+        verdicts = {(i["build_id"], i["environment"]): i["verdict"] for i in items}
+        expected = {
+            (101, "dev"): {"succeeded"}, (101, "staging"): {"succeeded"},
+            (201, "dev"): {"succeeded", "superseded"}, (202, "dev"): {"succeeded"},
+            (203, "dev"): {"superseded"}, (204, "dev"): {"succeeded"}, (301, "dev"): {"failed"},
+        }
+        wrong = {k: verdicts.get(k) for k, allowed in expected.items() if verdicts.get(k) not in allowed}
+        if wrong:
+            self.out(f"\nUNEXPECTED verdicts: {wrong}")
+            return 1
+        self.out("\nEvery deployment ended with the expected verdict.")
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run_demo())
