@@ -249,17 +249,19 @@ def run_demo(*, keep_running: bool = False, port: int = 0, out: Callable[[str], 
         org_url = ado.org_url(ORG)
         routing = parse_routing(routing_document(bare), "demo routing")
         (root / "bridge.yaml").write_text(json.dumps(routing_document(bare), indent=2))
-        settings = Settings(
-            config=root / "bridge.yaml", redis_url=redis.url, queue_name="demo:queue", key_prefix="demo",
-            port=port, log_level="WARNING",
-            webhook={"tokens": [WEBHOOK_TOKEN]}, api={"read_tokens": [API_TOKEN], "write_tokens": [API_TOKEN]},
-            git={"work_dir": root / "clones", "author_name": "gitops-bridge", "author_email": "bridge@contoso.example"},
-            github={"token": GITHUB_TOKEN, "api_url": github.api_url, "pr_poll_seconds": 1.0,
-                    "webhook_secret": GITHUB_SECRET, "labels": ["gitops-bridge", "demo"]},
-            argocd={"url": argocd.url, "token": FAKE_TOKEN, "poll_seconds": 0.5, "deadline_seconds": 30,
-                    "degraded_grace_seconds": 1, "refresh_timeout_seconds": 2},
-            azure_devops={"token": PAT, "organization_url": org_url, "reconcile_seconds": 0},
-        )
+        # model_validate, not the constructor: the demo ignores BRIDGE_* variables of the surrounding shell.
+        settings = Settings.model_validate({
+            "config": root / "bridge.yaml", "redis_url": redis.url, "queue_name": "demo:queue", "key_prefix": "demo",
+            "port": port, "log_level": "WARNING",
+            "webhook": {"tokens": [WEBHOOK_TOKEN]}, "api": {"read_tokens": [API_TOKEN], "write_tokens": [API_TOKEN]},
+            "git": {"work_dir": root / "clones", "author_name": "gitops-bridge",
+                    "author_email": "bridge@contoso.example"},
+            "github": {"token": GITHUB_TOKEN, "api_url": github.api_url, "pr_poll_seconds": 1.0,
+                       "webhook_secret": GITHUB_SECRET, "labels": ["gitops-bridge", "demo"]},
+            "argocd": {"url": argocd.url, "token": FAKE_TOKEN, "poll_seconds": 0.5, "deadline_seconds": 30,
+                       "degraded_grace_seconds": 1, "refresh_timeout_seconds": 2},
+            "azure_devops": {"token": PAT, "organization_url": org_url, "reconcile_seconds": 0},
+        })
         from bridge.logs import configure_logging
 
         configure_logging(settings)
