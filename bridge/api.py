@@ -150,9 +150,8 @@ async def promote(request: Request) -> JSONResponse:
     if len({r.route for r in records}) > 1:
         return _error("promotions", 400, "the build deployed through several routes: name one with 'route'")
     route = next(r for r in routes if r.name == records[0].route)
-    env = route.environment(to)
-    names = [e.name for e in route.environments]
-    previous = env.after or (names[names.index(to) - 1] if names.index(to) > 0 else None)
+    prev_env = route.previous(to)
+    previous = prev_env.name if prev_env else None
     source = next((r for r in records if r.environment == previous), None) or records[0]
     if source.environment == to:
         return _error("promotions", 409, f"build {build_id} already has a deployment to {to}")

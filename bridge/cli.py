@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -25,11 +26,29 @@ from bridge.routing import RoutingConfig, load_routing
 from bridge.settings import Settings, load_settings
 
 
+def _settings(**overrides: Any) -> Settings:
+    """load_settings, with invalid values reported as a ConfigError that names the setting (never its value)."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    try:
+        return load_settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = [str(part) for part in err["loc"]]
+            msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+            problems.append(f"settings: {'.'.join(loc)}: {msg} (BRIDGE_{'__'.join(loc).upper()})")
+        raise ConfigError(problems) from None
+    except SettingsError as exc:
+        raise ConfigError(f"settings: {exc}") from None
+
+
 def _load(args: argparse.Namespace) -> tuple[Settings, RoutingConfig]:
     overrides: dict[str, Any] = {}
     if getattr(args, "config", None):
         overrides["config"] = args.config
-    settings = load_settings(**overrides)
+    settings = _settings(**overrides)
     routing = load_routing(settings.config)
     from bridge.logs import configure_logging
 
@@ -45,7 +64,7 @@ def _fail(exc: ConfigError) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    settings = load_settings(**({"config": args.config} if args.config else {}))
+    settings = _settings(**({"config": args.config} if args.config else {}))
     routing = load_routing(settings.config)
     problems = []
     webhook = settings.webhook
@@ -125,6 +144,14 @@ async def serve(settings: Settings, routing: RoutingConfig, redis_url: str, *, h
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
     web = asyncio.ensure_future(server.serve())
     worker = asyncio.ensure_future(run_worker(settings, routing, redis_url=redis_url, serve_health=False))
+    # SIGTERM stops both cleanly, so the caller can stop the embedded Redis. (uvicorn re-raises the SIGTERM it
+    # captured once it has stopped; with the default handler that killed the process and orphaned redis-server.)
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGTERM, server.handle_exit, signal.SIGTERM, None)
+        handling_sigterm = True
+    except (RuntimeError, ValueError, NotImplementedError):  # not the main thread (the demo), or Windows
+        handling_sigterm = False
     try:
         done, _ = await asyncio.wait([web, worker], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
@@ -133,6 +160,8 @@ async def serve(settings: Settings, routing: RoutingConfig, redis_url: str, *, h
         server.should_exit = True
         worker.cancel()
         await asyncio.gather(web, worker, return_exceptions=True)
+        if handling_sigterm:
+            loop.remove_signal_handler(signal.SIGTERM)
 
 
 def _secret(value: str) -> Any:
@@ -176,7 +205,7 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
 def _api(args: argparse.Namespace, method: str, path: str, *, write: bool = False, **kwargs: Any) -> Any:
     import httpx
 
-    settings = load_settings()
+    settings = _settings()
     token = args.token
     if not token:
         tokens = settings.api.write_tokens if write else [*settings.api.read_tokens, *settings.api.write_tokens]

@@ -8,6 +8,9 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any, cast
+
+import redis
 
 from bridge.errors import ConfigError
 
@@ -58,15 +61,23 @@ class EmbeddedRedis:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ConfigError(f"embedded redis-server exited (see {self.data_dir / 'redis.log'})")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                time.sleep(0.05)
+            if self._answers():
+                return self
+            time.sleep(0.05)
         self.stop()
         raise ConfigError(f"embedded redis-server did not answer on port {self.port} within {timeout:.0f}s")
+
+    def _answers(self) -> bool:
+        """True once OUR server answers and has loaded its data (another Redis on the port must not count)."""
+        assert self.process is not None
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=0.5)
+        try:
+            info = cast(dict[str, Any], client.info())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+        return info.get("process_id") == self.process.pid and not info.get("loading")
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

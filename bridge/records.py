@@ -10,7 +10,7 @@ from __future__ import annotations
 import builtins
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -97,8 +97,11 @@ class DeploymentStore:
         raw = await self.redis.get(self.keys.deployment(deployment_id))
         return DeploymentRecord.model_validate_json(raw) if raw else None
 
-    async def update(self, deployment_id: str, *, stamp: Iterable[str] = (), **changes: Any) -> DeploymentRecord:
-        """Apply field changes and timeline stamps atomically; KeyError when the record is gone."""
+    async def _mutate(self, deployment_id: str, change: Callable[[DeploymentRecord], bool]) -> DeploymentRecord | None:
+        """Read, change and write one record atomically (optimistic WATCH/MULTI, retried on contention).
+
+        `change` edits the record in place and returns False to leave it unwritten (then None is returned).
+        """
         key = self.keys.deployment(deployment_id)
         for _ in range(50):
             async with self.redis.pipeline(transaction=True) as pipe:
@@ -108,9 +111,9 @@ class DeploymentStore:
                     if raw is None:
                         raise KeyError(deployment_id)
                     record = DeploymentRecord.model_validate_json(raw)
-                    for name, value in changes.items():
-                        setattr(record, name, value)
-                    record.stamp(*stamp)
+                    if not change(record):
+                        await pipe.reset()  # type: ignore[no-untyped-call]
+                        return None
                     record.updated = time.time()
                     pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.set(key, record.model_dump_json(), keepttl=True)
@@ -118,36 +121,39 @@ class DeploymentStore:
                     return record
                 except WatchError:
                     continue
-        raise RuntimeError(f"deployment {deployment_id}: too much contention updating the record")
+        raise RuntimeError(f"deployment {deployment_id}: too much contention on the record")
+
+    async def update(self, deployment_id: str, *, stamp: Iterable[str] = (), **changes: Any) -> DeploymentRecord:
+        """Apply field changes and timeline stamps atomically; KeyError when the record is gone.
+
+        A finished record keeps its state and verdict: a late job cannot reopen it.
+        """
+
+        def change(record: DeploymentRecord) -> bool:
+            for name, value in changes.items():
+                if record.verdict is not None and name in ("state", "verdict", "reason"):
+                    continue
+                setattr(record, name, value)
+            record.stamp(*stamp)
+            return True
+
+        record = await self._mutate(deployment_id, change)
+        assert record is not None  # change() always writes
+        return record
 
     async def finish(self, deployment_id: str, verdict: Verdict, reason: str, **changes: Any) -> bool:
         """Set the verdict once. True when this call set it; False when the record already had one."""
-        key = self.keys.deployment(deployment_id)
-        for _ in range(50):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(key)
-                    raw = await pipe.get(key)
-                    if raw is None:
-                        raise KeyError(deployment_id)
-                    record = DeploymentRecord.model_validate_json(raw)
-                    if record.verdict is not None:
-                        await pipe.reset()  # type: ignore[no-untyped-call]
-                        return False
-                    for name, value in changes.items():
-                        setattr(record, name, value)
-                    record.verdict = verdict
-                    record.reason = reason
-                    record.state = "done"
-                    record.stamp("finished")
-                    record.updated = time.time()
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.set(key, record.model_dump_json(), keepttl=True)
-                    await pipe.execute()
-                    return True
-                except WatchError:
-                    continue
-        raise RuntimeError(f"deployment {deployment_id}: too much contention finishing the record")
+
+        def change(record: DeploymentRecord) -> bool:
+            if record.verdict is not None:
+                return False
+            for name, value in changes.items():
+                setattr(record, name, value)
+            record.verdict, record.reason, record.state = verdict, reason, "done"
+            record.stamp("finished")
+            return True
+
+        return await self._mutate(deployment_id, change) is not None
 
     async def for_build(self, build_key: str) -> list[DeploymentRecord]:
         ids = sorted(await self.redis.smembers(self.keys.build_deployments(build_key)))  # type: ignore[misc]

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bridge.errors import ConfigError
+from bridge.events import BuildEvent
 from bridge.keypath import parse_key
 from bridge.tags import unknown_placeholders
 
@@ -164,6 +165,14 @@ class Route(_Model):
             if env.name == name:
                 return env
         raise KeyError(name)
+
+    def previous(self, name: str) -> Environment | None:
+        """The environment a build must have succeeded in before `name`: its `after:`, else the one listed before."""
+        env = self.environment(name)
+        if env.after is not None:
+            return self.environment(env.after)
+        index = self.environments.index(env)
+        return self.environments[index - 1] if index > 0 else None
 
 
 class RoutingConfig(_Model):
@@ -324,3 +333,16 @@ def match_build(
                 continue
             targets.append(Target(route, env))
     return targets
+
+
+def match_event(cfg: RoutingConfig, event: BuildEvent) -> list[Target]:
+    """`match_build` for a normalised event (webhook, worker and reconciler route the same way)."""
+    return match_build(
+        cfg,
+        project_id=event.project_id,
+        project_name=event.project_name,
+        definition_id=event.definition_id,
+        definition_name=event.definition_name,
+        branch=event.source_branch,
+        result=event.result,
+    )

@@ -32,7 +32,7 @@ from bridge.events import BuildEvent, Ignored, InvalidEvent, parse_event
 from bridge.logs import SecretFilter
 from bridge.queue import Keys, deployment_id, enqueue_build
 from bridge.records import now_iso
-from bridge.routing import RoutingConfig, match_build
+from bridge.routing import RoutingConfig, match_event
 from bridge.settings import Settings
 
 log = logging.getLogger("bridge.webhook")
@@ -120,15 +120,7 @@ async def handle(intake: Intake, request: Request) -> Answer:
     if isinstance(parsed, Ignored):
         return Answer(202, "ignored", parsed.reason, event_type, event_id=event_id)
     event = parsed
-    targets = match_build(
-        intake.routing,
-        project_id=event.project_id,
-        project_name=event.project_name,
-        definition_id=event.definition_id,
-        definition_name=event.definition_name,
-        branch=event.source_branch,
-        result=event.result,
-    )
+    targets = match_event(intake.routing, event)
     if not targets:
         return Answer(202, "ignored", "no route", event_type, event=event, event_id=event_id)
     build_key = event.build_key

@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +13,8 @@ from typing import Any
 
 import pytest
 import redis
-import uvicorn
+
+from workers.fakes.server import ServedApp
 
 SHARED_REDIS = "redis://127.0.0.1:6379"
 
@@ -88,38 +88,13 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
         server.stop()
 
 
-class LiveServer:
-    """uvicorn in a thread WITH the app's lifespan (workers.fakes.server.ServedApp turns lifespan off)."""
-
-    def __init__(self, app: Any) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
-                                timeout_graceful_shutdown=1)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name=f"live-{self.port}", daemon=True)
-
-    def start(self, timeout: float = 10.0) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError(f"server on {self.url} did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 @pytest.fixture
-def serve() -> Iterator[Callable[[Any], LiveServer]]:
-    """`serve(app)` → a started LiveServer (`.url`); stopped after the test."""
-    started: list[LiveServer] = []
+def serve() -> Iterator[Callable[[Any], ServedApp]]:
+    """`serve(app)` → a started server WITH the app's lifespan (`.url`); stopped after the test."""
+    started: list[ServedApp] = []
 
-    def run(app: Any) -> LiveServer:
-        server = LiveServer(app).start()
+    def run(app: Any) -> ServedApp:
+        server = ServedApp(app, lifespan=True).start()
         started.append(server)
         return server
 

@@ -14,7 +14,7 @@ from bridge.errors import InvalidBuild, PermanentError, is_transient
 from bridge.events import BuildEvent
 from bridge.queue import OPEN_PULL_REQUEST, deployment_id
 from bridge.records import DeploymentRecord, now_iso
-from bridge.routing import Environment, Route, Target, branch_matches, match_build
+from bridge.routing import Environment, Route, Target, branch_matches, match_event
 from bridge.tags import build_values, render_tag
 from workers.context import Ctx, enqueue, routing, store
 from workers.outcome import finish_deployment, report
@@ -34,15 +34,7 @@ async def process_build(ctx: Ctx, payload: dict[str, Any]) -> dict[str, Any]:
     event = BuildEvent.from_json(payload.get("event", payload))
     received = payload.get("received") or now_iso()
     event = await _complete(ctx, event)
-    targets = match_build(
-        routing(ctx),
-        project_id=event.project_id,
-        project_name=event.project_name,
-        definition_id=event.definition_id,
-        definition_name=event.definition_name,
-        branch=event.source_branch,
-        result=event.result,
-    )
+    targets = match_event(routing(ctx), event)
     if event.source_branch is None:
         # Without the branch (no look-up possible) only routes that accept every branch may deploy.
         targets = [t for t in targets if t.route.match.branches == ["*"] and t.environment.branches is None]
@@ -74,6 +66,25 @@ async def _complete(ctx: Ctx, event: BuildEvent) -> BuildEvent:
         return event
 
 
+def target_fields(route: Route, env: Environment) -> dict[str, Any]:
+    """The record fields that come from the routing target."""
+    return {
+        "route": route.name,
+        "environment": env.name,
+        "repository": env.repository,
+        "file": env.file,
+        "keys": list(env.keys),
+        "promotion": env.promotion,
+        "argocd_app": env.argocd.app if env.argocd else None,
+    }
+
+
+BUILD_FIELDS = (
+    "build_key", "build_id", "build_number", "build_url", "build_finished", "organization_url", "project",
+    "definition", "source_branch", "source_commit", "source_repository_id", "source_repository_type",
+)
+
+
 def new_record(event: BuildEvent, route: Route, env: Environment, received: str) -> DeploymentRecord:
     record = DeploymentRecord(
         id=deployment_id(event.build_key, route.name, env.name),
@@ -89,17 +100,25 @@ def new_record(event: BuildEvent, route: Route, env: Environment, received: str)
         source_commit=event.source_version,
         source_repository_id=event.repository.id if event.repository else None,
         source_repository_type=event.repository.type if event.repository else None,
-        route=route.name,
-        environment=env.name,
-        repository=env.repository,
-        file=env.file,
-        keys=list(env.keys),
-        promotion=env.promotion,
-        argocd_app=env.argocd.app if env.argocd else None,
         state="queued",
+        **target_fields(route, env),
     )
     record.timeline["received"] = received
     record.stamp("queued")
+    return record
+
+
+def promoted_record(source: DeploymentRecord, route: Route, env: Environment, by: str, force: bool) -> DeploymentRecord:
+    """A deployment of the same build to another environment of its route."""
+    record = DeploymentRecord(
+        id=deployment_id(source.build_key, route.name, env.name),
+        promoted_from=source.id,
+        details={"promoted_by": by, "force": force},
+        state="queued",
+        **{name: getattr(source, name) for name in BUILD_FIELDS},
+        **target_fields(route, env),
+    )
+    record.stamp("received", "queued")
     return record
 
 
@@ -145,18 +164,10 @@ async def start_deployment(ctx: Ctx, record: DeploymentRecord, route: Route, env
     return True
 
 
-def previous_environment(route: Route, env: Environment) -> Environment | None:
-    if env.after is not None:
-        return route.environment(env.after)
-    names = [e.name for e in route.environments]
-    index = names.index(env.name)
-    return route.environments[index - 1] if index > 0 else None
-
-
 async def promote_build(ctx: Ctx, source_id: str, to_environment: str, force: bool, by: str) -> dict[str, Any]:
     """Deploy the build of deployment `source_id` to another environment of the same route.
 
-    Refuses (verdict `rejected`) when the previous environment did not succeed, unless forced. Only verified builds
+    Refuses (creating no record) when the previous environment did not succeed, unless forced. Only verified builds
     move forward: the automatic `after:` path calls this only for a succeeded deployment.
     """
     source = await store(ctx).get(source_id)
@@ -164,7 +175,7 @@ async def promote_build(ctx: Ctx, source_id: str, to_environment: str, force: bo
         raise PermanentError(f"deployment {source_id} not found")
     route = routing(ctx).route(source.route)
     env = route.environment(to_environment)
-    previous = previous_environment(route, env)
+    previous = route.previous(env.name)
     if env.branches is not None and source.source_branch and not branch_matches(env.branches, source.source_branch):
         if not force:
             return {"status": "refused", "reason": f"branch {source.source_branch} is not allowed in {env.name}"}
@@ -174,33 +185,7 @@ async def promote_build(ctx: Ctx, source_id: str, to_environment: str, force: bo
             state = "not deployed" if prev is None else (prev.verdict or "still in flight")
             return {"status": "refused", "reason": f"{previous.name} did not succeed for build {source.build_id} "
                                                    f"({state}); use force to override"}
-    record = source.model_copy(deep=True)
-    fresh = DeploymentRecord(
-        id=deployment_id(source.build_key, route.name, env.name),
-        build_key=source.build_key,
-        build_id=source.build_id,
-        build_number=source.build_number,
-        build_url=source.build_url,
-        build_finished=source.build_finished,
-        organization_url=source.organization_url,
-        project=source.project,
-        definition=source.definition,
-        source_branch=source.source_branch,
-        source_commit=source.source_commit,
-        source_repository_id=source.source_repository_id,
-        source_repository_type=source.source_repository_type,
-        route=route.name,
-        environment=env.name,
-        repository=env.repository,
-        file=env.file,
-        keys=list(env.keys),
-        promotion=env.promotion,
-        argocd_app=env.argocd.app if env.argocd else None,
-        promoted_from=record.id,
-        details={"promoted_by": by, "force": force},
-        state="queued",
-    )
-    fresh.stamp("received", "queued")
+    fresh = promoted_record(source, route, env, by, force)
     if not await store(ctx).create(fresh):
         existing = await store(ctx).get(fresh.id)
         if existing is None:

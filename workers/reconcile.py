@@ -21,7 +21,7 @@ from bridge import metrics
 from bridge.errors import BridgeError
 from bridge.queue import RECONCILE_BUILDS, Keys, enqueue_build
 from bridge.records import now_iso
-from bridge.routing import Route, RoutingConfig, match_build
+from bridge.routing import Route, RoutingConfig, match_event
 from bridge.settings import Settings
 from workers.azure_devops import AzureDevOpsClient, build_event_from_api
 from workers.context import Ctx, keys, routing, settings
@@ -106,9 +106,7 @@ async def _queue_if_routed(ctx: Ctx, s: Settings, cfg: RoutingConfig, org: str, 
         return 0
     if build.get("status") not in (None, "completed"):
         return 0
-    targets = match_build(cfg, project_id=event.project_id, project_name=event.project_name,
-                          definition_id=event.definition_id, definition_name=event.definition_name,
-                          branch=event.source_branch, result=event.result)
+    targets = match_event(cfg, event)
     if not targets:
         return 0
     payload = dataclasses.replace(event, extra={**event.extra, "received": now_iso()}).to_json()  # as the webhook
