@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bridge import api, github_webhook, metrics, webhook
 from bridge.errors import ConfigError
+from bridge.queue import Keys
 from bridge.routing import RoutingConfig, load_routing
 from bridge.settings import Settings, load_settings
 
@@ -62,7 +63,10 @@ async def metrics_endpoint(request: Request) -> Response:
     if redis is not None:
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_S):
-                metrics.QUEUE_DEPTH.set(await redis.zcard(request.app.state.settings.queue_name))
+                settings: Settings = request.app.state.settings
+                metrics.QUEUE_DEPTH.set(await redis.zcard(settings.queue_name))
+                in_flight = await redis.scard(Keys(prefix=settings.key_prefix).in_flight)  # type: ignore[misc]
+                metrics.IN_FLIGHT.set(in_flight)
         except (RedisError, OSError, TimeoutError):
             pass  # keep the last sample; the scrape itself must not fail because Redis did
     return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -45,6 +45,11 @@ class Keys:
     def deployments(self) -> str:
         return f"{self.prefix}:deps"
 
+    @property
+    def in_flight(self) -> str:
+        """Deployments without a verdict yet (for the in-flight gauge)."""
+        return f"{self.prefix}:in-flight"
+
     def build_deployments(self, build_key: str) -> str:
         return f"{self.prefix}:build:{build_key}"
 

@@ -87,6 +87,8 @@ class DeploymentStore:
             return False
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zadd(self.keys.deployments, {record.id: record.created})
+            if record.verdict is None:
+                pipe.sadd(self.keys.in_flight, record.id)
             pipe.zremrangebyscore(self.keys.deployments, 0, time.time() - self.ttl)
             pipe.sadd(self.keys.build_deployments(record.build_key), record.id)
             pipe.expire(self.keys.build_deployments(record.build_key), self.ttl)
@@ -153,7 +155,14 @@ class DeploymentStore:
             record.stamp("finished")
             return True
 
-        return await self._mutate(deployment_id, change) is not None
+        if await self._mutate(deployment_id, change) is None:
+            return False
+        await self.redis.srem(self.keys.in_flight, deployment_id)  # type: ignore[misc]
+        return True
+
+    async def in_flight(self) -> int:
+        count: int = await self.redis.scard(self.keys.in_flight)  # type: ignore[misc]
+        return count
 
     async def for_build(self, build_key: str) -> list[DeploymentRecord]:
         ids = sorted(await self.redis.smembers(self.keys.build_deployments(build_key)))  # type: ignore[misc]

@@ -163,3 +163,18 @@ async def test_success_starts_the_after_environment(ctx: dict[str, Any]) -> None
     assert record.verdict == "succeeded" and record.reason == "synced and healthy"
     promoted = await promote_build(ctx, staging, "prod", False, "after:staging")
     assert promoted["status"] == "started"
+
+
+async def test_in_flight_set_and_stage_metrics_follow_the_verdict(ctx: dict[str, Any]) -> None:
+    from bridge.metrics import REGISTRY
+
+    def stage_count(stage: str) -> float:
+        return REGISTRY.get_sample_value("bridge_deployment_stage_seconds_count", {"stage": stage}) or 0.0
+
+    before = stage_count("queue")
+    result = await process_build(ctx, full_event())
+    staging = result["deployments"][0]
+    assert await ctx["store"].in_flight() == 1
+    await finish_deployment(ctx, staging, "rejected", "closed unmerged")
+    assert await ctx["store"].in_flight() == 0
+    assert stage_count("queue") == before + 1  # received → started is known for a started deployment

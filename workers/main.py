@@ -139,6 +139,14 @@ def health_app(worker: Worker, settings: Settings) -> Starlette:
         return JSONResponse({"status": "ok", "jobs_complete": worker.jobs_complete, "jobs_failed": worker.jobs_failed})
 
     async def metrics_endpoint(request: Request) -> Response:
+        try:
+            pool = worker.pool
+            metrics.QUEUE_DEPTH.set(await asyncio.wait_for(pool.zcard(settings.queue_name), timeout=2))
+            in_flight_key = Keys(prefix=settings.key_prefix).in_flight
+            in_flight = await asyncio.wait_for(pool.scard(in_flight_key), timeout=2)  # type: ignore[arg-type]
+            metrics.IN_FLIGHT.set(in_flight)
+        except Exception:  # noqa: BLE001 - keep the last sample; the scrape must not fail because Redis did
+            pass
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics_endpoint)])

@@ -26,15 +26,30 @@ def _span(start: str | None, end: str | None) -> float | None:
     return max(0.0, (b - a).total_seconds())
 
 
+STAGES = (
+    # (stage, from stamp(s), to stamp): observed when both exist; the first present "from" stamp counts
+    ("queue", ("received",), "started"),
+    ("write", ("started",), "pushed"),
+    ("review", ("pr_opened",), "merged"),
+    ("sync", ("merged", "pushed"), "synced"),
+    ("health", ("synced",), "healthy"),
+)
+
+
 def observe_lead_times(record: DeploymentRecord) -> None:
     t = record.timeline
+    for stage, starts, end in STAGES:
+        began = next((t[name] for name in starts if name in t), None)
+        seconds = _span(began, t.get(end))
+        if seconds is not None:
+            metrics.STAGE_SECONDS.labels(stage=stage).observe(seconds)
     build_done = record.build_finished or t.get("received")
-    for span, start, end in (
+    for span, span_start, span_end in (
         ("build_to_commit", build_done, t.get("committed") or t.get("merged")),
         ("commit_to_synced", t.get("committed") or t.get("merged"), t.get("synced")),
         ("build_to_healthy", build_done, t.get("healthy")),
     ):
-        seconds = _span(start, end)
+        seconds = _span(span_start, span_end)
         if seconds is not None:
             metrics.LEAD_TIME.labels(span=span).observe(seconds)
 
