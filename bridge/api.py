@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Any
 
 from pydantic import SecretStr
@@ -137,9 +138,11 @@ async def promote(request: Request) -> JSONResponse:
     body = await _json_body(request)
     if body is None:
         return _error("promotions", 400, "body must be a JSON object")
-    build_id, to, route_name, force = body.get("build_id"), body.get("to"), body.get("route"), bool(body.get("force"))
-    if not isinstance(build_id, int) or not isinstance(to, str):
+    build_id, to, route_name, force = body.get("build_id"), body.get("to"), body.get("route"), body.get("force", False)
+    if not isinstance(build_id, int) or isinstance(build_id, bool) or not isinstance(to, str):
         return _error("promotions", 400, "'build_id' (integer) and 'to' (environment name) are required")
+    if not isinstance(force, bool):  # "false" (a string) must not force a promotion
+        return _error("promotions", 400, "'force' must be true or false")
     routes = [r for r in _routing(request).routes if any(e.name == to for e in r.environments)]
     if isinstance(route_name, str):
         routes = [r for r in routes if r.name == route_name]
@@ -159,6 +162,12 @@ async def promote(request: Request) -> JSONResponse:
         state = "not deployed" if source.environment != previous else (source.verdict or "still in flight")
         return _error("promotions", 409, f"{previous} did not succeed for build {build_id} ({state}); "
                                          "pass force to override")
+    env = route.environment(to)
+    if env.branches is not None and source.source_branch and not force and not any(
+        fnmatch.fnmatchcase(source.source_branch, g) for g in env.branches
+    ):
+        return _error("promotions", 409, f"build {build_id} is from {source.source_branch}, which {to} does not "
+                                         f"accept ({', '.join(env.branches)}); pass force to override")
     target_id = deployment_id(source.build_key, route.name, to)
     if await store.get(target_id) is not None:
         return _error("promotions", 409, f"build {build_id} already has a deployment to {to} ({target_id})")

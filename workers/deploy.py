@@ -38,6 +38,9 @@ async def process_build(ctx: Ctx, payload: dict[str, Any]) -> dict[str, Any]:
     if event.source_branch is None:
         # Without the branch (no look-up possible) only routes that accept every branch may deploy.
         targets = [t for t in targets if t.route.match.branches == ["*"] and t.environment.branches is None]
+    if event.project_name is None:
+        # Run events carry only the project id: a route naming its project by name cannot be confirmed.
+        targets = [t for t in targets if t.route.match.project.lower() == (event.project_id or "").lower()]
     started = []
     for target in targets:
         record = await _record_for(ctx, event, target, received)

@@ -167,7 +167,7 @@ async def subscribe(
         print("error: set BRIDGE_AZURE_DEVOPS__ORGANIZATION_URL (e.g. https://dev.azure.com/org/)", file=out)
         return 2
     if not base:
-        print("error: pass --public-url or set BRIDGE_PUBLIC_URL (the bridge's external HTTPS address)", file=out)
+        print("error: pass --url or set BRIDGE_PUBLIC_URL (the bridge's external HTTPS address)", file=out)
         return 2
     if not settings.azure_devops.token and not dry_run:
         print("error: set BRIDGE_AZURE_DEVOPS__TOKEN (a PAT with vso.hooks_write and vso.build scopes)", file=out)
