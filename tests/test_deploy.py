@@ -178,3 +178,16 @@ async def test_in_flight_set_and_stage_metrics_follow_the_verdict(ctx: dict[str,
     await finish_deployment(ctx, staging, "rejected", "closed unmerged")
     assert await ctx["store"].in_flight() == 0
     assert stage_count("queue") == before + 1  # received → started is known for a started deployment
+
+
+async def test_run_event_without_lookup_skips_routes_that_name_the_project_by_name(ctx: dict[str, Any]) -> None:
+    by_name = {
+        "repositories": ROUTING["repositories"],
+        "routes": [{"name": "by-name", "match": {"project": "SomeOtherProject", "definition": "1"},
+                    "environments": [{"name": "dev", "repository": "platform", "file": "n/values.yaml"}]}],
+    }
+    ctx["routing"] = parse_routing(by_name)
+    body = json.loads((EVENTS / "ms.vss-pipelines.run-state-changed-event.json").read_text())
+    result = await process_build(ctx, {"event": parse_event(body).to_json()})  # type: ignore[union-attr]
+    assert result["deployments"] == []
+    assert await ctx["store"].list() == ([], None)
