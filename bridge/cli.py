@@ -18,7 +18,7 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from bridge.errors import ConfigError
@@ -128,8 +128,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings, routing = _load(args)
     if settings.redis_url is None:
         raise ConfigError("settings: redis_url: `worker` needs BRIDGE_REDIS_URL (use `serve` for an embedded Redis)")
-    asyncio.run(run_worker(settings, routing))
+    asyncio.run(_until_signalled(run_worker(settings, routing)))
     return 0
+
+
+async def _until_signalled(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` until it ends or SIGTERM/SIGINT arrives; then cancel it so it closes cleanly.
+
+    Jobs cut short are re-run by arq later (every job is idempotent).
+    """
+    task = asyncio.ensure_future(main)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
 
 
 async def serve(settings: Settings, routing: RoutingConfig, redis_url: str, *, host: str, port: int) -> None:
@@ -210,6 +225,9 @@ def _api(args: argparse.Namespace, method: str, path: str, *, write: bool = Fals
     if not token:
         tokens = settings.api.write_tokens if write else [*settings.api.read_tokens, *settings.api.write_tokens]
         token = tokens[0].get_secret_value() if tokens else ""
+    if not token:  # an empty bearer token is not even a valid header: say what is missing instead
+        kind = "BRIDGE_API__WRITE_TOKENS" if write else "BRIDGE_API__READ_TOKENS"
+        raise SystemExit(f"no API token: pass --token or set {kind}")
     base = (args.url or f"http://127.0.0.1:{settings.port}").rstrip("/")
     try:
         response = httpx.request(method, base + path, headers={"Authorization": f"Bearer {token}"}, timeout=15,
@@ -221,7 +239,8 @@ def _api(args: argparse.Namespace, method: str, path: str, *, write: bool = Fals
     except ValueError:
         body = {"error": response.text[:200]}
     if response.status_code >= 400:
-        raise SystemExit(f"{method} {path}: HTTP {response.status_code}: {body.get('error', body)}")
+        detail = body.get("error", body) if isinstance(body, dict) else body
+        raise SystemExit(f"{method} {path}: HTTP {response.status_code}: {detail}")
     return body
 
 

@@ -172,7 +172,12 @@ async def run_worker(settings: Settings, routing: RoutingConfig, *, redis_url: s
     finally:
         if server is not None:
             server.should_exit = True
-        await worker.close()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await worker.close()
+        finally:  # the health server stops even when closing the worker failed
+            tasks[0].cancel()
+            # Let uvicorn shut down by itself: cancelled mid-serve, its socket stays open and keeps answering.
+            await asyncio.wait(tasks, timeout=5)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,169 @@
+"""workers/main.py: the job registry (names are bridge/queue.py's), the reconcile cron (only with an Azure DevOps token
+and organization URL), and the health app (/healthz, /metrics) on a real worker and a real Redis (db 8)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from arq import Worker
+from arq.connections import ArqRedis, RedisSettings, create_pool
+
+from bridge import queue
+from bridge.queue import FLUSH_REPOSITORY, PROCESS_BUILD, RECONCILE_BUILDS, REPORT_DEPLOYMENT
+from bridge.routing import RoutingConfig, parse_routing
+from bridge.settings import Settings
+from workers.main import build_worker, cron_jobs, health_app, job_functions, run_worker
+
+DB = 8
+QUEUE = "test-worker-main:queue"
+ROUTING = parse_routing({
+    "repositories": {"gitops": {"url": "https://git.example.invalid/gitops.git"}},
+    "routes": [{"name": "api", "match": {"project": "Acme", "definition": "api-ci"},
+                "environments": [{"name": "dev", "repository": "gitops", "file": "api/dev.yaml"}]}],
+})
+
+# Every public str constant of bridge/queue.py is a job name (the contract between the web side and the workers).
+JOB_NAMES = {v for k, v in vars(queue).items() if k.isupper() and not k.startswith("_") and isinstance(v, str)}
+
+
+def make_settings(tmp_path: Path, url: str = f"redis://127.0.0.1:6379/{DB}", **kwargs: Any) -> Settings:
+    kwargs["git"] = {"work_dir": tmp_path / "repos", **kwargs.get("git", {})}
+    return Settings(redis_url=url, queue_name=QUEUE, key_prefix="test-worker-main", **kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_every_queue_name_is_a_job() -> None:
+    assert len(JOB_NAMES) == 9
+    assert RECONCILE_BUILDS in JOB_NAMES and PROCESS_BUILD in JOB_NAMES
+
+
+async def test_registry_names_match_the_queue_contract(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, azure_devops={"token": "pat-123456", "organization_url": "https://dev.azure.com/acme/"})
+    worker = build_worker(settings, ROUTING, burst=True)
+    assert set(worker.functions) == JOB_NAMES
+    for name, function in worker.functions.items():
+        assert function.coroutine.__name__ == name  # the Python name is the job name too: greppable both ways
+    assert worker.queue_name == QUEUE
+
+
+async def test_without_azure_devops_there_is_no_cron(tmp_path: Path) -> None:
+    worker = build_worker(make_settings(tmp_path), ROUTING, burst=True)
+    assert set(worker.functions) == JOB_NAMES - {RECONCILE_BUILDS}
+    assert worker.cron_jobs == []
+
+
+def test_git_jobs_get_a_timeout_that_covers_every_push_attempt(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, git={"timeout_seconds": 10, "push_attempts": 3})
+    functions = {f.name: f for f in job_functions(settings)}
+    assert functions[FLUSH_REPOSITORY].timeout_s == 50
+    assert functions[queue.OPEN_PULL_REQUEST].timeout_s == 50
+
+
+@pytest.mark.parametrize(("ado", "expected"), [
+    ({}, False),
+    ({"token": "pat-123456"}, False),
+    ({"organization_url": "https://dev.azure.com/acme/"}, False),
+    ({"token": "pat-123456", "organization_url": "https://dev.azure.com/acme/", "reconcile_seconds": 0}, False),
+    ({"token": "pat-123456", "organization_url": "https://dev.azure.com/acme/"}, True),
+])
+def test_reconcile_cron_needs_a_token_and_an_organization(tmp_path: Path, ado: dict[str, Any], expected: bool) -> None:
+    jobs = cron_jobs(make_settings(tmp_path, azure_devops=ado))
+    assert [j.name for j in jobs] == ([RECONCILE_BUILDS] if expected else [])
+    if expected:
+        assert jobs[0].run_at_startup
+        assert jobs[0].minute == set(range(0, 60, 5))  # the default 300 s
+
+
+@pytest.mark.parametrize(("seconds", "minutes"), [(60, set(range(60))), (30, set(range(60))), (900, {0, 15, 30, 45})])
+def test_reconcile_interval_in_minutes(tmp_path: Path, seconds: float, minutes: set[int]) -> None:
+    ado = {"token": "pat-123456", "organization_url": "https://dev.azure.com/acme/", "reconcile_seconds": seconds}
+    assert cron_jobs(make_settings(tmp_path, azure_devops=ado))[0].minute == minutes
+
+
+# arq 0.28's Worker.close() calls redis-py's deprecated close(); harmless, and not ours to change.
+@pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning")
+async def test_healthz_and_metrics_of_a_running_worker(tmp_path: Path, redis_url: Callable[[int], str]) -> None:
+    url = redis_url(DB)
+    port = free_port()
+    settings = make_settings(tmp_path, url, host="127.0.0.1", worker_metrics_port=port)
+    task = asyncio.ensure_future(run_worker(settings, ROUTING))
+    pool = await create_pool(RedisSettings.from_dsn(url), default_queue_name=QUEUE)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            body = await _until_healthy(client, task)
+            assert body["status"] == "ok"
+            # a job runs through the registry (a report without Azure DevOps configured is skipped)
+            job = await pool.enqueue_job(REPORT_DEPLOYMENT, "nope-dep", "started", _job_id="report-probe")
+            assert job is not None
+            assert await job.result(timeout=20, poll_delay=0.05) == "skipped"
+            body = (await client.get("/healthz")).json()
+            assert body["jobs_complete"] >= 1 and body["jobs_failed"] == 0
+
+            metrics = await client.get("/metrics")
+            assert metrics.status_code == 200
+            assert metrics.headers["content-type"].startswith("text/plain")
+            assert "bridge_" in metrics.text
+            assert (await client.get("/nope")).status_code == 404
+        with redis.Redis.from_url(url) as r:
+            assert r.exists("test-worker-main:worker:health")  # arq's health key carries our prefix
+    finally:
+        await pool.aclose()
+        task.cancel()
+        (outcome,) = await asyncio.gather(task, return_exceptions=True)
+    assert isinstance(outcome, asyncio.CancelledError)  # a clean stop: closing the worker raised nothing
+    async with httpx.AsyncClient(timeout=2) as client:
+        with pytest.raises(httpx.ConnectError):  # the health server stops with the worker
+            await client.get(f"http://127.0.0.1:{port}/healthz")
+
+
+async def _until_healthy(client: httpx.AsyncClient, task: asyncio.Future[None]) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while loop.time() < deadline:
+        assert not task.done(), task.exception()
+        with contextlib.suppress(httpx.TransportError):
+            response = await client.get("/healthz")
+            if response.status_code == 200:
+                body: dict[str, Any] = response.json()
+                return body
+        await asyncio.sleep(0.05)
+    raise AssertionError("worker never became healthy")
+
+
+async def _healthz(worker: Worker, settings: Settings) -> httpx.Response:
+    transport = httpx.ASGITransport(app=health_app(worker, settings))
+    async with httpx.AsyncClient(transport=transport, base_url="http://worker") as client:
+        return await client.get("/healthz")
+
+
+async def test_unhealthy_before_connecting_and_when_redis_is_gone(tmp_path: Path, private_redis: Any) -> None:
+    settings = make_settings(tmp_path, private_redis.url)
+    worker = build_worker(settings, RoutingConfig(repositories={}, routes=[]), burst=True)
+    response = await _healthz(worker, settings)  # not started: no pool yet
+    assert response.status_code == 503
+    assert response.json()["status"] == "unhealthy"
+
+    pool: ArqRedis = await create_pool(RedisSettings.from_dsn(private_redis.url), default_queue_name=QUEUE)
+    worker._pool = pool  # what Worker.main() does first
+    try:
+        assert (await _healthz(worker, settings)).status_code == 200
+        private_redis.stop()
+        response = await _healthz(worker, settings)
+        assert response.status_code == 503
+        assert response.json() == {"status": "unhealthy", "reason": "ConnectionError"}
+    finally:
+        await pool.aclose()
