@@ -35,10 +35,11 @@ from typing import Any
 from arq import Retry
 
 from bridge import metrics
-from bridge.errors import BridgeError, UpstreamUnavailable, is_transient
+from bridge.errors import BridgeError, LockBusy, UpstreamUnavailable, is_transient
 from bridge.records import DeploymentRecord
 from workers.azure_devops import AzureDevOpsClient
-from workers.context import Ctx, settings, store
+from workers.context import Ctx, keys, settings, store
+from workers.lock import locked
 
 log = logging.getLogger(__name__)
 
@@ -191,12 +192,20 @@ async def report_deployment(ctx: Ctx, deployment_id: str, phase: str) -> str:
         metrics.REPORTS_FAILED.labels(kind="record").inc()
         log.warning("deployment %s: cannot report, the record names no organization URL or project", deployment_id)
         return "failed"
-    failures = await _write(ado, org, record)
-    if record.verdict is None:
-        fresh = await store(ctx).get(deployment_id)
-        if fresh is not None and fresh.verdict is not None:  # finished while we wrote: write the verdict too
-            record = fresh
+    # One report of a deployment at a time: the "started" and "finished" jobs may run together (a verdict that
+    # came before the start report ran), and the check for an identical commit status is not atomic.
+    try:
+        async with locked(ctx["redis"], keys(ctx).lock(f"report:{deployment_id}"), lease_seconds=60,
+                          wait_seconds=30):
+            record = await store(ctx).get(deployment_id) or record
             failures = await _write(ado, org, record)
+            if record.verdict is None:
+                fresh = await store(ctx).get(deployment_id)
+                if fresh is not None and fresh.verdict is not None:  # finished while we wrote: write the verdict
+                    record = fresh
+                    failures = await _write(ado, org, record)
+    except LockBusy as exc:
+        raise Retry(defer=5) from exc
     job_try = int(ctx.get("job_try") or 1)
     transient = [f for f in failures if is_transient(f.error)]
     if transient and job_try < REPORT_ATTEMPTS:

@@ -129,6 +129,7 @@ def test_hold_blocks_the_bump_and_release_lets_the_next_build_deploy(stack: Stac
     # the start report may run after the verdict (then it writes the verdict too): never pending at the end
     states = s.commit_states(build, "dev")
     assert states[-1] == "notApplicable" and set(states) <= {"pending", "notApplicable"}
+    assert len(states) == len(set(states)), states  # reports of one deployment never run together
 
     released = s.api("DELETE", "/api/holds/cart/dev")
     assert released.status_code == 200 and released.json()["released"] is True
