@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = Path("/work/shared/reference/azure-devops/events/build.complete.2-full.json")
+SAMPLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "azure-devops-events" / "build.complete.2-full.json"
 QUEUE = "bench:queue"
 TOKEN = "bench-token-5e0f3a9c"
 PLACEHOLDER = "987654321"  # replaced by a distinct build id in every request

@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from writer import apps, baseline, free_port, generate_remote, git, pct, read_ref  # noqa: E402
 
-SAMPLE = Path("/work/shared/reference/azure-devops/events/build.complete.2-full.json")
+SAMPLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "azure-devops-events" / "build.complete.2-full.json"
 SAMPLE_BUILD_ID = "2727068"
 PROJECT = "FabrikamFiberChat"
 TOKEN = "bench-webhook-7d1e4b"  # noqa: S105 - a throwaway credential for the benchmark's own bridge

@@ -17,9 +17,7 @@ from workers.fakes.azure_devops import FakeAzureDevOps
 
 SHA = "6e12f614bd0c5a9e3b84d6f7bcb5d0a1c2e3f405"
 REPO = "11111111-2222-3333-4444-555555555555"
-EVENTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "azure-devops" / "events"
-if not EVENTS.exists():  # CI lays shared/ beside the clone
-    EVENTS = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "azure-devops" / "events"
+EVENTS = Path(__file__).resolve().parent / "data" / "azure-devops-events"  # copies of the reference samples
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ from bridge.routing import parse_routing
 DB = 8
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "bridge.yaml"
-EVENTS = Path("/work/shared/reference/azure-devops/events")
+EVENTS = Path(__file__).resolve().parent / "data" / "azure-devops-events"  # copies of the reference samples
 HOOK, READ, WRITE, GITHUB = "hook-tok-5d2c9e", "read-tok-1a7f3b", "write-tok-8e0c4d", "ghp-tok-4b9d1e"
 PREFIX = "test-cli"
 QUEUE = "test-cli:queue"

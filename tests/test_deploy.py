@@ -19,9 +19,7 @@ from workers.deploy import process_build, promote_build
 from workers.outcome import finish_deployment
 
 REDIS_URL = "redis://127.0.0.1:6379/6"
-EVENTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "azure-devops" / "events"
-if not EVENTS.exists():  # CI lays shared/ beside the clone
-    EVENTS = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "azure-devops" / "events"
+EVENTS = Path(__file__).resolve().parent / "data" / "azure-devops-events"  # copies of the reference samples
 
 ROUTING = {
     "repositories": {"platform": {"url": "/nonexistent.git", "github": "org/gitops"}},

@@ -11,7 +11,7 @@ import pytest
 
 from bridge.events import BUILD_COMPLETE, RUN_STATE_CHANGED, BuildEvent, Ignored, InvalidEvent, parse_event
 
-EVENTS = Path("/work/shared/reference/azure-devops/events")
+EVENTS = Path(__file__).resolve().parent / "data" / "azure-devops-events"  # copies of the reference samples
 SHA = "6e12f614c0b5e4b33d4a8f0a9c3b2d1e0f9a8b7c"
 
 

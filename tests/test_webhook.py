@@ -29,7 +29,7 @@ from bridge.routing import RoutingConfig, parse_routing
 from bridge.settings import Settings
 
 DB = 1
-EVENTS = Path("/work/shared/reference/azure-devops/events")
+EVENTS = Path(__file__).resolve().parent / "data" / "azure-devops-events"  # copies of the reference samples
 QUEUE = "gitops-bridge:queue"
 TOKEN, TOKEN_ROTATED = "tok-3f9a1c2e7d5b", "tok-rotated-b81d44"
 BASIC_USER, BASIC_PASSWORD = "ado-bridge", "pw-5c1e99af0d"
