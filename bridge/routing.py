@@ -40,6 +40,12 @@ def _check_globs(globs: list[str]) -> list[str]:
     return globs
 
 
+def _check_name(v: str) -> str:
+    if not NAME.match(v):
+        raise ValueError("must be lower-case letters, digits and '-'")
+    return v
+
+
 class Repository(_Model):
     url: str
     branch: str = "main"
@@ -89,12 +95,7 @@ class Environment(_Model):
     deadline_seconds: float | None = Field(default=None, gt=0)
     degraded_grace_seconds: float | None = Field(default=None, ge=0)
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not NAME.match(v):
-            raise ValueError("must be lower-case letters, digits and '-'")
-        return v
+    _name = field_validator("name")(_check_name)
 
     @field_validator("file")
     @classmethod
@@ -132,12 +133,7 @@ class Route(_Model):
     )
     environments: list[Environment] = Field(min_length=1)
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not NAME.match(v):
-            raise ValueError("must be lower-case letters, digits and '-'")
-        return v
+    _name = field_validator("name")(_check_name)
 
     @field_validator("tag")
     @classmethod
