@@ -17,7 +17,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.connections import ArqRedis, create_pool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bridge import api, github_webhook, metrics, webhook
 from bridge.errors import ConfigError
-from bridge.queue import Keys
+from bridge.queue import Keys, redis_settings
 from bridge.routing import RoutingConfig, load_routing
 from bridge.settings import Settings, load_settings
 
@@ -136,14 +136,13 @@ def create_app(
     credentials missing without `webhook.allow_unauthenticated`."""
     if routing is None:
         routing = load_routing(settings.config)
-    if settings.redis_url is None or not settings.redis_url.get_secret_value():
-        raise ConfigError("redis_url: not set (BRIDGE_REDIS_URL)")
+    if not settings.has_redis:
+        raise ConfigError("redis_url: not set (BRIDGE_REDIS_URL, or BRIDGE_REDIS_SENTINELS)")
     intake = webhook.Intake(settings, routing)
-    redis_url = settings.redis_url.get_secret_value()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        pool = await create_pool(RedisSettings.from_dsn(redis_url), default_queue_name=settings.queue_name)
+        pool = await create_pool(redis_settings(settings), default_queue_name=settings.queue_name)
         app.state.redis = pool
         try:
             yield

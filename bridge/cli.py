@@ -98,9 +98,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _redis_url(settings: Settings) -> tuple[str, Any]:
-    if settings.redis_url is not None:
-        return settings.redis_url.get_secret_value(), None
+def _redis_url(settings: Settings) -> tuple[str | None, Any]:
+    """The Redis to use: the configured one (None: the settings' URL or Sentinels), else an embedded one."""
+    if settings.has_redis:
+        return None, None
     from bridge.embedded_redis import EmbeddedRedis
 
     embedded = EmbeddedRedis(settings.redis_data_dir).start()
@@ -114,8 +115,9 @@ def cmd_web(args: argparse.Namespace) -> int:
     from bridge.app import create_app
 
     settings, routing = _load(args)
-    if settings.redis_url is None:
-        raise ConfigError("settings: redis_url: `web` needs BRIDGE_REDIS_URL (use `serve` for an embedded Redis)")
+    if not settings.has_redis:
+        raise ConfigError("settings: redis_url: `web` needs BRIDGE_REDIS_URL or BRIDGE_REDIS_SENTINELS "
+                          "(use `serve` for an embedded Redis)")
     app = create_app(settings, routing)
     uvicorn.run(app, host=args.host or settings.host, port=args.port or settings.port, log_level="warning",
                 access_log=False, proxy_headers=True)
@@ -126,8 +128,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from workers.main import run_worker
 
     settings, routing = _load(args)
-    if settings.redis_url is None:
-        raise ConfigError("settings: redis_url: `worker` needs BRIDGE_REDIS_URL (use `serve` for an embedded Redis)")
+    if not settings.has_redis:
+        raise ConfigError("settings: redis_url: `worker` needs BRIDGE_REDIS_URL or BRIDGE_REDIS_SENTINELS "
+                          "(use `serve` for an embedded Redis)")
     asyncio.run(_until_signalled(run_worker(settings, routing)))
     return 0
 
@@ -147,14 +150,15 @@ async def _until_signalled(main: Coroutine[Any, Any, None]) -> None:
         pass
 
 
-async def serve(settings: Settings, routing: RoutingConfig, redis_url: str, *, host: str, port: int) -> None:
+async def serve(settings: Settings, routing: RoutingConfig, redis_url: str | None, *, host: str, port: int) -> None:
     """Web and worker in one event loop, on one Redis."""
     import uvicorn
 
     from bridge.app import create_app
     from workers.main import run_worker
 
-    settings = settings.model_copy(update={"redis_url": settings.redis_url or _secret(redis_url)})
+    if redis_url is not None:  # an embedded Redis
+        settings = settings.model_copy(update={"redis_url": _secret(redis_url), "redis_sentinels": []})
     app = create_app(settings, routing)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
     web = asyncio.ensure_future(server.serve())

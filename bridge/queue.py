@@ -6,16 +6,34 @@ which makes enqueueing idempotent (arq refuses a second job with the same id whi
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from arq.connections import ArqRedis
+from arq.connections import ArqRedis, RedisSettings
 from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from redis.exceptions import NoScriptError
+
+from bridge.settings import Settings
+
+
+def redis_settings(settings: Settings, url: str | None = None) -> RedisSettings:
+    """arq's connection settings for the bridge's Redis: `url` (given, else BRIDGE_REDIS_URL), or the Sentinels of
+    BRIDGE_REDIS_SENTINELS when set and no URL is given explicitly (the URL then only supplies password, database and
+    TLS; the master comes from the Sentinels, so a failover needs no restart)."""
+    dsn = url or (settings.redis_url.get_secret_value() if settings.redis_url else "") or "redis://127.0.0.1:6379/0"
+    connection = RedisSettings.from_dsn(dsn)
+    if settings.redis_sentinels and url is None:
+        sentinels = [(host, int(port)) for host, _, port in (s.rpartition(":") for s in settings.redis_sentinels)]
+        connection = dataclasses.replace(
+            connection, host=sentinels, sentinel=True, sentinel_master=settings.redis_sentinel_master
+        )
+    return connection
+
 
 # Job names: the worker registers functions under exactly these names.
 PROCESS_BUILD = "process_build"            # (event: dict) → route, create records, hand to writer / PR

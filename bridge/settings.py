@@ -139,6 +139,8 @@ class Settings(BaseSettings):
 
     config: Path = Path("bridge.yaml")
     redis_url: SecretStr | None = None
+    redis_sentinels: StrList = Field(default_factory=list, description="host:port of each Sentinel")
+    redis_sentinel_master: str = "mymaster"
     redis_data_dir: Path = Path("var/redis")
     queue_name: str = "gitops-bridge:queue"
     key_prefix: str = "gitops-bridge"
@@ -157,6 +159,22 @@ class Settings(BaseSettings):
     github: GitHubSettings = Field(default_factory=GitHubSettings)
     argocd: ArgoCDSettings = Field(default_factory=ArgoCDSettings)
     azure_devops: AzureDevOpsSettings = Field(default_factory=AzureDevOpsSettings)
+
+    _split_sentinels = field_validator("redis_sentinels", mode="before")(_split_list)
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinel_addresses(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            host, _, port = entry.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"{entry!r} is not host:port")
+        return v
+
+    @property
+    def has_redis(self) -> bool:
+        """A Redis is configured: a URL, or Sentinels."""
+        return bool(self.redis_sentinels) or (self.redis_url is not None and bool(self.redis_url.get_secret_value()))
 
     def secret_values(self) -> list[str]:
         """Every configured secret, for log scrubbing and tests."""

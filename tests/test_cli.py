@@ -263,7 +263,7 @@ def test_web_and_worker_need_a_redis_url(monkeypatch: pytest.MonkeyPatch, capsys
     monkeypatch.setenv("BRIDGE_GITHUB__TOKEN", GITHUB)
     code, _, err = run_cli(capsys, command, "--config", str(EXAMPLE))
     assert code == 2
-    assert f"settings: redis_url: `{command}` needs BRIDGE_REDIS_URL (use `serve` for an embedded Redis)" in err
+    assert f"settings: redis_url: `{command}` needs BRIDGE_REDIS_URL or BRIDGE_REDIS_SENTINELS (use `serve`" in err
 
 
 @pytest.mark.parametrize("command", ["web", "worker", "serve"])

@@ -7,7 +7,6 @@ import logging
 from typing import Any
 
 from arq import Worker, cron
-from arq.connections import RedisSettings
 from arq.worker import func
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -27,6 +26,7 @@ from bridge.queue import (
     VERIFY_DEPLOYMENT,
     WATCH_APPLICATION,
     Keys,
+    redis_settings,
 )
 from bridge.records import DeploymentStore
 from bridge.routing import RoutingConfig
@@ -97,7 +97,6 @@ async def close_context(ctx: Ctx) -> None:
 
 def build_worker(settings: Settings, routing: RoutingConfig, *, burst: bool = False,
                  redis_url: str | None = None) -> Worker:
-    url = redis_url or (settings.redis_url.get_secret_value() if settings.redis_url else "redis://127.0.0.1:6379/0")
 
     async def startup(ctx: Ctx) -> None:
         await make_context(settings, routing, ctx)
@@ -113,7 +112,7 @@ def build_worker(settings: Settings, routing: RoutingConfig, *, burst: bool = Fa
         functions=job_functions(settings),
         cron_jobs=cron_jobs(settings),
         queue_name=settings.queue_name,
-        redis_settings=RedisSettings.from_dsn(url),
+        redis_settings=redis_settings(settings, redis_url),
         on_startup=startup,
         on_shutdown=shutdown,
         burst=burst,
