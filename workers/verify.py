@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +31,7 @@ from bridge.records import DeploymentRecord
 from bridge.routing import ArgoApp, Environment
 from workers.argocd import ArgoCDClient, SyncBusy, SyncStarted
 from workers.context import Ctx, enqueue, keys, routing, settings, store
+from workers.lock import LockOutcome, RedisLock
 from workers.outcome import finish_deployment
 from workers.verdict import (
     Failed,
@@ -167,10 +167,9 @@ async def watch_application(ctx: Ctx, key: str) -> str:
         await _retire(ctx, key)
         return "idle"
     waiters = {_text(dep): json.loads(v) for dep, v in raw.items()}
-    lease_key, lease = k.lock(f"argocd-watch:{key}"), uuid.uuid4().hex
-    cfg = settings(ctx).argocd
-    lease_ms = int((cfg.refresh_timeout_seconds + 2 * cfg.request_timeout_seconds + 30) * 1000)
-    if not await redis.set(lease_key, lease, nx=True, px=lease_ms):
+    # A short lease, renewed while the tick runs: a worker that dies mid-tick blocks this app for seconds, not minutes.
+    lease = RedisLock(redis, k.lock(f"argocd-watch:{key}"), lease_seconds=max(5.0, 2 * _poll(ctx)))
+    if await lease.acquire(0) is not LockOutcome.ACQUIRED:
         await _schedule(ctx, key)
         return "busy"
     try:
@@ -181,8 +180,7 @@ async def watch_application(ctx: Ctx, key: str) -> str:
         await _schedule(ctx, key, time.time() + _poll(ctx))
         return "error"
     finally:
-        if _text(await redis.get(lease_key) or b"") == lease:
-            await redis.delete(lease_key)
+        await lease.release()
 
 
 async def _app_state(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]]) -> dict[str, Any]:
