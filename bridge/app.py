@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bridge import api, github_webhook, metrics, webhook
 from bridge.errors import ConfigError
 from bridge.queue import Keys, redis_settings
+from bridge.records import DeploymentStore
 from bridge.routing import RoutingConfig, load_routing
 from bridge.settings import Settings, load_settings
 
@@ -65,8 +66,7 @@ async def metrics_endpoint(request: Request) -> Response:
             async with asyncio.timeout(PROBE_TIMEOUT_S):
                 settings: Settings = request.app.state.settings
                 metrics.QUEUE_DEPTH.set(await redis.zcard(settings.queue_name))
-                in_flight = await redis.scard(Keys(prefix=settings.key_prefix).in_flight)  # type: ignore[misc]
-                metrics.IN_FLIGHT.set(in_flight)
+                metrics.IN_FLIGHT.set(await DeploymentStore(redis, Keys(prefix=settings.key_prefix)).in_flight())
         except (RedisError, OSError, TimeoutError):
             pass  # keep the last sample; the scrape itself must not fail because Redis did
     return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)

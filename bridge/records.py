@@ -161,8 +161,21 @@ class DeploymentStore:
         return True
 
     async def in_flight(self) -> int:
-        count: int = await self.redis.scard(self.keys.in_flight)  # type: ignore[misc]
-        return count
+        """Deployments without a verdict; members whose record expired (retention) are dropped on the way."""
+        members = list(await self.redis.smembers(self.keys.in_flight))  # type: ignore[misc]
+        if not members:
+            return 0
+        names = [m.decode() if isinstance(m, bytes) else m for m in members]
+        present = await self.redis.exists(*[self.keys.deployment(n) for n in names])
+        if present == len(names):
+            return len(names)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.exists(self.keys.deployment(name))
+            gone = [n for n, alive in zip(names, await pipe.execute(), strict=True) if not alive]
+        if gone:
+            await self.redis.srem(self.keys.in_flight, *gone)  # type: ignore[misc]
+        return len(names) - len(gone)
 
     async def for_build(self, build_key: str) -> list[DeploymentRecord]:
         ids = sorted(await self.redis.smembers(self.keys.build_deployments(build_key)))  # type: ignore[misc]

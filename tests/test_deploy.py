@@ -189,3 +189,11 @@ async def test_run_event_without_lookup_skips_routes_that_name_the_project_by_na
     result = await process_build(ctx, {"event": parse_event(body).to_json()})  # type: ignore[union-attr]
     assert result["deployments"] == []
     assert await ctx["store"].list() == ([], None)
+
+
+async def test_in_flight_count_drops_records_that_expired(ctx: dict[str, Any]) -> None:
+    result = await process_build(ctx, full_event())
+    assert await ctx["store"].in_flight() == 1
+    await ctx["redis"].delete(ctx["keys"].deployment(result["deployments"][0]))  # as the retention TTL would
+    assert await ctx["store"].in_flight() == 0
+    assert await ctx["redis"].scard(ctx["keys"].in_flight) == 0

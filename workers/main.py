@@ -141,9 +141,8 @@ def health_app(worker: Worker, settings: Settings) -> Starlette:
         try:
             pool = worker.pool
             metrics.QUEUE_DEPTH.set(await asyncio.wait_for(pool.zcard(settings.queue_name), timeout=2))
-            in_flight_key = Keys(prefix=settings.key_prefix).in_flight
-            in_flight = await asyncio.wait_for(pool.scard(in_flight_key), timeout=2)  # type: ignore[arg-type]
-            metrics.IN_FLIGHT.set(in_flight)
+            store = DeploymentStore(pool, Keys(prefix=settings.key_prefix))
+            metrics.IN_FLIGHT.set(await asyncio.wait_for(store.in_flight(), timeout=2))
         except Exception:  # noqa: BLE001 - keep the last sample; the scrape must not fail because Redis did
             pass
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
