@@ -28,6 +28,15 @@ def _deny(endpoint: str) -> JSONResponse:
     return JSONResponse({"error": "a valid bearer token is required"}, status_code=401, headers={name: value})
 
 
+def _deny_writer(request: Request, endpoint: str) -> JSONResponse:
+    """401 without a valid token; 403 for a valid read token on a write endpoint (known, but not allowed)."""
+    if _token_ok(request, _settings(request).api.read_tokens):
+        metrics.API_REQUESTS.labels(endpoint=endpoint, outcome="forbidden").inc()
+        return JSONResponse({"error": "this token may only read; holds and promotions need a write token"},
+                            status_code=403)
+    return _deny(endpoint)
+
+
 def _error(endpoint: str, status: int, message: str) -> JSONResponse:
     metrics.API_REQUESTS.labels(endpoint=endpoint, outcome="error").inc()
     return JSONResponse({"error": message}, status_code=status)
@@ -111,7 +120,7 @@ async def holds(request: Request) -> JSONResponse:
             return _deny("holds")
         return JSONResponse({"items": await _store(request).list_holds()})
     if not _token_ok(request, _settings(request).api.write_tokens):
-        return _deny("holds")
+        return _deny_writer(request, "holds")
     route, environment = request.path_params.get("route", ""), request.path_params.get("environment", "")
     problem = _check_target(request, route, environment)
     if problem:
@@ -134,7 +143,7 @@ async def holds(request: Request) -> JSONResponse:
 async def promote(request: Request) -> JSONResponse:
     """POST {"build_id": 123, "to": "staging", "route": "api-service"?, "force": false} → 202 or 409 with why."""
     if not _token_ok(request, _settings(request).api.write_tokens):
-        return _deny("promotions")
+        return _deny_writer(request, "promotions")
     body = await _json_body(request)
     if body is None:
         return _error("promotions", 400, "body must be a JSON object")

@@ -131,9 +131,10 @@ async def test_read_token_reads_but_cannot_change(bridge: Bridge) -> None:
     async with bridge.client(READ) as c:
         assert (await c.get("/api/deployments")).status_code == 200
         assert (await c.get("/api/holds")).status_code == 200
-        assert (await c.put("/api/holds/api/prod", json={"reason": "freeze"})).status_code == 401
-        assert (await c.delete("/api/holds/api/prod")).status_code == 401
-        assert (await c.post("/api/promotions", json={"build_id": 10, "to": "staging"})).status_code == 401
+        assert (await c.put("/api/holds/api/prod", json={"reason": "freeze"})).status_code == 403
+        assert (await c.delete("/api/holds/api/prod")).status_code == 403
+        denied = await c.post("/api/promotions", json={"build_id": 10, "to": "staging"})
+        assert denied.status_code == 403 and "write token" in denied.json()["error"]
     assert await bridge.store.list_holds() == []
     assert bridge.queued() == []
 

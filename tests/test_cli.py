@@ -406,7 +406,7 @@ def test_tokens_explicit_wrong_and_missing(bridge: Any, monkeypatch: pytest.Monk
 
     with pytest.raises(SystemExit) as exc:
         main(["hold", "api", "prod", "--reason", "x", "--url", bridge.url, "--token", READ])
-    assert "HTTP 401: a valid bearer token is required" in str(exc.value.code)
+    assert "HTTP 403: this token may only read" in str(exc.value.code)
 
     assert run_cli(capsys, "hold", "api", "prod", "--reason", "x", "--url", bridge.url, "--token", WRITE)[0] == 0
     monkeypatch.delenv("BRIDGE_API__READ_TOKENS")

@@ -54,7 +54,7 @@ def test_promotion_refused_when_the_previous_environment_did_not_succeed_unless_
     assert s.record(140, "staging") is None  # `after: dev` starts only on success
 
     as_reader = s.api("POST", "/api/promotions", token=READ_TOKEN, json={"build_id": 140, "to": "staging"})
-    assert as_reader.status_code == 401
+    assert as_reader.status_code == 403
     refused = s.api("POST", "/api/promotions", json={"build_id": 140, "to": "staging"})
     assert refused.status_code == 409
     assert "dev did not succeed" in refused.json()["error"] and "held" in refused.json()["error"]

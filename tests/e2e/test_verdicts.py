@@ -112,7 +112,7 @@ def test_older_build_after_newer_is_superseded_and_never_written(stack: StackFac
 def test_hold_blocks_the_bump_and_release_lets_the_next_build_deploy(stack: StackFactory) -> None:
     s = stack()
     refused = s.api("PUT", "/api/holds/cart/dev", token=READ_TOKEN, json={"reason": "change freeze"})
-    assert refused.status_code == 401  # a read token may not hold
+    assert refused.status_code == 403  # a read token may not hold
     held = s.api("PUT", "/api/holds/cart/dev", json={"reason": "change freeze", "by": "e2e"})
     assert held.status_code == 201
     assert held.json()["reason"] == "change freeze"
