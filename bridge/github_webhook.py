@@ -36,16 +36,13 @@ from starlette.routing import Route
 from bridge import metrics
 from bridge.queue import CHECK_PULL_REQUEST, Keys, unique_job_id
 from bridge.settings import Settings
+from bridge.webhook import read_body
 
 log = logging.getLogger("bridge.github_webhook")
 
 BRANCH_PREFIX = "gitops-bridge/"
 REDIS_TIMEOUT_S = 5.0
 _MARKER = re.compile(r"<!-- gitops-bridge:deployment=([A-Za-z0-9._-]+) -->")
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def signature_valid(secret: str, body: bytes, header: str | None) -> bool:
@@ -64,20 +61,6 @@ def _answer(status: int, outcome: str, reason: str | None = None, **extra: Any) 
     body.update(extra)
     headers = {"Retry-After": "10"} if status == 503 else None
     return JSONResponse(body, status_code=status, headers=headers)
-
-
-async def _read(request: Request, limit: int) -> bytes:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise _TooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def closed_pull(event: str | None, payload: Any) -> tuple[str, int, str] | None:
@@ -103,11 +86,11 @@ async def github_webhook(request: Request) -> Response:
     if secret is None or not secret.get_secret_value():
         return _answer(404, "disabled", "the GitHub webhook is not configured")
     try:
-        body = await _read(request, settings.webhook.max_body_bytes)
-    except _TooLarge:
-        return _answer(413, "too_large", "body too large")
+        body = await read_body(request, settings.webhook.max_body_bytes)
     except ClientDisconnect:
         return _answer(400, "invalid", "client disconnected")
+    if body is None:
+        return _answer(413, "too_large", "body too large")
     if not signature_valid(secret.get_secret_value(), body, request.headers.get("x-hub-signature-256")):
         return _answer(401, "unauthorized", "invalid signature")
     event = request.headers.get("x-github-event")

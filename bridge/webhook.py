@@ -75,7 +75,7 @@ def _json_media(content_type: str | None) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
-async def _read_body(request: Request, limit: int) -> bytes | None:
+async def read_body(request: Request, limit: int) -> bytes | None:
     """The body, or None as soon as it is over `limit` (declared or counted while streaming)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > limit:
@@ -102,7 +102,7 @@ async def handle(intake: Intake, request: Request) -> Answer:
     if not _json_media(request.headers.get("content-type")):
         return Answer(415, "unsupported_media", "expected Content-Type: application/json")
     try:
-        raw = await _read_body(request, intake.max_body)
+        raw = await read_body(request, intake.max_body)
     except ClientDisconnect:
         return Answer(400, "invalid", "client disconnected before the body was complete")
     if raw is None:
