@@ -13,9 +13,11 @@ tests use, and the bridge itself (web + worker, as `serve` runs them). Then a re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -23,7 +25,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +224,30 @@ class Progress:
 
 def run_demo(*, keep_running: bool = False, port: int = 0, out: Callable[[str], None] = print) -> int:
     """Run the scenario; 0 when every deployment ended with the verdict the scenario expects."""
+    with _stop_on_signals():
+        return _run(keep_running=keep_running, port=port, out=out)
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT end the demo through its cleanup (fakes, bridge, embedded Redis), even when the shell
+    started it in the background with SIGINT ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(*, keep_running: bool, port: int, out: Callable[[str], None]) -> int:
     root = Path(tempfile.mkdtemp(prefix="gitops-bridge-demo-"))
     out(f"gitops-bridge demo — working directory {root}")
     bare = make_gitops_repo(root)
@@ -279,8 +305,7 @@ def run_demo(*, keep_running: bool = False, port: int = 0, out: Callable[[str], 
                 f"--data @event.json {bridge_url}/webhooks/azure-devops\n"
                 f"  git --git-dir {bare} log --oneline")
             try:
-                while True:
-                    time.sleep(1)
+                threading.Event().wait()  # until SIGINT/SIGTERM (see _stop_on_signals)
             except KeyboardInterrupt:
                 pass
         return code
