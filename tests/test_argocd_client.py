@@ -3,45 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from gitops_remote import Repo, git
 
 from bridge.errors import AuthError, NotFound, UpstreamUnavailable
 from bridge.settings import Settings
 from workers.argocd import ArgoCDClient, ArgoCDRejected, SyncBusy, SyncStarted, app_url, from_settings
 from workers.fakes.argocd import FAKE_TOKEN, ArgoCDFake
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
-
-
-class Repo:
-    """A bare repository (the remote Argo CD reads) and a work tree to push commits from."""
-
-    def __init__(self, root: Path) -> None:
-        self.bare = root / "gitops.git"
-        self.work = root / "work"
-        subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(self.bare)], check=True)
-        subprocess.run(["git", "clone", "-q", str(self.bare), str(self.work)], check=True, capture_output=True)
-        git(self.work, "config", "user.email", "t@example.com")
-        git(self.work, "config", "user.name", "t")
-        git(self.work, "checkout", "-q", "-b", "main")
-
-    def commit(self, files: dict[str, str], message: str = "change") -> str:
-        for path, text in files.items():
-            target = self.work / path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text)
-        git(self.work, "add", "-A")
-        git(self.work, "commit", "-q", "-m", message)
-        git(self.work, "push", "-q", "origin", "HEAD:main")
-        return git(self.work, "rev-parse", "HEAD")
 
 
 @pytest.fixture

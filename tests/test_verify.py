@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from arq.worker import Worker, func
+from gitops_remote import Repo, git
 
 from bridge import metrics
 from bridge.queue import PROMOTE_BUILD, REPORT_DEPLOYMENT, VERIFY_DEPLOYMENT, WATCH_APPLICATION, Keys
@@ -30,30 +30,6 @@ from workers.verify import resume_watches, verify_deployment, watch_application
 REDIS_URL = "redis://127.0.0.1:6379/4"
 PREFIX = "gb-test-verify"
 POLL = 0.1
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
-
-
-class Repo:
-    def __init__(self, root: Path) -> None:
-        self.bare = root / "gitops.git"
-        self.work = root / "work"
-        subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(self.bare)], check=True)
-        subprocess.run(["git", "clone", "-q", str(self.bare), str(self.work)], check=True, capture_output=True)
-        git(self.work, "config", "user.email", "t@example.com")
-        git(self.work, "config", "user.name", "t")
-        git(self.work, "checkout", "-q", "-b", "main")
-
-    def commit(self, files: dict[str, str], message: str = "change", force: bool = False) -> str:
-        for path, text in files.items():
-            (self.work / path).parent.mkdir(parents=True, exist_ok=True)
-            (self.work / path).write_text(text)
-        git(self.work, "add", "-A")
-        git(self.work, "commit", "-q", "-m", message)
-        git(self.work, "push", "-q", *(["-f"] if force else []), "origin", "HEAD:main")
-        return git(self.work, "rev-parse", "HEAD")
 
 
 APPS = {  # env name → (file, argocd block)
