@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from arq.connections import ArqRedis, create_pool
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -30,8 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bridge import api, github_webhook, metrics, webhook
 from bridge.errors import ConfigError
-from bridge.queue import Keys, redis_settings
-from bridge.records import DeploymentStore
+from bridge.queue import redis_settings
 from bridge.routing import RoutingConfig, load_routing
 from bridge.settings import Settings, load_settings
 
@@ -60,16 +59,10 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics_endpoint(request: Request) -> Response:
+    settings: Settings = request.app.state.settings
     redis: ArqRedis | None = getattr(request.app.state, "redis", None)
-    if redis is not None:
-        try:
-            async with asyncio.timeout(PROBE_TIMEOUT_S):
-                settings: Settings = request.app.state.settings
-                metrics.QUEUE_DEPTH.set(await redis.zcard(settings.queue_name))
-                metrics.IN_FLIGHT.set(await DeploymentStore(redis, Keys(prefix=settings.key_prefix)).in_flight())
-        except (RedisError, OSError, TimeoutError):
-            pass  # keep the last sample; the scrape itself must not fail because Redis did
-    return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    body = await metrics.render(redis, settings.queue_name, settings.key_prefix, timeout=PROBE_TIMEOUT_S)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 # -- the error table -------------------------------------------------------------------------------------------------

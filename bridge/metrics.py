@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import asyncio
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -62,3 +66,21 @@ REPORTS_FAILED = Counter("bridge_reports_failed_total", "Report-backs to Azure D
                          ["kind"], registry=REGISTRY)
 RECONCILED_BUILDS = Counter("bridge_reconciled_builds_total", "Builds queued by the reconciler, not the webhook.",
                             registry=REGISTRY)
+
+
+async def render(redis: Redis | None, queue_name: str, key_prefix: str, timeout: float = 2.0) -> bytes:
+    """Prometheus text, after sampling the gauges that live in Redis (queue depth, deployments in flight).
+
+    When Redis is down or slow the last samples stay: a scrape never fails because Redis did.
+    """
+    from bridge.queue import Keys
+    from bridge.records import DeploymentStore
+
+    if redis is not None:
+        try:
+            async with asyncio.timeout(timeout):
+                QUEUE_DEPTH.set(await redis.zcard(queue_name))
+                IN_FLIGHT.set(await DeploymentStore(redis, Keys(prefix=key_prefix)).in_flight())
+        except (RedisError, OSError, TimeoutError):
+            pass
+    return generate_latest(REGISTRY)

@@ -8,7 +8,7 @@ from typing import Any
 
 from arq import Worker, cron
 from arq.worker import func
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -138,14 +138,8 @@ def health_app(worker: Worker, settings: Settings) -> Starlette:
         return JSONResponse({"status": "ok", "jobs_complete": worker.jobs_complete, "jobs_failed": worker.jobs_failed})
 
     async def metrics_endpoint(request: Request) -> Response:
-        try:
-            pool = worker.pool
-            metrics.QUEUE_DEPTH.set(await asyncio.wait_for(pool.zcard(settings.queue_name), timeout=2))
-            store = DeploymentStore(pool, Keys(prefix=settings.key_prefix))
-            metrics.IN_FLIGHT.set(await asyncio.wait_for(store.in_flight(), timeout=2))
-        except Exception:  # noqa: BLE001 - keep the last sample; the scrape must not fail because Redis did
-            pass
-        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        body = await metrics.render(worker.pool, settings.queue_name, settings.key_prefix)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics_endpoint)])
 
