@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 from typing import Any
 
 from pydantic import SecretStr
@@ -14,7 +13,7 @@ from bridge import metrics
 from bridge.auth import BearerAuth
 from bridge.queue import PROMOTE_BUILD, Keys, deployment_id, unique_job_id
 from bridge.records import VERDICTS, DeploymentRecord, DeploymentStore
-from bridge.routing import RoutingConfig
+from bridge.routing import RoutingConfig, branch_matches
 from bridge.settings import Settings
 
 
@@ -172,8 +171,8 @@ async def promote(request: Request) -> JSONResponse:
         return _error("promotions", 409, f"{previous} did not succeed for build {build_id} ({state}); "
                                          "pass force to override")
     env = route.environment(to)
-    if env.branches is not None and source.source_branch and not force and not any(
-        fnmatch.fnmatchcase(source.source_branch, g) for g in env.branches
+    if env.branches is not None and source.source_branch and not force and not branch_matches(
+        env.branches, source.source_branch
     ):
         return _error("promotions", 409, f"build {build_id} is from {source.source_branch}, which {to} does not "
                                          f"accept ({', '.join(env.branches)}); pass force to override")
