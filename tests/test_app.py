@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from redis_server import shared_redis_url
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -84,7 +85,7 @@ def test_routing_loaded_from_the_settings_file(db_url: str, tmp_path: Path, serv
     ],
 )
 def test_bad_configuration_refuses_to_start(kwargs: dict[str, Any], message: str) -> None:
-    kwargs.setdefault("redis_url", "redis://127.0.0.1:6379/1")
+    kwargs.setdefault("redis_url", shared_redis_url(1))
     routing = None if "config" in kwargs else parse_routing(ROUTING)
     with pytest.raises(ConfigError, match=message):
         create_app(Settings(**kwargs), routing)
@@ -94,7 +95,7 @@ def test_invalid_routing_file_names_the_problem(tmp_path: Path) -> None:
     config = tmp_path / "bridge.yaml"
     config.write_text(YAML.replace("dev.yaml", "/etc/dev.yaml"))
     with pytest.raises(ConfigError, match=r"bridge.yaml: routes\[0\] \(api\): environments\[0\].file"):
-        create_app(settings("redis://127.0.0.1:6379/1", config=config))
+        create_app(settings(shared_redis_url(1), config=config))
 
 
 def test_extra_routes_share_the_state_and_the_error_table(db_url: str, serve: Callable[[Any], Any]) -> None:

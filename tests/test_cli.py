@@ -24,6 +24,7 @@ import yaml
 from arq.connections import RedisSettings, create_pool
 from arq.constants import job_key_prefix
 from redis.asyncio import Redis as AsyncRedis
+from redis_server import shared_redis_url
 
 from bridge.app import create_app
 from bridge.cli import main
@@ -270,7 +271,7 @@ def test_web_and_worker_need_a_redis_url(monkeypatch: pytest.MonkeyPatch, capsys
 def test_invalid_routing_refuses_to_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                           capsys: pytest.CaptureFixture[str], command: str) -> None:
     monkeypatch.setenv("BRIDGE_WEBHOOK__TOKENS", HOOK)
-    monkeypatch.setenv("BRIDGE_REDIS_URL", f"redis://127.0.0.1:6379/{DB}")
+    monkeypatch.setenv("BRIDGE_REDIS_URL", shared_redis_url(DB))
     data = example()
     data["routes"][0]["tag"] = "{build.nope}"
     path = write_config(tmp_path, data)
@@ -281,7 +282,7 @@ def test_invalid_routing_refuses_to_start(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_web_refuses_without_webhook_credentials(monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("BRIDGE_REDIS_URL", f"redis://127.0.0.1:6379/{DB}")
+    monkeypatch.setenv("BRIDGE_REDIS_URL", shared_redis_url(DB))
     code, _, err = run_cli(capsys, "web", "--config", str(EXAMPLE))
     assert code == 2
     assert "webhook: no credential configured" in err

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from redis_server import shared_redis_url
 
 from bridge.events import parse_event
 from bridge.queue import OPEN_PULL_REQUEST, PROMOTE_BUILD, Keys
@@ -18,7 +19,7 @@ from bridge.settings import Settings
 from workers.deploy import process_build, promote_build
 from workers.outcome import finish_deployment
 
-REDIS_URL = "redis://127.0.0.1:6379/6"
+REDIS_URL = shared_redis_url(6)
 EVENTS = Path(__file__).resolve().parent / "data" / "azure-devops-events"  # copies of the reference samples
 
 ROUTING = {

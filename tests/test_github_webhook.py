@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from redis_server import shared_redis_url
 
 from bridge.app import create_app
 from bridge.github_webhook import routes, signature_valid
@@ -24,7 +25,7 @@ from bridge.settings import Settings
 from workers.fakes.github import GitHubFake
 from workers.github import GitHubClient
 
-REDIS_URL = "redis://127.0.0.1:6379/3"
+REDIS_URL = shared_redis_url(3)
 QUEUE = "t3h:queue"
 SECRET = "hook-secret-123"
 GH_REPO = "acme/gitops"

@@ -6,11 +6,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
+from redis_server import shared_redis_url
 
 from bridge.errors import LockBusy
 from workers.lock import LockLost, LockOutcome, RedisLock, locked
 
-REDIS_URL = "redis://127.0.0.1:6379/2"
+REDIS_URL = shared_redis_url(2)
 
 
 @pytest.fixture

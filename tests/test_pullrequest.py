@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from arq import Retry
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from redis_server import shared_redis_url
 
 from bridge.queue import CHECK_PULL_REQUEST, REPORT_DEPLOYMENT, VERIFY_DEPLOYMENT, Keys
 from bridge.records import DeploymentRecord, DeploymentStore
@@ -28,7 +29,7 @@ from workers.pullrequest import (
     pull_body,
 )
 
-REDIS_URL = "redis://127.0.0.1:6379/3"
+REDIS_URL = shared_redis_url(3)
 QUEUE = "t3:queue"
 GH_REPO = "acme/gitops"
 FILE = "apps/api/values-prod.yaml"

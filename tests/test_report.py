@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from arq import Retry
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from redis_server import shared_redis_url
 
 from bridge.metrics import REGISTRY
 from bridge.queue import Keys
@@ -17,7 +18,7 @@ from workers.azure_devops import AzureDevOpsClient
 from workers.fakes.azure_devops import FakeAzureDevOps
 from workers.report import REPORT_ATTEMPTS, commit_status, property_patch, report_deployment, tag_changes
 
-REDIS_URL = "redis://127.0.0.1:6379/5"
+REDIS_URL = shared_redis_url(5)
 SHA = "6e12f614bd0c5a9e3b84d6f7bcb5d0a1c2e3f405"
 REPO = "11111111-2222-3333-4444-555555555555"
 

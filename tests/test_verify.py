@@ -17,6 +17,7 @@ from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from arq.worker import Worker, func
 from gitops_remote import Repo, git
+from redis_server import shared_redis_url
 
 from bridge import metrics
 from bridge.queue import PROMOTE_BUILD, REPORT_DEPLOYMENT, VERIFY_DEPLOYMENT, WATCH_APPLICATION, Keys
@@ -27,7 +28,7 @@ from workers.argocd import ArgoCDClient
 from workers.fakes.argocd import FAKE_TOKEN, ArgoCDFake, git_is_ancestor
 from workers.verify import resume_watches, verify_deployment, watch_application
 
-REDIS_URL = "redis://127.0.0.1:6379/4"
+REDIS_URL = shared_redis_url(4)
 PREFIX = "gb-test-verify"
 POLL = 0.1
 

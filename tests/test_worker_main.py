@@ -15,6 +15,7 @@ import pytest
 import redis
 from arq import Worker
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from redis_server import shared_redis_url
 
 from bridge import queue
 from bridge.queue import FLUSH_REPOSITORY, PROCESS_BUILD, RECONCILE_BUILDS, REPORT_DEPLOYMENT
@@ -34,7 +35,7 @@ ROUTING = parse_routing({
 JOB_NAMES = {v for k, v in vars(queue).items() if k.isupper() and not k.startswith("_") and isinstance(v, str)}
 
 
-def make_settings(tmp_path: Path, url: str = f"redis://127.0.0.1:6379/{DB}", **kwargs: Any) -> Settings:
+def make_settings(tmp_path: Path, url: str = shared_redis_url(DB), **kwargs: Any) -> Settings:
     kwargs["git"] = {"work_dir": tmp_path / "repos", **kwargs.get("git", {})}
     return Settings(redis_url=url, queue_name=QUEUE, key_prefix="test-worker-main", **kwargs)
 

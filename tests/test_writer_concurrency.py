@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from redis_server import shared_redis_url
 from writer_worker import (
     ROOT,
     git,
@@ -138,6 +139,6 @@ def await_get(dep_id: str, prefix: str):  # type: ignore[no-untyped-def]
     from bridge.queue import Keys
     from bridge.records import DeploymentRecord
 
-    with redis.Redis.from_url("redis://127.0.0.1:6379/2") as client:
+    with redis.Redis.from_url(shared_redis_url(2)) as client:
         raw = client.get(Keys(prefix=prefix).deployment(dep_id))
     return DeploymentRecord.model_validate_json(raw) if raw else None

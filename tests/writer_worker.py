@@ -25,6 +25,7 @@ if str(ROOT) not in sys.path:
 from arq import create_pool  # noqa: E402
 from arq.connections import RedisSettings  # noqa: E402
 from arq.worker import Worker, func  # noqa: E402
+from redis_server import shared_redis_url  # noqa: E402
 
 from bridge.queue import FLUSH_REPOSITORY, REPORT_DEPLOYMENT, VERIFY_DEPLOYMENT, Keys  # noqa: E402
 from bridge.records import DeploymentRecord, DeploymentStore  # noqa: E402
@@ -33,7 +34,7 @@ from bridge.settings import Settings  # noqa: E402
 from workers import writer  # noqa: E402
 from workers.gitrepo import RepoCache  # noqa: E402
 
-REDIS_URL = "redis://127.0.0.1:6379/2"
+REDIS_URL = shared_redis_url(2)
 GIT_ENV = {"GIT_AUTHOR_NAME": "Human", "GIT_AUTHOR_EMAIL": "human@example.com",
            "GIT_COMMITTER_NAME": "Human", "GIT_COMMITTER_EMAIL": "human@example.com",
            "GIT_CONFIG_NOSYSTEM": "1", "HOME": tempfile.gettempdir()}
