@@ -84,7 +84,7 @@ def worker_process(redis_url: str, argocd_url: str, poll: float, apps: int, bare
         keys = Keys(PREFIX)
         pool = await create_pool(RedisSettings.from_dsn(redis_url))
         ctx: dict[str, Any] = {"settings": settings, "routing": routing(apps), "keys": keys,
-                               "store": DeploymentStore(pool, keys), "redis": pool,
+                               "store": DeploymentStore(pool, keys, queue_name=settings.queue_name), "redis": pool,
                                "argocd": ArgoCDClient.from_settings(settings),
                                "is_ancestor": git_is_ancestor({"gitops": bare})}
         await resume_watches(ctx)

@@ -184,7 +184,8 @@ def worker_main(config_path: str) -> None:
 
     async def startup(ctx: dict[str, Any]) -> None:
         keys = Keys(prefix=settings.key_prefix)
-        ctx.update({"settings": settings, "routing": cfg, "keys": keys, "store": DeploymentStore(ctx["redis"], keys),
+        ctx.update({"settings": settings, "routing": cfg, "keys": keys, "store": DeploymentStore(ctx["redis"], keys,
+                                                                                                 queue_name=settings.queue_name),
                     "repos": RepoCache(settings.git, cfg.repositories)})
         await ctx["redis"].sadd(f"{settings.key_prefix}:ready", os.getpid())
 
@@ -299,7 +300,7 @@ async def drive(args: argparse.Namespace) -> None:
                  for _ in range(args.workers)]
         redis = await create_pool(RedisSettings.from_dsn(redis_url))
         keys = Keys(prefix=prefix)
-        store = DeploymentStore(redis, keys)
+        store = DeploymentStore(redis, keys, queue_name=queue)
         ctx = {"redis": redis, "keys": keys, "store": store,
                "settings": __import__("bridge.settings", fromlist=["Settings"]).Settings(
                    key_prefix=prefix, queue_name=queue)}
@@ -312,7 +313,7 @@ async def drive(args: argparse.Namespace) -> None:
         def make(app: str, env: str, build: int) -> DeploymentRecord:
             return DeploymentRecord(id=f"{build}-{app}-{env}", build_key=f"org:p:{build}", build_id=build, route=app,
                                     environment=env, repository="gitops", file=f"apps/{app}/{env}/values.yaml",
-                                    keys=["image.tag"], tag=f"2.0.{build}", state="queued",
+                                    keys=["image.tag"], tag=f"2.0.{build}", state="writing",
                                     build_url=f"https://dev.azure.com/org/p/_build/results?buildId={build}")
 
         # Warm-up: the first flush clones the repository into the cache.

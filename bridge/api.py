@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from bridge import metrics
 from bridge.auth import BearerAuth
+from bridge.lifecycle import is_success
 from bridge.queue import PROMOTE_BUILD, Keys, deployment_id, unique_job_id
 from bridge.records import VERDICTS, DeploymentRecord, DeploymentStore
 from bridge.routing import RoutingConfig, branch_matches
@@ -166,7 +167,7 @@ async def promote(request: Request) -> JSONResponse:
     source = next((r for r in records if r.environment == previous), None) or records[0]
     if source.environment == to:
         return _error("promotions", 409, f"build {build_id} already has a deployment to {to}")
-    if previous is not None and not force and (source.environment != previous or source.verdict != "succeeded"):
+    if previous is not None and not force and (source.environment != previous or not is_success(source.verdict)):
         state = "not deployed" if source.environment != previous else (source.verdict or "still in flight")
         return _error("promotions", 409, f"{previous} did not succeed for build {build_id} ({state}); "
                                          "pass force to override")

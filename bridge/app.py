@@ -17,7 +17,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-from arq.connections import ArqRedis, create_pool
+from arq.connections import ArqRedis
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bridge import api, github_webhook, metrics, webhook
 from bridge.errors import ConfigError
-from bridge.queue import redis_settings
+from bridge.queue import open_redis
 from bridge.routing import RoutingConfig, load_routing
 from bridge.settings import Settings, load_settings
 
@@ -135,7 +135,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        pool = await create_pool(redis_settings(settings), default_queue_name=settings.queue_name)
+        pool = open_redis(settings)  # connects on first use: a Redis outage at start gives 503s, not a crash
         app.state.redis = pool
         try:
             yield

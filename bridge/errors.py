@@ -12,10 +12,20 @@
         ├── InvalidBuild            a tag that is not a valid OCI tag, a build we cannot route
         └── UnsafeWrite             the values edit would change more than the target scalars
 
-`is_transient` is the single place that decides whether an error is retried.
+`is_transient` is the single place that decides whether an error is retried, and `retry_delay` how long to wait
+before the next try. Besides our own TransientErrors, these are transient wherever they come from: Redis connection
+errors and timeouts, a Redis that is loading its data (`LOADING`), busy with a script (`BUSY`), a replica that has not
+been promoted yet (`READONLY`), a master without its replicas (`NOREPLICAS`, `MASTERDOWN`), and bare network errors.
 """
 
 from __future__ import annotations
+
+import random
+
+from redis import exceptions as redis_errors
+
+# Redis error replies that mean "not now": a failover or a restart in progress.
+_TRANSIENT_REPLIES = ("LOADING", "BUSY", "READONLY", "NOREPLICAS", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
 
 
 class BridgeError(Exception):
@@ -77,9 +87,21 @@ class UnsafeWrite(PermanentError):
 
 
 def is_transient(exc: BaseException) -> bool:
-    """The retry policy: transient errors and bare network timeouts are retried, everything else is not."""
+    """The retry policy: transient errors, Redis outages and bare network errors are retried, everything else is
+    not."""
     if isinstance(exc, TransientError):
         return True
     if isinstance(exc, PermanentError | ConfigError):
         return False
-    return isinstance(exc, TimeoutError | ConnectionError)
+    if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | redis_errors.BusyLoadingError
+                  | redis_errors.ReadOnlyError | redis_errors.WatchError):
+        return True
+    if isinstance(exc, redis_errors.ResponseError):
+        return str(exc).split(" ", 1)[0].upper() in _TRANSIENT_REPLIES
+    return isinstance(exc, TimeoutError | ConnectionError | OSError)
+
+
+def retry_delay(attempt: int, *, base: float = 0.5, cap: float = 30.0) -> float:
+    """Seconds before try `attempt + 1`: exponential from `base`, capped at `cap`, jittered (half to full) so that
+    workers retrying the same outage do not come back together."""
+    return min(cap, base * 2.0 ** min(max(attempt, 0), 16)) * random.uniform(0.5, 1.0)

@@ -64,6 +64,9 @@ GITHUB_REQUESTS = Counter("bridge_github_requests_total", "GitHub API calls by o
                           registry=REGISTRY)
 REPORTS_FAILED = Counter("bridge_reports_failed_total", "Report-backs to Azure DevOps that failed for good.",
                          ["kind"], registry=REGISTRY)
+SWEEP_REPAIRS = Counter("bridge_sweeper_repairs_total",
+                        "Deployments whose next step was missing and that the sweeper handed back to it, by state.",
+                        ["state"], registry=REGISTRY)
 RECONCILED_BUILDS = Counter("bridge_reconciled_builds_total", "Builds queued by the reconciler, not the webhook.",
                             registry=REGISTRY)
 

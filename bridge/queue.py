@@ -11,12 +11,17 @@ import hashlib
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from arq.connections import ArqRedis, RedisSettings
-from arq.constants import job_key_prefix, result_key_prefix
+from arq.constants import expires_extra_ms, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
+from redis.asyncio.retry import Retry as RedisRetry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bridge.settings import Settings
 
@@ -35,16 +40,53 @@ def redis_settings(settings: Settings, url: str | None = None) -> RedisSettings:
     return connection
 
 
-# Job names: the worker registers functions under exactly these names.
+# Every command waits at most this long for Redis (a paused or partitioned server must not hang a job or a probe).
+SOCKET_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 2.0
+
+
+def open_redis(settings: Settings, url: str | None = None) -> ArqRedis:
+    """A pool for the bridge's Redis (no I/O yet: connections are made on first use and re-made after a drop).
+
+    Unlike `arq.create_pool` it bounds every command (`SOCKET_TIMEOUT_S`), retries a command once on a dropped
+    connection, and never gives up at start: callers decide how long to wait (the worker waits for ever, the web
+    process answers 503 meanwhile)."""
+    rs = redis_settings(settings, url)
+    kwargs: dict[str, Any] = {
+        "db": rs.database, "username": rs.username, "password": rs.password, "encoding": "utf8",
+        "socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "retry": RedisRetry(ExponentialBackoff(cap=0.5, base=0.05), 1),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        "health_check_interval": 15,
+    }
+    if rs.ssl:
+        kwargs.update(ssl=True, ssl_cert_reqs=rs.ssl_cert_reqs, ssl_ca_certs=rs.ssl_ca_certs,
+                      ssl_check_hostname=rs.ssl_check_hostname)
+    if rs.sentinel:
+        bounded = {"socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": CONNECT_TIMEOUT_S}
+        sentinel = Sentinel(rs.host, sentinel_kwargs=bounded, **kwargs)  # type: ignore[no-untyped-call]
+        pool = cast(ArqRedis, sentinel.master_for(rs.sentinel_master, redis_class=ArqRedis))
+    else:
+        pool = ArqRedis(host=cast(str, rs.host), port=rs.port, **kwargs)
+    pool.job_serializer = None
+    pool.job_deserializer = None
+    pool.default_queue_name = settings.queue_name
+    pool.expires_extra_ms = expires_extra_ms
+    return pool
+
+
+# Job names: the worker registers functions under exactly these names. `bridge.lifecycle` says which owns which state.
 PROCESS_BUILD = "process_build"            # (event: dict) → route, create records, hand to writer / PR
+ADVANCE_DEPLOYMENT = "advance_deployment"  # (deployment_id: str) → hand the deployment to the step its state needs
 FLUSH_REPOSITORY = "flush_repository"      # (repository: str) → apply every pending bump in one commit and push
 OPEN_PULL_REQUEST = "open_pull_request"    # (deployment_id: str)
 CHECK_PULL_REQUEST = "check_pull_request"  # (deployment_id: str) → merged? closed? again later
 VERIFY_DEPLOYMENT = "verify_deployment"    # (deployment_id: str) → register with the application's watcher
 WATCH_APPLICATION = "watch_application"    # (app_key: str) → one Argo CD read, judge every waiting deployment
-REPORT_DEPLOYMENT = "report_deployment"    # (deployment_id: str, phase: "started" | "finished")
+REPORT_DEPLOYMENT = "report_deployment"    # (deployment_id: str, phase: "started" | "final")
 PROMOTE_BUILD = "promote_build"            # (deployment_id: str, to_environment: str, force: bool, by: str)
 RECONCILE_BUILDS = "reconcile_builds"      # cron: queue completed builds the webhook never delivered
+SWEEP_DEPLOYMENTS = "sweep_deployments"    # cron: hand deployments whose next step is missing back to it
 
 
 @dataclass(frozen=True)
@@ -63,9 +105,17 @@ class Keys:
     def deployments(self) -> str:
         return f"{self.prefix}:deps"
 
+    def state_index(self, state: str) -> str:
+        """Deployments in an active state of `bridge.lifecycle`, scored by when they entered it."""
+        return f"{self.prefix}:state:{state}"
+
+    def sweep_cursor(self, state: str) -> str:
+        """Where the sweeper's last pass over a state stopped (the entry score of the last deployment it read)."""
+        return f"{self.prefix}:sweep:{state}"
+
     @property
-    def in_flight(self) -> str:
-        """Deployments without a verdict yet (for the in-flight gauge)."""
+    def legacy_in_flight(self) -> str:
+        """The set that counted in-flight deployments before the state machine (migrated at worker start)."""
         return f"{self.prefix}:in-flight"
 
     def build_deployments(self, build_key: str) -> str:
@@ -112,6 +162,33 @@ class Keys:
 
 def build_job_id(build_key: str) -> str:
     return f"build:{build_key}"
+
+
+# Step jobs keep no result (see bridge.lifecycle): their ids are refused only while a copy is queued or running.
+def advance_job_id(deployment_id: str) -> str:
+    return f"advance:{deployment_id}"
+
+
+def report_job_id(deployment_id: str, phase: str) -> str:
+    return f"report:{deployment_id}:{phase}"
+
+
+def verify_job_id(deployment_id: str) -> str:
+    return f"verify:{deployment_id}"
+
+
+def open_pr_job_id(deployment_id: str) -> str:
+    return f"open-pr:{deployment_id}"
+
+
+def add_job(pipe: Any, queue_name: str, function: str, args: tuple[Any, ...], job_id: str) -> None:
+    """Queue a job on a MULTI pipeline exactly as arq's `enqueue_job` writes it (job key with expiry, queue zset), so
+    it commits or not together with the rest of the transaction. A job of that id already queued stays queued (the
+    queue entry keeps its score)."""
+    enqueue_time_ms = int(time.time() * 1000)
+    job = serialize_job(function, args, {}, None, enqueue_time_ms, serializer=None)
+    pipe.psetex(job_key_prefix + job_id, expires_extra_ms, job)
+    pipe.zadd(queue_name, {job_id: enqueue_time_ms}, nx=True)
 
 
 def deployment_id(build_key: str, route: str, environment: str) -> str:

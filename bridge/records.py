@@ -1,8 +1,10 @@
 """Deployment records in Redis: one per (build × environment), with its timeline, kept for the retention period.
 
 Both processes use this store: the workers write records, the web process reads them for `/api/deployments`.
-Updates are optimistic (WATCH/MULTI), so concurrent writers never lose each other's fields, and `finish` sets a
-verdict at most once, which makes re-run jobs harmless.
+Every write is one Redis transaction that moves the record *and* its indexes together: the per-state indexes of
+`bridge.lifecycle` (scored by when the deployment entered the state), the list of all deployments and the build's
+set. `finish` sets a verdict at most once and queues the final report in the same transaction (an outbox), so a
+verdict never exists without its report on the way.
 """
 
 from __future__ import annotations
@@ -11,18 +13,21 @@ import builtins
 import json
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
-from bridge.queue import Keys
+from bridge.lifecycle import ACTIVE_STATES, IN_FLIGHT_STATES, VERDICTS, Kind, State, Verdict, allowed
+from bridge.queue import Keys, add_job
 
-Verdict = Literal["succeeded", "failed", "timed-out", "superseded", "held", "rejected"]
-VERDICTS: tuple[str, ...] = ("succeeded", "failed", "timed-out", "superseded", "held", "rejected")
-State = Literal["received", "queued", "writing", "awaiting-merge", "verifying", "done"]
+__all__ = ["VERDICTS", "DeploymentRecord", "DeploymentStore", "Effect", "JobSpec", "SortedSetAdd", "State", "Verdict",
+           "now_iso"]
+
 STAMPS = (
     "received", "queued", "started", "committed", "pushed", "pr_opened", "merged",
     "sync_started", "synced", "healthy", "finished", "reported",
@@ -35,6 +40,7 @@ def now_iso() -> str:
 
 class DeploymentRecord(BaseModel):
     id: str
+    kind: Kind = "build"
     build_key: str
     build_id: int
     build_number: str | None = None
@@ -57,7 +63,7 @@ class DeploymentRecord(BaseModel):
     old_tags: dict[str, str | None] = Field(default_factory=dict)
     argocd_app: str | None = None
     argocd_url: str | None = None
-    state: State = "received"
+    state: State = "queued"
     verdict: Verdict | None = None
     reason: str | None = None
     commit_sha: str | None = None
@@ -65,46 +71,114 @@ class DeploymentRecord(BaseModel):
     pr_number: int | None = None
     promoted_from: str | None = None
     details: dict[str, Any] = Field(default_factory=dict)
+    # What the report-back delivered, per sink (tags, properties, commit_status): "started" or the verdict.
+    delivered: dict[str, str] = Field(default_factory=dict)
     timeline: dict[str, str] = Field(default_factory=dict)
     created: float = Field(default_factory=time.time)
     updated: float = Field(default_factory=time.time)
+
+    @field_validator("state", mode="before")
+    @classmethod
+    def _legacy_state(cls, value: Any) -> Any:
+        return "queued" if value == "received" else value  # records written before the state machine
 
     def stamp(self, *names: str) -> None:
         for name in names:
             self.timeline.setdefault(name, now_iso())
 
 
+class Effect(Protocol):
+    """Something written in the same transaction as a record change (the outbox): a job, a pending bump."""
+
+    def write(self, pipe: Pipeline, queue_name: str | None) -> None: ...
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Queue a job (by name, JSON-able arguments)."""
+
+    function: str
+    args: tuple[Any, ...]
+    job_id: str
+
+    def write(self, pipe: Pipeline, queue_name: str | None) -> None:
+        if queue_name is None:
+            raise RuntimeError("this store has no queue name: it cannot queue jobs")
+        add_job(pipe, queue_name, self.function, self.args, self.job_id)
+
+
+@dataclass(frozen=True)
+class SortedSetAdd:
+    """Add a member to a sorted set unless it is there (e.g. a bump to its repository's pending set)."""
+
+    key: str
+    member: str
+    score: float
+
+    def write(self, pipe: Pipeline, queue_name: str | None) -> None:
+        pipe.zadd(self.key, {self.member: self.score}, nx=True)
+
+
 class DeploymentStore:
-    def __init__(self, redis: Redis, keys: Keys | None = None, retention_seconds: float = 30 * 86400) -> None:
+    def __init__(self, redis: Redis, keys: Keys | None = None, retention_seconds: float = 30 * 86400,
+                 queue_name: str | None = None) -> None:
         self.redis = redis
         self.keys = keys or Keys()
         self.ttl = int(retention_seconds)
+        self.queue_name = queue_name
 
-    async def create(self, record: DeploymentRecord) -> bool:
-        """Store a new record; False (and nothing changed) when one with that id exists already."""
-        created = await self.redis.set(self.keys.deployment(record.id), record.model_dump_json(), nx=True, ex=self.ttl)
-        if not created:
-            return False
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(self.keys.deployments, {record.id: record.created})
-            if record.verdict is None:
-                pipe.sadd(self.keys.in_flight, record.id)
-            pipe.zremrangebyscore(self.keys.deployments, 0, time.time() - self.ttl)
-            pipe.sadd(self.keys.build_deployments(record.build_key), record.id)
-            pipe.expire(self.keys.build_deployments(record.build_key), self.ttl)
-            await pipe.execute()
-        return True
+    def _index(self, pipe: Pipeline, record: DeploymentRecord, old_state: str | None) -> None:
+        """Queue the index changes for `record` (now in `record.state`, before in `old_state`) on a MULTI pipeline."""
+        if old_state == record.state:
+            return
+        if old_state in ACTIVE_STATES:
+            pipe.zrem(self.keys.state_index(old_state), record.id)
+        if record.state in ACTIVE_STATES:
+            pipe.zadd(self.keys.state_index(record.state), {record.id: time.time()})
+
+    def _outbox(self, pipe: Pipeline, effects: Iterable[Effect]) -> None:
+        for effect in effects:
+            effect.write(pipe, self.queue_name)
+
+    async def create(self, record: DeploymentRecord, *, then: Iterable[Effect] = ()) -> bool:
+        """Store a new record with its indexes (and queue `then`), in one transaction; False (and nothing changed)
+        when a record with that id exists already."""
+        key = self.keys.deployment(record.id)
+        jobs = list(then)
+        for _ in range(50):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    if await pipe.exists(key):
+                        await pipe.reset()  # type: ignore[no-untyped-call]
+                        return False
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.set(key, record.model_dump_json(), ex=self.ttl)
+                    pipe.zadd(self.keys.deployments, {record.id: record.created})
+                    pipe.zremrangebyscore(self.keys.deployments, 0, time.time() - self.ttl)
+                    pipe.sadd(self.keys.build_deployments(record.build_key), record.id)
+                    pipe.expire(self.keys.build_deployments(record.build_key), self.ttl)
+                    self._index(pipe, record, None)
+                    self._outbox(pipe, jobs)
+                    await pipe.execute()
+                    return True
+                except WatchError:
+                    continue
+        raise RuntimeError(f"deployment {record.id}: too much contention on the record")
 
     async def get(self, deployment_id: str) -> DeploymentRecord | None:
         raw = await self.redis.get(self.keys.deployment(deployment_id))
         return DeploymentRecord.model_validate_json(raw) if raw else None
 
-    async def _mutate(self, deployment_id: str, change: Callable[[DeploymentRecord], bool]) -> DeploymentRecord | None:
-        """Read, change and write one record atomically (optimistic WATCH/MULTI, retried on contention).
+    async def _mutate(self, deployment_id: str, change: Callable[[DeploymentRecord], bool],
+                      then: Iterable[Effect] = ()) -> DeploymentRecord | None:
+        """Read, change and write one record atomically (optimistic WATCH/MULTI, retried on contention), moving its
+        state index with it and queuing `then` in the same transaction.
 
         `change` edits the record in place and returns False to leave it unwritten (then None is returned).
         """
         key = self.keys.deployment(deployment_id)
+        jobs = list(then)
         for _ in range(50):
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
@@ -113,69 +187,132 @@ class DeploymentStore:
                     if raw is None:
                         raise KeyError(deployment_id)
                     record = DeploymentRecord.model_validate_json(raw)
+                    old_state = record.state
                     if not change(record):
                         await pipe.reset()  # type: ignore[no-untyped-call]
                         return None
                     record.updated = time.time()
                     pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.set(key, record.model_dump_json(), keepttl=True)
+                    self._index(pipe, record, old_state)
+                    self._outbox(pipe, jobs)
                     await pipe.execute()
                     return record
                 except WatchError:
                     continue
         raise RuntimeError(f"deployment {deployment_id}: too much contention on the record")
 
-    async def update(self, deployment_id: str, *, stamp: Iterable[str] = (), **changes: Any) -> DeploymentRecord:
+    async def update(self, deployment_id: str, *, stamp: Iterable[str] = (), then: Iterable[Effect] = (),
+                     **changes: Any) -> DeploymentRecord:
         """Apply field changes and timeline stamps atomically; KeyError when the record is gone.
 
-        A finished record keeps its state and verdict: a late job cannot reopen it.
+        A state change that is not an arrow of the state machine (a late job writing to a record that moved on) is
+        ignored, and so are verdict and reason once set: a late job cannot reopen a deployment.
         """
 
         def change(record: DeploymentRecord) -> bool:
             for name, value in changes.items():
-                if record.verdict is not None and name in ("state", "verdict", "reason"):
+                if name == "state" and not allowed(record.state, value):
+                    continue
+                if record.verdict is not None and name in ("verdict", "reason"):
                     continue
                 setattr(record, name, value)
             record.stamp(*stamp)
             return True
 
-        record = await self._mutate(deployment_id, change)
+        record = await self._mutate(deployment_id, change, then)
         assert record is not None  # change() always writes
         return record
 
-    async def finish(self, deployment_id: str, verdict: Verdict, reason: str, **changes: Any) -> bool:
-        """Set the verdict once. True when this call set it; False when the record already had one."""
+    async def advance(self, deployment_id: str, expect: Iterable[str], to: State, *, stamp: Iterable[str] = (),
+                      then: Iterable[Effect] = (), **changes: Any) -> DeploymentRecord | None:
+        """Move the record from one of the `expect` states to `to` (with `changes`), and queue `then`, atomically.
+        None (nothing written) when the record is in another state: someone else moved it on."""
+        accepted = set(expect)
 
         def change(record: DeploymentRecord) -> bool:
-            if record.verdict is not None:
+            if record.state not in accepted or not allowed(record.state, to):
                 return False
             for name, value in changes.items():
                 setattr(record, name, value)
-            record.verdict, record.reason, record.state = verdict, reason, "done"
+            record.state = to
+            record.stamp(*stamp)
+            return True
+
+        return await self._mutate(deployment_id, change, then)
+
+    async def finish(self, deployment_id: str, verdict: Verdict, reason: str, *, then: Iterable[Effect] = (),
+                     **changes: Any) -> DeploymentRecord | None:
+        """Set the verdict once and move to `reporting`, queuing `then` (the final report) in the same transaction.
+        The record when this call set the verdict; None when it had one already (a re-run does nothing)."""
+
+        def change(record: DeploymentRecord) -> bool:
+            if record.verdict is not None or not allowed(record.state, "reporting"):
+                return False
+            for name, value in changes.items():
+                setattr(record, name, value)
+            record.verdict, record.reason, record.state = verdict, reason, "reporting"
             record.stamp("finished")
             return True
 
-        if await self._mutate(deployment_id, change) is None:
-            return False
-        await self.redis.srem(self.keys.in_flight, deployment_id)  # type: ignore[misc]
-        return True
+        return await self._mutate(deployment_id, change, then)
+
+    async def mark_done(self, deployment_id: str, *, reported: bool = True) -> DeploymentRecord | None:
+        """`reporting → done` once every final delivery landed (`reported`) or was given up; None when the record was
+        not in `reporting`."""
+        return await self.advance(deployment_id, ("reporting",), "done", stamp=("reported",) if reported else ())
+
+    async def delivered(self, deployment_id: str, sink: str, what: str) -> None:
+        """Record what a report sink received (the ledger that keeps final reports from being sent twice)."""
+
+        def change(record: DeploymentRecord) -> bool:
+            if record.delivered.get(sink) == what:
+                return False
+            record.delivered[sink] = what
+            return True
+
+        await self._mutate(deployment_id, change)
+
+    # -- the state indexes --------------------------------------------------------------------------------------------
+
+    async def state_summary(self) -> dict[str, tuple[int, float | None]]:
+        """For each active state: how many deployments are in it, and since when the oldest one is (epoch seconds)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for state in ACTIVE_STATES:
+                pipe.zcard(self.keys.state_index(state))
+                pipe.zrange(self.keys.state_index(state), 0, 0, withscores=True)
+            answers = await pipe.execute()
+        out: dict[str, tuple[int, float | None]] = {}
+        for i, state in enumerate(ACTIVE_STATES):
+            count, oldest = answers[2 * i], answers[2 * i + 1]
+            out[state] = (int(count), float(oldest[0][1]) if oldest else None)
+        return out
 
     async def in_flight(self) -> int:
-        """Deployments without a verdict; members whose record expired (retention) are dropped on the way."""
-        members = list(await self.redis.smembers(self.keys.in_flight))  # type: ignore[misc]
-        if not members:
-            return 0
-        names = [m.decode() if isinstance(m, bytes) else m for m in members]
-        present = await self.redis.exists(*[self.keys.deployment(n) for n in names])
-        if present == len(names):
-            return len(names)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.exists(self.keys.deployment(name))
-            gone = [n for n, alive in zip(names, await pipe.execute(), strict=True) if not alive]
-        if gone:
-            await self.redis.srem(self.keys.in_flight, *gone)  # type: ignore[misc]
-        return len(names) - len(gone)
+        """Deployments without a verdict yet (the sum of the in-flight states' indexes)."""
+        summary = await self.state_summary()
+        return sum(summary[state][0] for state in IN_FLIGHT_STATES)
+
+    async def in_state(self, state: str, *, entered_before: float, limit: int = 200) -> builtins.list[str]:
+        """Ids of deployments in `state` that entered it before `entered_before`, oldest first."""
+        ids = await self.redis.zrangebyscore(self.keys.state_index(state), 0, entered_before, start=0, num=limit)
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+    async def drop_from_index(self, state: str, deployment_id: str) -> None:
+        await self.redis.zrem(self.keys.state_index(state), deployment_id)
+
+    async def migrate_legacy_in_flight(self) -> int:
+        """Index deployments of the set that counted in-flight work before the state machine; returns how many."""
+        members = await self.redis.smembers(self.keys.legacy_in_flight)  # type: ignore[misc]
+        moved = 0
+        for member in members:
+            dep = member.decode() if isinstance(member, bytes) else str(member)
+            record = await self.get(dep)
+            if record is not None and record.state in ACTIVE_STATES:
+                await self.redis.zadd(self.keys.state_index(record.state), {dep: record.updated}, nx=True)
+                moved += 1
+            await self.redis.srem(self.keys.legacy_in_flight, dep)  # type: ignore[misc]
+        return moved
 
     async def for_build(self, build_key: str) -> list[DeploymentRecord]:
         ids = sorted(await self.redis.smembers(self.keys.build_deployments(build_key)))  # type: ignore[misc]

@@ -73,7 +73,7 @@ class GitSettings(_Group):
     committer_name: str | None = None
     committer_email: str | None = None
     commit_template: str = "ci: update {app} image tag to {tag} ({env})"
-    lock_lease_seconds: float = 60.0
+    lock_lease_seconds: float = 15.0
     lock_wait_seconds: float = 120.0
     push_attempts: int = 6
     timeout_seconds: float = 120.0
@@ -108,11 +108,23 @@ class AzureDevOpsSettings(_Group):
     api_version: str = "7.1"
     timeout_seconds: float = 15.0
     report: bool = True
+    report_deadline_seconds: float = Field(
+        default=86400.0, description="How long a final report is retried while Azure DevOps fails; then given up."
+    )
     reconcile_seconds: float = 300.0
     reconcile_lookback_seconds: float = 6 * 3600.0
     organization_url: str | None = Field(
         default=None, description="e.g. https://dev.azure.com/org/ — used by the reconciler and `subscribe`."
     )
+
+
+class FaultSettings(_Group):
+    """Fault injection for the fault-tolerance tests (workers/faults.py). Never set in production."""
+
+    crash_at: StrList = Field(default_factory=list, description="Crash points at which the worker kills itself once.")
+    marker_dir: Path | None = None
+
+    _split = field_validator("crash_at", mode="before")(_split_list)
 
 
 class Settings(BaseSettings):
@@ -148,6 +160,8 @@ class Settings(BaseSettings):
     port: int = 8080
     worker_metrics_port: int = 9090
     worker_max_jobs: int = 10
+    sweep_seconds: float = Field(default=10.0, description="How often a worker sweeps for deployments whose next step "
+                                                           "is missing (0: never).")
     log_level: str = "INFO"
     log_json: bool = False
     retention_days: float = 30.0
@@ -159,6 +173,7 @@ class Settings(BaseSettings):
     github: GitHubSettings = Field(default_factory=GitHubSettings)
     argocd: ArgoCDSettings = Field(default_factory=ArgoCDSettings)
     azure_devops: AzureDevOpsSettings = Field(default_factory=AzureDevOpsSettings)
+    faults: FaultSettings = Field(default_factory=FaultSettings)
 
     _split_sentinels = field_validator("redis_sentinels", mode="before")(_split_list)
 

@@ -17,7 +17,9 @@ from bridge.records import DeploymentStore
 from bridge.routing import parse_routing
 from bridge.settings import Settings
 from workers.deploy import process_build, promote_build
+from workers.lifecycle import sweep_deployments
 from workers.outcome import finish_deployment
+from workers.report import report_deployment
 
 REDIS_URL = shared_redis_url(6)
 EVENTS = Path(__file__).resolve().parent / "data" / "azure-devops-events"  # copies of the reference samples
@@ -70,7 +72,7 @@ async def ctx() -> AsyncIterator[dict[str, Any]]:
     settings = Settings(queue_name="t6:queue", key_prefix="t6")
     yield {
         "settings": settings, "routing": parse_routing(ROUTING), "keys": keys, "redis": redis,
-        "store": DeploymentStore(redis, keys), "ado": None, "job_try": 1,
+        "store": DeploymentStore(redis, keys, queue_name=settings.queue_name), "ado": None, "job_try": 1,
     }
     await redis.flushdb()
     await redis.aclose()
@@ -111,7 +113,7 @@ async def test_held_environment_ends_held_and_writes_nothing(ctx: dict[str, Any]
     assert [(r.environment, r.verdict) for r in records] == [("staging", "held")]
     assert "incident 42" in (records[0].reason or "")
     assert not [j for j in await queued(ctx) if j[0] == OPEN_PULL_REQUEST]
-    assert ("report_deployment", (records[0].id, "finished")) in await queued(ctx)
+    assert ("report_deployment", (records[0].id, "final")) in await queued(ctx)  # queued with the verdict
 
 
 @pytest.mark.parametrize("number", ["1.0 $(Rev)", "20241202.1\nimage: evil", "-leading-dash"])
@@ -156,10 +158,12 @@ async def test_success_starts_the_after_environment(ctx: dict[str, Any]) -> None
     staging = result["deployments"][0]
     assert await finish_deployment(ctx, staging, "succeeded", "synced and healthy")
     assert not await finish_deployment(ctx, staging, "failed", "second verdict is ignored")
+    assert (PROMOTE_BUILD, (staging, "prod", False, "after:staging")) not in await queued(ctx)
+    assert await report_deployment(ctx, staging, "final") == "skipped"  # no Azure DevOps here: nothing to send
     jobs = await queued(ctx)
-    assert (PROMOTE_BUILD, (staging, "prod", False, "after:staging")) in jobs
+    assert (PROMOTE_BUILD, (staging, "prod", False, "after:staging")) in jobs  # started by the final report
     record = await ctx["store"].get(staging)
-    assert record.verdict == "succeeded" and record.reason == "synced and healthy"
+    assert record.verdict == "succeeded" and record.reason == "synced and healthy" and record.state == "done"
     promoted = await promote_build(ctx, staging, "prod", False, "after:staging")
     assert promoted["status"] == "started"
 
@@ -192,9 +196,10 @@ async def test_run_event_without_lookup_skips_routes_that_name_the_project_by_na
     assert await ctx["store"].list() == ([], None)
 
 
-async def test_in_flight_count_drops_records_that_expired(ctx: dict[str, Any]) -> None:
+async def test_the_sweeper_drops_records_that_expired_from_the_state_index(ctx: dict[str, Any]) -> None:
     result = await process_build(ctx, full_event())
     assert await ctx["store"].in_flight() == 1
     await ctx["redis"].delete(ctx["keys"].deployment(result["deployments"][0]))  # as the retention TTL would
+    await ctx["redis"].zadd(ctx["keys"].state_index("writing"), {result["deployments"][0]: 1.0})  # entered long ago
+    assert await sweep_deployments(ctx) == {}
     assert await ctx["store"].in_flight() == 0
-    assert await ctx["redis"].scard(ctx["keys"].in_flight) == 0

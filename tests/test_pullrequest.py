@@ -98,7 +98,7 @@ async def ctx(tmp_path: Path, bare: Path, fake: GitHubFake) -> AsyncIterator[dic
     client = GitHubClient.from_settings(settings, seconds_between_writes=None)
     yield {
         "settings": settings, "routing": routing, "keys": keys, "redis": redis, "job_try": 1,
-        "store": DeploymentStore(redis, keys), "github": client,
+        "store": DeploymentStore(redis, keys, queue_name=settings.queue_name), "github": client,
         "repos": RepoCache(settings.git, routing.repositories),
     }
     await redis.flushdb()
@@ -179,7 +179,8 @@ async def test_opens_one_pull_request_with_the_exact_edit_on_a_branch(
     assert await ctx["redis"].get("t3:pr:acme/gitops#1") == record.id.encode()
 
     # arq may run the job twice, and a re-run after a crash must not open a second pull request.
-    await ctx["store"].update(record.id, state="writing")
+    await ctx["redis"].set(ctx["keys"].deployment(record.id), stored.model_copy(update={"state": "writing"})
+                           .model_dump_json(), keepttl=True)  # as if the worker died before recording the PR
     again = await open_pull_request(ctx, record.id)
     assert again == {"status": "exists", "pull_request": 1, "url": stored.pr_url}
     assert len(fake.pulls(GH_REPO)) == 1 and len(fake.calls("POST", "/pulls")) == 1
@@ -213,7 +214,7 @@ async def test_closed_without_merge_is_rejected(ctx: dict[str, Any], fake: GitHu
     assert (await check_pull_request(ctx, record.id))["status"] == "rejected"
     stored = await ctx["store"].get(record.id)
     assert stored.verdict == "rejected" and "closed without merging" in (stored.reason or "")
-    assert (REPORT_DEPLOYMENT, (record.id, "finished"), f"report:{record.id}:finished") in await queued(ctx)
+    assert (REPORT_DEPLOYMENT, (record.id, "final"), f"report:{record.id}:final") in await queued(ctx)
 
 
 async def test_too_old_pull_request_times_out_and_is_closed(ctx: dict[str, Any], fake: GitHubFake) -> None:

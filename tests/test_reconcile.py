@@ -61,7 +61,7 @@ async def ctx(fake: FakeAzureDevOps, redis_url: Any) -> AsyncIterator[dict[str, 
     ado = AzureDevOpsClient.from_settings(settings)
     keys = Keys()
     yield {"settings": settings, "routing": ROUTING, "keys": keys, "redis": redis,
-           "store": DeploymentStore(redis, keys), "ado": ado, "job_try": 1}
+           "store": DeploymentStore(redis, keys, queue_name=settings.queue_name), "ado": ado, "job_try": 1}
     await ado.aclose()
     await redis.aclose()
 

@@ -13,12 +13,16 @@ from redis_server import shared_redis_url
 from bridge.metrics import REGISTRY
 from bridge.queue import Keys
 from bridge.records import DeploymentRecord, DeploymentStore
+from bridge.routing import parse_routing
 from bridge.settings import Settings
 from workers.azure_devops import AzureDevOpsClient
 from workers.fakes.azure_devops import FakeAzureDevOps
-from workers.report import REPORT_ATTEMPTS, commit_status, property_patch, report_deployment, tag_changes
+from workers.report import commit_status, property_patch, report_deployment, tag_changes
 
 REDIS_URL = shared_redis_url(5)
+ROUTING = {"repositories": {"platform": {"url": "file:///nowhere"}},
+           "routes": [{"name": "chat", "match": {"project": "Chat", "definition": "1"},
+                       "environments": [{"name": "prod", "repository": "platform", "file": "chat/values-prod.yaml"}]}]}
 SHA = "6e12f614bd0c5a9e3b84d6f7bcb5d0a1c2e3f405"
 REPO = "11111111-2222-3333-4444-555555555555"
 
@@ -38,7 +42,8 @@ async def ctx(fake: FakeAzureDevOps, redis_url: Any) -> AsyncIterator[dict[str, 
     ado = AzureDevOpsClient("pat")
     keys = Keys()
     yield {"settings": Settings(azure_devops={"token": "pat"}), "keys": keys, "redis": redis,
-           "store": DeploymentStore(redis, keys), "ado": ado, "job_try": 1}
+           "store": DeploymentStore(redis, keys, queue_name="t5:queue"), "ado": ado, "job_try": 1,
+           "routing": parse_routing(ROUTING)}
     await ado.aclose()
     await redis.aclose()
 
@@ -69,7 +74,8 @@ def test_tag_changes_keep_one_tag_of_the_closed_set() -> None:
     add, remove = tag_changes("prod", None)
     assert add == ["deploying-prod"] and "deployed-prod" in remove and "deploying-prod" not in remove
     add, remove = tag_changes("prod", "timed-out")
-    assert add == ["deploy-timed-out-prod"] and len(remove) == 6 and "deploying-prod" in remove
+    assert add == ["deploy-timed-out-prod"] and len(remove) == 7 and "deploying-prod" in remove
+    assert tag_changes("prod", "pushed")[0] == ["pushed-prod"]
 
 
 def test_commit_status_only_for_azure_repos_and_mapped_states() -> None:
@@ -105,19 +111,32 @@ async def test_start_then_finish_reports_and_rerun_is_idempotent(ctx: dict[str, 
     assert final["state"] == "succeeded" and final["targetUrl"] == rec.argocd_url
     assert final["context"] == {"name": "deploy/prod", "genre": "gitops-bridge"}
     stored = await ctx["store"].get(rec.id)
-    assert stored.verdict == "succeeded" and "reported" in stored.timeline
+    assert stored.verdict == "succeeded" and "reported" in stored.timeline and stored.state == "done"
+    assert stored.delivered == {"tags": "succeeded", "properties": "succeeded", "commit_status": "succeeded"}
 
-    before = len(fake.statuses(REPO, rec.source_commit))
-    assert await report_deployment(ctx, rec.id, "finished") == "reported"  # arq ran it twice
-    assert len(fake.statuses(REPO, rec.source_commit)) == before
+    before = len(fake.requests)
+    assert await report_deployment(ctx, rec.id, "final") == "done"  # arq ran it twice: nothing left to deliver
+    assert len(fake.requests) == before
     assert fake.tags(rec.build_id).count("deployed-prod") == 1
+
+
+async def test_a_rerun_after_a_crash_sends_only_what_was_not_recorded(ctx: dict[str, Any],
+                                                                     fake: FakeAzureDevOps) -> None:
+    rec = await make_record(ctx, fake)
+    await ctx["store"].finish(rec.id, "failed", "Degraded")
+    await ctx["store"].delivered(rec.id, "tags", "failed")  # a worker died after delivering the tags only
+    posts = len(fake.requests_to("POST", f"/repositories/{REPO}"))
+    assert await report_deployment(ctx, rec.id, "final") == "reported"
+    assert not fake.requests_to("PATCH", f"/builds/{rec.build_id}/tags")  # not sent again
+    assert len(fake.requests_to("POST", f"/repositories/{REPO}")) == posts + 1
+    assert [s["state"] for s in fake.statuses(REPO, rec.source_commit)].count("failed") == 1
 
 
 async def test_late_start_report_never_overwrites_the_verdict(ctx: dict[str, Any], fake: FakeAzureDevOps) -> None:
     rec = await make_record(ctx, fake)
     await ctx["store"].finish(rec.id, "failed", "values file missing")
     assert await report_deployment(ctx, rec.id, "finished") == "reported"
-    assert await report_deployment(ctx, rec.id, "started") == "reported"  # a retried start report, running late
+    assert await report_deployment(ctx, rec.id, "started") == "skipped"  # a retried start report, running late
     assert fake.statuses(REPO, rec.source_commit)[-1]["state"] == "failed"
     assert "deploying-prod" not in fake.tags(rec.build_id) and "deploy-failed-prod" in fake.tags(rec.build_id)
     assert fake.properties(rec.build_id)["gitops-bridge.prod.status"] == "failed"
@@ -143,24 +162,36 @@ async def test_without_token_reports_are_skipped(ctx: dict[str, Any], fake: Fake
     assert await report_deployment(ctx, "no-such-deployment", "finished") == "gone"
 
 
-async def test_transient_failure_retries_then_counts_once(ctx: dict[str, Any], fake: FakeAzureDevOps) -> None:
+async def test_transient_failure_retries_until_it_lands(ctx: dict[str, Any], fake: FakeAzureDevOps) -> None:
     rec = await make_record(ctx, fake)
     await ctx["store"].finish(rec.id, "succeeded", "ok")
     fake.fail(429, method="PATCH", path=f"/builds/{rec.build_id}/tags", retry_after=120)
     with pytest.raises(Retry) as info:
-        await report_deployment(ctx, rec.id, "finished")
+        await report_deployment(ctx, rec.id, "final")
     assert (info.value.defer_score or 0) >= 120_000  # Retry-After honoured
     assert fake.properties(rec.build_id)["gitops-bridge.prod.status"] == "succeeded"  # other parts went on
+    stored = await ctx["store"].get(rec.id)
+    assert stored.state == "reporting" and "tags" not in stored.delivered
 
     fake.fail(503, method="PATCH", path=f"/builds/{rec.build_id}/tags", times=1)
+    with pytest.raises(Retry):  # still within the report deadline: never a failure for good
+        await report_deployment({**ctx, "job_try": 50}, rec.id, "final")
+    assert await report_deployment(ctx, rec.id, "final") == "reported"
+    assert "deployed-prod" in fake.tags(rec.build_id)
+    assert (await ctx["store"].get(rec.id)).state == "done"
+
+
+async def test_transient_failure_past_the_deadline_is_counted_once(ctx: dict[str, Any],
+                                                                  fake: FakeAzureDevOps) -> None:
+    rec = await make_record(ctx, fake)
+    await ctx["store"].finish(rec.id, "succeeded", "ok")
+    fake.fail(503, method="PATCH", path=f"/builds/{rec.build_id}/tags", times=1)
     before = failed_count("tags")
-    assert await report_deployment({**ctx, "job_try": REPORT_ATTEMPTS}, rec.id, "finished") == "failed"
+    impatient = Settings(azure_devops={"token": "pat", "report_deadline_seconds": 0})
+    assert await report_deployment({**ctx, "settings": impatient}, rec.id, "final") == "failed"
     assert failed_count("tags") == before + 1
     stored = await ctx["store"].get(rec.id)
-    assert stored.verdict == "succeeded" and "reported" not in stored.timeline
-
-    assert await report_deployment({**ctx, "job_try": 1}, rec.id, "finished") == "reported"  # a later run heals it
-    assert "deployed-prod" in fake.tags(rec.build_id)
+    assert stored.verdict == "succeeded" and stored.state == "done" and "reported" not in stored.timeline
 
 
 async def test_permanent_failure_is_counted_without_retry(ctx: dict[str, Any], fake: FakeAzureDevOps) -> None:

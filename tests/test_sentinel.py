@@ -104,4 +104,6 @@ async def test_webhook_is_queued_on_the_master_the_sentinel_names(
     finally:
         await pool.aclose()
     worker = build_worker(settings, parse_routing(ROUTING))
-    assert worker.redis_settings is not None and worker.redis_settings.sentinel
+    assert type(worker.pool.connection_pool).__name__ == "SentinelConnectionPool"  # the master comes from Sentinel
+    assert await worker.pool.ping()
+    await worker.pool.aclose()

@@ -62,7 +62,7 @@ class Harness:
                                          "refresh_timeout_seconds": 0.5, "request_timeout_seconds": 3},
                                  queue_name=f"{PREFIX}:queue", key_prefix=PREFIX)
         self.keys = Keys(PREFIX)
-        self.store = DeploymentStore(redis, self.keys)
+        self.store = DeploymentStore(redis, self.keys, queue_name=self.settings.queue_name)
         self.reports: list[tuple[str, str]] = []
         self.ticks: list[str] = []
         self.ctx = self.new_ctx()
@@ -171,7 +171,7 @@ def test_auto_sync_success_with_one_request_per_tick(repo: Repo, fake: ArgoCDFak
         await h.run()
         for dep in deps:
             rec = await h.record(dep)
-            assert (rec.verdict, rec.state) == ("succeeded", "done"), rec.reason
+            assert (rec.verdict, rec.state) == ("succeeded", "reporting"), rec.reason  # the final report is next
             assert "synced and Healthy" in (rec.reason or "")
             assert {"sync_started", "synced", "healthy", "finished"} <= set(rec.timeline)
             assert rec.argocd_url == f"{fake.url}/applications/web"
@@ -181,7 +181,7 @@ def test_auto_sync_success_with_one_request_per_tick(repo: Repo, fake: ArgoCDFak
         assert fake.count("GET", "web", refresh=True) == 1  # the refresh after the push, once for all
         assert not await h.redis.hlen(h.keys.waiting("web"))
         assert not await h.redis.hexists(h.keys.watched_apps, "web")
-        assert sorted(h.reports) == sorted((d, "finished") for d in deps)
+        assert sorted(h.reports) == sorted((d, "final") for d in deps)
 
     scenario(repo, fake, body)
 
@@ -397,19 +397,21 @@ def test_missing_application_fails_with_not_found(repo: Repo, fake: ArgoCDFake) 
     scenario(repo, fake, body)
 
 
-def test_without_argocd_succeeds_at_push(repo: Repo, fake: ArgoCDFake) -> None:
+def test_without_an_argocd_block_the_verdict_is_pushed_never_succeeded(repo: Repo, fake: ArgoCDFake) -> None:
     sha = bump(repo, "web", "2")
 
     async def body(h: Harness) -> None:
         plain = await h.deployment("plain", sha, 1)
         await h.run()
-        assert (await h.record(plain)).reason == "no Argo CD application configured"
+        rec = await h.record(plain)
+        assert (rec.verdict, rec.reason) == ("pushed", "pushed, not verified: the environment names no Argo CD "
+                                                       "application")
         await h.ctx["argocd"].aclose()
-        h.ctx["argocd"] = None
+        h.ctx["argocd"] = None  # an application named while no Argo CD is configured: never a silent success
         web = await h.deployment("web", sha, 2)
         await h.run()
         rec = await h.record(web)
-        assert (rec.verdict, rec.reason) == ("succeeded", "no Argo CD application configured")
+        assert rec.verdict == "failed" and "no Argo CD URL is configured" in (rec.reason or "")
         assert not fake.requests
 
     scenario(repo, fake, body)
@@ -449,6 +451,6 @@ def test_worker_restart_resumes_from_redis_and_finishes_once(repo: Repo, fake: A
         rec = await h.record(dep)
         assert rec.verdict == "succeeded", rec.reason
         assert finished_count("web", "succeeded") == before + 1
-        assert h.reports.count((dep, "finished")) == 1
+        assert h.reports.count((dep, "final")) == 1
 
     scenario(repo, fake, body)

@@ -14,11 +14,11 @@ import httpx
 import pytest
 import redis
 from arq import Worker
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.connections import RedisSettings, create_pool
 from redis_server import shared_redis_url
 
 from bridge import queue
-from bridge.queue import FLUSH_REPOSITORY, PROCESS_BUILD, RECONCILE_BUILDS, REPORT_DEPLOYMENT
+from bridge.queue import FLUSH_REPOSITORY, PROCESS_BUILD, RECONCILE_BUILDS, REPORT_DEPLOYMENT, SWEEP_DEPLOYMENTS
 from bridge.routing import RoutingConfig, parse_routing
 from bridge.settings import Settings
 from workers.main import build_worker, cron_jobs, health_app, job_functions, run_worker
@@ -48,7 +48,7 @@ def free_port() -> int:
 
 
 def test_every_queue_name_is_a_job() -> None:
-    assert len(JOB_NAMES) == 9
+    assert len(JOB_NAMES) == 11
     assert RECONCILE_BUILDS in JOB_NAMES and PROCESS_BUILD in JOB_NAMES
 
 
@@ -64,7 +64,17 @@ async def test_registry_names_match_the_queue_contract(tmp_path: Path) -> None:
 async def test_without_azure_devops_there_is_no_cron(tmp_path: Path) -> None:
     worker = build_worker(make_settings(tmp_path), ROUTING, burst=True)
     assert set(worker.functions) == JOB_NAMES - {RECONCILE_BUILDS}
-    assert worker.cron_jobs == []
+    assert [job.name for job in worker.cron_jobs] == [SWEEP_DEPLOYMENTS]
+
+
+@pytest.mark.parametrize(("seconds", "expected"), [(10, set(range(0, 60, 10))), (0, None), (7, set(range(0, 60, 7)))])
+def test_the_sweeper_runs_every_sweep_seconds_unless_off(tmp_path: Path, seconds: float,
+                                                        expected: set[int] | None) -> None:
+    jobs = {j.name: j for j in cron_jobs(make_settings(tmp_path, sweep_seconds=seconds))}
+    if expected is None:
+        assert SWEEP_DEPLOYMENTS not in jobs
+    else:
+        assert jobs[SWEEP_DEPLOYMENTS].second == expected and jobs[SWEEP_DEPLOYMENTS].run_at_startup
 
 
 def test_git_jobs_get_a_timeout_that_covers_every_push_attempt(tmp_path: Path) -> None:
@@ -82,7 +92,7 @@ def test_git_jobs_get_a_timeout_that_covers_every_push_attempt(tmp_path: Path) -
     ({"token": "pat-123456", "organization_url": "https://dev.azure.com/acme/"}, True),
 ])
 def test_reconcile_cron_needs_a_token_and_an_organization(tmp_path: Path, ado: dict[str, Any], expected: bool) -> None:
-    jobs = cron_jobs(make_settings(tmp_path, azure_devops=ado))
+    jobs = [j for j in cron_jobs(make_settings(tmp_path, azure_devops=ado)) if j.name != SWEEP_DEPLOYMENTS]
     assert [j.name for j in jobs] == ([RECONCILE_BUILDS] if expected else [])
     if expected:
         assert jobs[0].run_at_startup
@@ -92,7 +102,8 @@ def test_reconcile_cron_needs_a_token_and_an_organization(tmp_path: Path, ado: d
 @pytest.mark.parametrize(("seconds", "minutes"), [(60, set(range(60))), (30, set(range(60))), (900, {0, 15, 30, 45})])
 def test_reconcile_interval_in_minutes(tmp_path: Path, seconds: float, minutes: set[int]) -> None:
     ado = {"token": "pat-123456", "organization_url": "https://dev.azure.com/acme/", "reconcile_seconds": seconds}
-    assert cron_jobs(make_settings(tmp_path, azure_devops=ado))[0].minute == minutes
+    jobs = {j.name: j for j in cron_jobs(make_settings(tmp_path, azure_devops=ado))}
+    assert jobs[RECONCILE_BUILDS].minute == minutes
 
 
 # arq 0.28's Worker.close() calls redis-py's deprecated close(); harmless, and not ours to change.
@@ -110,9 +121,13 @@ async def test_healthz_and_metrics_of_a_running_worker(tmp_path: Path, redis_url
             # a job runs through the registry (a report without Azure DevOps configured is skipped)
             job = await pool.enqueue_job(REPORT_DEPLOYMENT, "nope-dep", "started", _job_id="report-probe")
             assert job is not None
-            assert await job.result(timeout=20, poll_delay=0.05) == "skipped"
-            body = (await client.get("/healthz")).json()
-            assert body["jobs_complete"] >= 1 and body["jobs_failed"] == 0
+            for _ in range(400):
+                body = (await client.get("/healthz")).json()
+                if body["jobs_complete"] >= 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert body["jobs_complete"] >= 1 and body["jobs_failed"] == 0 and body["connected"] is True
+            assert (await client.get("/readyz")).json() == {"status": "ready"}
 
             metrics = await client.get("/metrics")
             assert metrics.status_code == 200
@@ -145,26 +160,36 @@ async def _until_healthy(client: httpx.AsyncClient, task: asyncio.Future[None]) 
     raise AssertionError("worker never became healthy")
 
 
-async def _healthz(worker: Worker, settings: Settings) -> httpx.Response:
+async def _probe(worker: Worker, settings: Settings, path: str) -> httpx.Response:
     transport = httpx.ASGITransport(app=health_app(worker, settings))
     async with httpx.AsyncClient(transport=transport, base_url="http://worker") as client:
-        return await client.get("/healthz")
+        return await client.get(path)
 
 
-async def test_unhealthy_before_connecting_and_when_redis_is_gone(tmp_path: Path, private_redis: Any) -> None:
+async def test_liveness_survives_a_redis_outage_while_readiness_follows_it(tmp_path: Path, private_redis: Any) -> None:
+    """A Redis failover must not get every worker restarted: /healthz stays 200, /readyz says 503 until it is back."""
     settings = make_settings(tmp_path, private_redis.url)
-    worker = build_worker(settings, RoutingConfig(repositories={}, routes=[]), burst=True)
-    response = await _healthz(worker, settings)  # not started: no pool yet
-    assert response.status_code == 503
-    assert response.json()["status"] == "unhealthy"
-
-    pool: ArqRedis = await create_pool(RedisSettings.from_dsn(private_redis.url), default_queue_name=QUEUE)
-    worker._pool = pool  # what Worker.main() does first
+    worker = build_worker(settings, RoutingConfig(repositories={}, routes=[]))
+    task = asyncio.ensure_future(worker.async_run())
     try:
-        assert (await _healthz(worker, settings)).status_code == 200
+        for _ in range(200):
+            if getattr(worker, "connected", False):
+                break
+            await asyncio.sleep(0.05)
+        assert (await _probe(worker, settings, "/healthz")).status_code == 200
+        assert (await _probe(worker, settings, "/readyz")).status_code == 200
         private_redis.stop()
-        response = await _healthz(worker, settings)
-        assert response.status_code == 503
-        assert response.json() == {"status": "unhealthy", "reason": "ConnectionError"}
+        response = await _probe(worker, settings, "/readyz")
+        assert response.status_code == 503 and response.json()["status"] == "not ready"
+        await asyncio.sleep(1.0)  # the worker's loop meets the outage and keeps turning
+        assert not task.done()
+        assert (await _probe(worker, settings, "/healthz")).status_code == 200
+        private_redis.start()
+        for _ in range(200):
+            if (await _probe(worker, settings, "/readyz")).status_code == 200 and worker.connected:  # type: ignore[attr-defined]
+                break
+            await asyncio.sleep(0.05)
+        assert worker.connected and not task.done()  # type: ignore[attr-defined]
     finally:
-        await pool.aclose()
+        await worker.close()
+        await asyncio.gather(task, return_exceptions=True)

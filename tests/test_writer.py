@@ -20,7 +20,6 @@ from writer_worker import (
 )
 
 from bridge.records import DeploymentRecord
-from workers import writer
 from workers.lock import LockOutcome, RedisLock
 from workers.ordering import Candidate, Setter, decide, is_older
 from workers.writer import Bump, apply_bumps, commit_message, flush_repository, submit_bump
@@ -117,7 +116,7 @@ async def test_older_build_is_superseded_and_never_written(make: Any, remote: Pa
     assert head(remote) == before and await tag_of(remote, "api") == "1.0.300"
     old = await ctx["store"].get("299-api-prod")
     assert old.verdict == "superseded" and "300" in (old.reason or "")
-    assert await ctx["redis"].exists("arq:job:report:299-api-prod:finished")
+    assert await ctx["redis"].exists("arq:job:report:299-api-prod:final")  # queued with the verdict
 
 
 async def test_same_batch_keeps_only_the_newest_per_target(make: Any, remote: Path) -> None:
@@ -245,7 +244,7 @@ async def test_busy_lock_leaves_the_bump_pending_and_schedules_a_retry(make: Any
     assert await tag_of(remote, "api") == "1.0.600"
 
 
-async def test_unreachable_remote_retries_then_fails(make: Any, remote: Path) -> None:
+async def test_unreachable_remote_retries_until_the_deadline(make: Any, remote: Path) -> None:
     from arq import Retry
 
     ctx = await make()
@@ -255,10 +254,16 @@ async def test_unreachable_remote_retries_then_fails(make: Any, remote: Path) ->
     with pytest.raises(Retry):
         await flush_repository(ctx, "gitops")
     assert await ctx["redis"].zcard(ctx["keys"].pending("gitops")) == 1
-    ctx["job_try"] = writer.MAX_JOB_TRIES
-    await flush_repository(ctx, "gitops")
-    failed = await ctx["store"].get("700-api-prod")
-    assert failed.verdict == "failed" and "git" in (failed.reason or "")
+    ctx["job_try"] = 40  # a transient failure is never a failure for good, however often it is retried
+    with pytest.raises(Retry):
+        await flush_repository(ctx, "gitops")
+    assert (await ctx["store"].get("700-api-prod")).state == "writing"
+    await ctx["store"].update("700-api-prod", timeline={"started": "2020-01-01T00:00:00.000Z"})  # deadline passed
+    with pytest.raises(Retry):
+        await flush_repository(ctx, "gitops")
+    ended = await ctx["store"].get("700-api-prod")
+    assert ended.verdict == "timed-out" and "git" in (ended.reason or "") and ended.state == "reporting"
+    assert await ctx["redis"].zcard(ctx["keys"].pending("gitops")) == 0
 
 
 # -- pure parts -----------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Run as a worker: `python tests/writer_worker.py CONFIG.json` where the JSON holds
 `{"routing": {...}, "prefix": ..., "queue": ..., "work_dir": ..., "git": {...}, "crash_at": null, "burst": true}`.
 `crash_at` names a writer crash point (after-edit, after-commit, after-push, after-record) at which the process
-kills itself with SIGKILL; it is wired through `workers.writer.crash_hook`, never through the environment.
+kills itself with SIGKILL; it is wired through `workers.faults.hook`, never through the environment.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from bridge.queue import FLUSH_REPOSITORY, REPORT_DEPLOYMENT, VERIFY_DEPLOYMENT,
 from bridge.records import DeploymentRecord, DeploymentStore  # noqa: E402
 from bridge.routing import parse_routing  # noqa: E402
 from bridge.settings import Settings  # noqa: E402
-from workers import writer  # noqa: E402
+from workers import faults, writer  # noqa: E402
 from workers.gitrepo import RepoCache  # noqa: E402
 
 REDIS_URL = shared_redis_url(2)
@@ -138,7 +138,7 @@ def record(app: str, build_id: int, *, env: str = "prod", tag: str | None = None
         id=f"{build_id}-{app}-{env}", build_key=f"org:p:{build_id}", build_id=build_id, route=app, environment=env,
         repository="gitops", file=file or f"apps/{app}/{env}/values.yaml", keys=keys or ["image.tag"],
         tag=tag or f"1.0.{build_id}", build_url=f"https://dev.azure.com/org/p/_build/results?buildId={build_id}",
-        source_commit=f"{build_id:040x}", state="queued", **extra,
+        source_commit=f"{build_id:040x}", state="writing", **extra,
     )
 
 
@@ -151,8 +151,9 @@ async def make_ctx(settings: Settings, routing: dict[str, Any]) -> dict[str, Any
     redis = await create_pool(RedisSettings.from_dsn(REDIS_URL))
     keys = Keys(prefix=settings.key_prefix)
     cfg = parse_routing(routing)
-    return {"settings": settings, "routing": cfg, "keys": keys, "store": DeploymentStore(redis, keys),
-            "redis": redis, "repos": RepoCache(settings.git, cfg.repositories), "job_try": 1}
+    store = DeploymentStore(redis, keys, queue_name=settings.queue_name)
+    return {"settings": settings, "routing": cfg, "keys": keys, "store": store, "redis": redis,
+            "repos": RepoCache(settings.git, cfg.repositories), "job_try": 1}
 
 
 async def noop(ctx: dict[str, Any], *args: Any) -> None:
@@ -165,7 +166,8 @@ def build_worker(config: dict[str, Any]) -> Worker:
     async def startup(ctx: dict[str, Any]) -> None:
         keys = Keys(prefix=settings.key_prefix)
         cfg = parse_routing(config["routing"])
-        ctx.update({"settings": settings, "routing": cfg, "keys": keys, "store": DeploymentStore(ctx["redis"], keys),
+        ctx.update({"settings": settings, "routing": cfg, "keys": keys, "store": DeploymentStore(ctx["redis"], keys,
+                                                                                                 queue_name=settings.queue_name),
                     "repos": RepoCache(settings.git, cfg.repositories)})
         await ctx["redis"].sadd(f"{settings.key_prefix}:ready", os.getpid())
 
@@ -195,7 +197,7 @@ def _crash_at(point: str | None) -> None:
         if reached == point:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    writer.crash_hook = hook
+    faults.hook = hook
 
 
 def main() -> None:

@@ -6,24 +6,22 @@ What follows (commit, push, pull request, Argo CD, report) runs in the jobs this
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from arq import Retry
 
 from bridge.errors import InvalidBuild, PermanentError, is_transient
 from bridge.events import BuildEvent
-from bridge.queue import OPEN_PULL_REQUEST, deployment_id
-from bridge.records import DeploymentRecord, now_iso
+from bridge.lifecycle import is_success
+from bridge.queue import FLUSH_REPOSITORY, OPEN_PULL_REQUEST, deployment_id, open_pr_job_id, unique_job_id
+from bridge.records import DeploymentRecord, Effect, JobSpec, SortedSetAdd, now_iso
 from bridge.routing import Environment, Route, Target, branch_matches, match_event
 from bridge.tags import build_values, render_tag
-from workers.context import Ctx, enqueue, routing, store
+from workers.context import Ctx, keys, routing, store
 from workers.outcome import finish_deployment, report
 
 log = logging.getLogger("gitops_bridge.deploy")
-
-# States in which the job that owns the next step has already taken over: re-running must not dispatch again.
-HANDED_OVER = ("awaiting-merge", "verifying", "done")
-
 
 def backoff(job_try: int, base: float = 2.0, cap: float = 120.0) -> float:
     return float(min(cap, base ** min(job_try, 7)))
@@ -135,8 +133,9 @@ async def _record_for(ctx: Ctx, event: BuildEvent, target: Target, received: str
 
 
 async def start_deployment(ctx: Ctx, record: DeploymentRecord, route: Route, env: Environment) -> bool:
-    """Hold check, tag, then hand over to the writer (push) or the pull-request job. Idempotent."""
-    if record.verdict is not None or record.state in HANDED_OVER:
+    """`queued → writing`: hold check, tag, then hand over to the writer (push) or the pull-request job. Idempotent:
+    only a deployment still `queued` moves."""
+    if record.state != "queued":
         return False
     await report(ctx, record.id, "started")
     hold = await store(ctx).get_hold(route.name, env.name)
@@ -157,14 +156,18 @@ async def start_deployment(ctx: Ctx, record: DeploymentRecord, route: Route, env
     except InvalidBuild as exc:
         await finish_deployment(ctx, record.id, "failed", str(exc))
         return False
-    record = await store(ctx).update(record.id, tag=tag, state="writing", stamp=("started",))
-    if env.promotion == "pull-request":
-        await enqueue(ctx, OPEN_PULL_REQUEST, record.id, job_id=f"open-pr:{record.id}")
-    else:
-        from workers.writer import submit_bump
+    moved = await store(ctx).advance(record.id, ("queued",), "writing", tag=tag, stamp=("started",),
+                                     then=hand_over(ctx, record, env))
+    return moved is not None
 
-        await submit_bump(ctx, record)
-    return True
+
+def hand_over(ctx: Ctx, record: DeploymentRecord, env: Environment) -> list[Effect]:
+    """What `writing` needs, written in the same transaction as the state: the pull-request job, or the bump in its
+    repository's pending set with a flush job."""
+    if env.promotion == "pull-request":
+        return [JobSpec(OPEN_PULL_REQUEST, (record.id,), open_pr_job_id(record.id))]
+    return [SortedSetAdd(keys(ctx).pending(record.repository), record.id, time.time()),
+            JobSpec(FLUSH_REPOSITORY, (record.repository,), unique_job_id(f"flush:{record.repository}"))]
 
 
 async def promote_build(ctx: Ctx, source_id: str, to_environment: str, force: bool, by: str) -> dict[str, Any]:
@@ -184,7 +187,7 @@ async def promote_build(ctx: Ctx, source_id: str, to_environment: str, force: bo
             return {"status": "refused", "reason": f"branch {source.source_branch} is not allowed in {env.name}"}
     if previous is not None and not force:
         prev = await store(ctx).get(deployment_id(source.build_key, route.name, previous.name))
-        if prev is None or prev.verdict != "succeeded":
+        if prev is None or not is_success(prev.verdict):
             state = "not deployed" if prev is None else (prev.verdict or "still in flight")
             return {"status": "refused", "reason": f"{previous.name} did not succeed for build {source.build_id} "
                                                    f"({state}); use force to override"}

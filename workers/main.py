@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from arq import Worker, cron
@@ -16,6 +17,7 @@ from starlette.routing import Route
 
 from bridge import metrics
 from bridge.queue import (
+    ADVANCE_DEPLOYMENT,
     CHECK_PULL_REQUEST,
     FLUSH_REPOSITORY,
     OPEN_PULL_REQUEST,
@@ -23,10 +25,11 @@ from bridge.queue import (
     PROMOTE_BUILD,
     RECONCILE_BUILDS,
     REPORT_DEPLOYMENT,
+    SWEEP_DEPLOYMENTS,
     VERIFY_DEPLOYMENT,
     WATCH_APPLICATION,
     Keys,
-    redis_settings,
+    open_redis,
 )
 from bridge.records import DeploymentStore
 from bridge.routing import RoutingConfig
@@ -36,35 +39,55 @@ from workers.context import Ctx
 log = logging.getLogger("gitops_bridge.worker")
 
 
+# Step jobs keep no result: their ids are free again once they finish, so any worker or the sweeper can hand a
+# deployment to its step again (bridge.lifecycle). Tries are unbounded in practice: transient errors back off, and only
+# a deployment's deadline ends its steps.
+STEP_TRIES = 100_000
+
+
 def job_functions(settings: Settings) -> list[Any]:
     from workers.deploy import process_build, promote_build
+    from workers.lifecycle import advance_deployment
     from workers.pullrequest import check_pull_request, open_pull_request
     from workers.report import report_deployment
+    from workers.runtime import step
     from workers.verify import verify_deployment, watch_application
     from workers.writer import flush_repository
 
     git_timeout = settings.git.timeout_seconds * (settings.git.push_attempts + 2)
     return [
-        func(process_build, name=PROCESS_BUILD, max_tries=10, keep_result=3600),
-        func(flush_repository, name=FLUSH_REPOSITORY, max_tries=20, timeout=git_timeout, keep_result=0),
-        func(open_pull_request, name=OPEN_PULL_REQUEST, max_tries=10, timeout=git_timeout),
-        func(check_pull_request, name=CHECK_PULL_REQUEST, max_tries=10, keep_result=0),
-        func(verify_deployment, name=VERIFY_DEPLOYMENT, max_tries=10),
-        func(watch_application, name=WATCH_APPLICATION, max_tries=10, keep_result=0),
-        func(report_deployment, name=REPORT_DEPLOYMENT, max_tries=8, keep_result=86400),
-        func(promote_build, name=PROMOTE_BUILD, max_tries=5, keep_result=86400),
+        func(step(process_build), name=PROCESS_BUILD, max_tries=STEP_TRIES, keep_result=3600),
+        func(step(advance_deployment), name=ADVANCE_DEPLOYMENT, max_tries=STEP_TRIES, keep_result=0),
+        func(step(flush_repository), name=FLUSH_REPOSITORY, max_tries=STEP_TRIES, timeout=git_timeout, keep_result=0),
+        func(step(open_pull_request), name=OPEN_PULL_REQUEST, max_tries=STEP_TRIES, timeout=git_timeout,
+             keep_result=0),
+        func(step(check_pull_request), name=CHECK_PULL_REQUEST, max_tries=STEP_TRIES, keep_result=0),
+        func(step(verify_deployment), name=VERIFY_DEPLOYMENT, max_tries=STEP_TRIES, keep_result=0),
+        func(step(watch_application), name=WATCH_APPLICATION, max_tries=STEP_TRIES, keep_result=0),
+        func(step(report_deployment), name=REPORT_DEPLOYMENT, max_tries=STEP_TRIES, keep_result=0),
+        func(step(promote_build), name=PROMOTE_BUILD, max_tries=STEP_TRIES, keep_result=86400),
     ]
 
 
 def cron_jobs(settings: Settings) -> list[Any]:
+    jobs = []
+    if settings.sweep_seconds > 0:
+        from workers.lifecycle import sweep_deployments
+        from workers.runtime import step
+
+        every = max(1, int(settings.sweep_seconds))
+        seconds = set(range(0, 60, every)) if every < 60 else {0}
+        jobs.append(cron(step(sweep_deployments), name=SWEEP_DEPLOYMENTS, second=seconds, run_at_startup=True,
+                         timeout=60, keep_result=0, max_tries=1))
     ado = settings.azure_devops
     if ado.token is None or not ado.organization_url or ado.reconcile_seconds <= 0:
-        return []
+        return jobs
     from workers.reconcile import reconcile_builds
 
     minutes = max(1, int(ado.reconcile_seconds // 60))
-    return [cron(reconcile_builds, name=RECONCILE_BUILDS, minute=set(range(0, 60, minutes)), run_at_startup=True,
-                 timeout=300)]
+    jobs.append(cron(reconcile_builds, name=RECONCILE_BUILDS, minute=set(range(0, 60, minutes)), run_at_startup=True,
+                     timeout=300))
+    return jobs
 
 
 async def make_context(settings: Settings, routing: RoutingConfig, ctx: Ctx) -> None:
@@ -78,7 +101,8 @@ async def make_context(settings: Settings, routing: RoutingConfig, ctx: Ctx) -> 
     ctx["settings"] = settings
     ctx["routing"] = routing
     ctx["keys"] = keys
-    ctx["store"] = DeploymentStore(ctx["redis"], keys, retention_seconds=settings.retention_days * 86400)
+    ctx["store"] = DeploymentStore(ctx["redis"], keys, retention_seconds=settings.retention_days * 86400,
+                                   queue_name=settings.queue_name)
     repos = RepoCache.from_settings(settings, routing)
     ctx["repos"] = repos
     ctx["is_ancestor"] = repos.is_ancestor
@@ -97,51 +121,71 @@ async def close_context(ctx: Ctx) -> None:
 
 def build_worker(settings: Settings, routing: RoutingConfig, *, burst: bool = False,
                  redis_url: str | None = None) -> Worker:
+    from workers import faults
+    from workers.runtime import BridgeWorker
+
+    faults.configure(settings.faults.crash_at, settings.faults.marker_dir)
 
     async def startup(ctx: Ctx) -> None:
         await make_context(settings, routing, ctx)
         from workers.verify import resume_watches
 
+        migrated = await ctx["store"].migrate_legacy_in_flight()
+        if migrated:
+            log.info("indexed %d in-flight deployment(s) written before the state machine", migrated)
         await resume_watches(ctx)
         log.info("worker ready: %d routes, queue %s", len(routing.routes), settings.queue_name)
 
     async def shutdown(ctx: Ctx) -> None:
         await close_context(ctx)
 
-    return Worker(
+    return BridgeWorker(
         functions=job_functions(settings),
         cron_jobs=cron_jobs(settings),
         queue_name=settings.queue_name,
-        redis_settings=redis_settings(settings, redis_url),
+        redis_pool=open_redis(settings, redis_url),
         on_startup=startup,
         on_shutdown=shutdown,
         burst=burst,
         max_jobs=settings.worker_max_jobs,
         handle_signals=False,
         poll_delay=0.05,
-        max_tries=10,
+        max_tries=STEP_TRIES,
         health_check_interval=30,
         health_check_key=f"{settings.key_prefix}:worker:health",
         keep_result=3600,
     )
 
 
+LIVENESS_STALL_S = 60.0
+
+
 def health_app(worker: Worker, settings: Settings) -> Starlette:
-    """`/healthz` answers 200 while the worker's loop runs and Redis answers; `/metrics` for Prometheus."""
+    """`/healthz` (liveness): the worker's loop is turning — also while Redis is down, so a failover does not get
+    every worker restarted. `/readyz` (readiness): connected to Redis. `/metrics` for Prometheus."""
 
     async def healthz(request: Request) -> Response:
+        stalled = time.monotonic() - getattr(worker, "last_loop", time.monotonic())
+        main = worker.main_task
+        if (main is not None and main.done()) or stalled > LIVENESS_STALL_S:
+            return JSONResponse({"status": "unhealthy", "reason": "worker loop stopped"}, status_code=503)
+        return JSONResponse({"status": "ok", "connected": getattr(worker, "connected", None),
+                             "jobs_complete": worker.jobs_complete, "jobs_failed": worker.jobs_failed,
+                             "jobs_retried": worker.jobs_retried})
+
+    async def readyz(request: Request) -> Response:
         try:
-            pool = worker.pool
-            await asyncio.wait_for(pool.ping(), timeout=2)
-        except Exception as exc:  # noqa: BLE001 - any failure means unhealthy
-            return JSONResponse({"status": "unhealthy", "reason": type(exc).__name__}, status_code=503)
-        return JSONResponse({"status": "ok", "jobs_complete": worker.jobs_complete, "jobs_failed": worker.jobs_failed})
+            await asyncio.wait_for(worker.pool.ping(), timeout=2)
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            return JSONResponse({"status": "not ready", "reason": type(exc).__name__}, status_code=503)
+        return JSONResponse({"status": "ready"})
 
     async def metrics_endpoint(request: Request) -> Response:
-        body = await metrics.render(worker.pool, settings.queue_name, settings.key_prefix)
+        body = await metrics.render(worker._pool, settings.queue_name, settings.key_prefix)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics_endpoint)])
+    return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz),
+                             Route("/metrics", metrics_endpoint)])
 
 
 async def run_worker(settings: Settings, routing: RoutingConfig, *, redis_url: str | None = None,
@@ -161,6 +205,7 @@ async def run_worker(settings: Settings, routing: RoutingConfig, *, redis_url: s
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             task.result()
+        raise RuntimeError("the worker stopped by itself")  # only a signal (cancellation) may end it
     finally:
         if server is not None:
             server.should_exit = True

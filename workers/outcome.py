@@ -1,13 +1,21 @@
-"""The end of every deployment: set the verdict once, count it, report it, start what follows it."""
+"""The end of every deployment: set the verdict once and queue its final report in the same transaction, count it,
+and (from the final report) start what follows it. See `bridge.lifecycle` for the states."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
 from bridge import metrics
-from bridge.queue import PROMOTE_BUILD, REPORT_DEPLOYMENT
-from bridge.records import DeploymentRecord, Verdict
+from bridge.lifecycle import is_success
+from bridge.queue import PROMOTE_BUILD, REPORT_DEPLOYMENT, report_job_id
+from bridge.records import DeploymentRecord, JobSpec, Verdict
+from workers import faults
 from workers.context import Ctx, enqueue, routing, store
+
+log = logging.getLogger("gitops_bridge.outcome")
+
+FINAL = "final"
 
 
 def _parse(ts: str | None) -> datetime | None:
@@ -54,31 +62,37 @@ def observe_lead_times(record: DeploymentRecord) -> None:
             metrics.LEAD_TIME.labels(span=span).observe(seconds)
 
 
+def final_report(deployment_id: str) -> JobSpec:
+    return JobSpec(REPORT_DEPLOYMENT, (deployment_id, FINAL), report_job_id(deployment_id, FINAL))
+
+
 async def report(ctx: Ctx, deployment_id: str, phase: str) -> None:
-    """Queue a report-back to the build; one job per (deployment, phase), however often this is called."""
-    await enqueue(ctx, REPORT_DEPLOYMENT, deployment_id, phase, job_id=f"report:{deployment_id}:{phase}")
+    """Queue a report-back to the build; one job per (deployment, phase) at a time, however often this is called."""
+    await enqueue(ctx, REPORT_DEPLOYMENT, deployment_id, phase, job_id=report_job_id(deployment_id, phase))
 
 
 async def finish_deployment(ctx: Ctx, deployment_id: str, verdict: Verdict, reason: str, **changes: object) -> bool:
-    """Set the verdict (once), count it, queue the final report and, on success, the `after:` environments.
+    """Set the verdict (once) and queue the final report in one transaction; count the verdict here, in the process
+    that made the transition (a crash right after can lose the count, a re-run can never double it).
 
     Returns False when the deployment already had a verdict: a re-run job then does nothing more.
     """
-    if not await store(ctx).finish(deployment_id, verdict, reason, **changes):
-        return False
-    record = await store(ctx).get(deployment_id)
+    record = await store(ctx).finish(deployment_id, verdict, reason, then=[final_report(deployment_id)], **changes)
     if record is None:
         return False
     metrics.DEPLOYMENTS.labels(environment=record.environment, verdict=verdict).inc()
     observe_lead_times(record)
-    await report(ctx, deployment_id, "finished")
-    if verdict == "succeeded":
-        await start_followers(ctx, record)
+    log.info("deployment %s: %s (%s)", deployment_id, verdict, reason,
+             extra={"deployment": deployment_id, "verdict": verdict})
+    faults.reached("after-verdict")
     return True
 
 
 async def start_followers(ctx: Ctx, record: DeploymentRecord) -> None:
-    """Environments declaring `after: <this environment>` start once this one succeeded."""
+    """Environments declaring `after: <this environment>` start once this one succeeded (or was pushed).
+    Idempotent: one promote job per (deployment, environment), and a promotion that finds its record does nothing."""
+    if not is_success(record.verdict):
+        return
     try:
         route = routing(ctx).route(record.route)
     except KeyError:

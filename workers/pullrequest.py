@@ -30,10 +30,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from arq import Retry
+from redis.exceptions import RedisError
 
-from bridge.errors import BridgeError, NotFound, PermanentError, is_transient
-from bridge.queue import CHECK_PULL_REQUEST, VERIFY_DEPLOYMENT, tick_job_id
-from bridge.records import DeploymentRecord
+from bridge.errors import BridgeError, NotFound, PermanentError, is_transient, retry_delay
+from bridge.queue import CHECK_PULL_REQUEST, VERIFY_DEPLOYMENT, tick_job_id, verify_job_id
+from bridge.records import DeploymentRecord, JobSpec
 from bridge.routing import Repository, Route
 from workers.context import Ctx, enqueue, keys, routing, settings, store
 from workers.github import GitHubClient, PullInfo
@@ -41,12 +42,11 @@ from workers.lock import locked
 from workers.ordering import Policy, Setter, is_older
 from workers.outcome import finish_deployment
 from workers.values import set_values
-from workers.writer import Bump, apply_bumps, repository_lock
+from workers.writer import Bump, apply_bumps, repository_lock, write_deadline
 
 log = logging.getLogger("gitops_bridge.pullrequest")
 
 BRANCH_PREFIX = "gitops-bridge/"
-MAX_TRIES = 8
 MARKER = "<!-- gitops-bridge:deployment={} -->"
 _MARKER_RE = re.compile(r"<!-- gitops-bridge:deployment=([A-Za-z0-9._-]+) -->")
 _RULED_OUT = ("rejected", "failed", "timed-out", "superseded", "held")
@@ -160,15 +160,15 @@ def _github(ctx: Ctx) -> GitHubClient | None:
     return client
 
 
-def _backoff(job_try: int) -> float:
-    return float(min(120, 2 ** min(job_try, 7)))
-
-
-async def _fail_or_retry(ctx: Ctx, dep_id: str, exc: Exception, what: str) -> None:
-    if is_transient(exc) and ctx.get("job_try", 1) < MAX_TRIES:
-        retry_after = getattr(exc, "retry_after", None)
-        raise Retry(defer=retry_after or _backoff(ctx.get("job_try", 1))) from exc
-    await finish_deployment(ctx, dep_id, "failed", f"{what}: {exc}")
+async def _fail_or_retry(ctx: Ctx, record: DeploymentRecord, exc: Exception, what: str) -> None:
+    """Transient: retry with back-off until the deployment's deadline (then `timed-out`); permanent: `failed`."""
+    if is_transient(exc):
+        if time.time() < write_deadline(ctx, record):
+            retry_after = getattr(exc, "retry_after", None)
+            raise Retry(defer=retry_after or retry_delay(int(ctx.get("job_try") or 1), cap=120.0)) from exc
+        await finish_deployment(ctx, record.id, "timed-out", f"{what} before the deadline: {exc}")
+        return
+    await finish_deployment(ctx, record.id, "failed", f"{what}: {exc}")
 
 
 async def schedule_check(ctx: Ctx, dep_id: str) -> None:
@@ -196,7 +196,7 @@ async def open_pull_request(ctx: Ctx, dep_id: str) -> dict[str, Any]:
     if record.state == "awaiting-merge":
         await schedule_check(ctx, dep_id)  # a re-run after the PR was recorded: make sure the wait goes on
         return {"status": "exists", "pull_request": record.pr_number}
-    if record.state in ("verifying", "done"):
+    if record.state != "writing":
         return {"status": "skipped"}
     client = _github(ctx)
     try:
@@ -224,11 +224,8 @@ async def open_pull_request(ctx: Ctx, dep_id: str) -> dict[str, Any]:
             return await _open_locked(ctx, record, route, env.create_missing_keys, repo, client)
     except Retry:
         raise
-    except BridgeError as exc:
-        await _fail_or_retry(ctx, dep_id, exc, "pull request")
-        return {"status": "failed"}
-    except (TimeoutError, ConnectionError) as exc:
-        await _fail_or_retry(ctx, dep_id, exc, "pull request")
+    except (BridgeError, TimeoutError, ConnectionError, RedisError) as exc:
+        await _fail_or_retry(ctx, record, exc, "pull request")
         return {"status": "failed"}
 
 
@@ -256,11 +253,11 @@ async def _open_locked(
     branch = branch_name(record.environment, record.route, record.tag)
     outcome = await prepare_branch(ctx, record, branch, create_missing)
     if outcome.already_on_base:
-        await store(ctx).update(record.id, old_tags=outcome.old_tags, commit_sha=outcome.base_sha, state="verifying",
-                                details={**record.details, "pull_request": "not needed: the tag is on the branch"})
         await _supersede(ctx, latest, record, client, None)
         await redis.set(latest_key, record.id, ex=ttl)
-        await enqueue(ctx, VERIFY_DEPLOYMENT, record.id, job_id=f"verify:{record.id}")
+        await store(ctx).update(record.id, old_tags=outcome.old_tags, commit_sha=outcome.base_sha, state="verifying",
+                                details={**record.details, "pull_request": "not needed: the tag is on the branch"},
+                                then=[JobSpec(VERIFY_DEPLOYMENT, (record.id,), verify_job_id(record.id))])
         return {"status": "already-deployed", "commit": outcome.base_sha}
 
     labels = list(settings(ctx).github.labels)
@@ -359,7 +356,6 @@ def _policy(ctx: Ctx, record: DeploymentRecord) -> Policy:
 
 async def _merged(ctx: Ctx, record: DeploymentRecord, pr: PullInfo) -> dict[str, Any]:
     assert pr.merge_commit_sha is not None
-    await store(ctx).update(record.id, commit_sha=pr.merge_commit_sha, state="verifying", stamp=("merged",))
     # Remember who set the targets, as the writer does, so an older build can never move them back.
     setter = setter_of(record, pr.merge_commit_sha)
     policy = _policy(ctx, record)
@@ -369,6 +365,7 @@ async def _merged(ctx: Ctx, record: DeploymentRecord, pr: PullInfo) -> dict[str,
         current = Setter.from_json(await ctx["redis"].get(name))
         if current is None or not is_older(setter, current, policy):
             await ctx["redis"].set(name, setter.to_json(), ex=ttl)
-    await enqueue(ctx, VERIFY_DEPLOYMENT, record.id, job_id=f"verify:{record.id}")
+    await store(ctx).update(record.id, commit_sha=pr.merge_commit_sha, state="verifying", stamp=("merged",),
+                            then=[JobSpec(VERIFY_DEPLOYMENT, (record.id,), verify_job_id(record.id))])
     log.info("deployment %s: pull request #%d merged as %s", record.id, pr.number, pr.merge_commit_sha[:12])
     return {"status": "merged", "commit": pr.merge_commit_sha}

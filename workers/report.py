@@ -6,6 +6,7 @@ Tags, a closed set per environment `<env>`; at the end the verdict's tag is adde
 
     deploying-<env>           the deployment is under way
     deployed-<env>            succeeded
+    pushed-<env>              pushed (committed; the environment has no Argo CD application to verify)
     deploy-failed-<env>       failed
     deploy-timed-out-<env>    timed-out (Argo CD did not get there before the deadline)
     deploy-superseded-<env>   superseded (a newer build got there first)
@@ -17,37 +18,51 @@ status (`in-progress` or the verdict), deployment, tag, commit (GitOps commit), 
 finished, reason.
 
 Commit status: context `deploy/<env>`, genre `gitops-bridge`; `pending` while running, then succeeded → succeeded,
-failed and rejected → failed, timed-out → error, superseded and held → notApplicable. Target URL: the Argo CD
-application (or the pull request).
+pushed → succeeded (the description says "pushed, not verified"), failed and rejected → failed, timed-out → error,
+superseded and held → notApplicable. Target URL: the Argo CD application (or the pull request).
 
-A job reports the record's *current* state, whatever its phase, and reads the record again after writing an
-in-progress state: a start report that runs late (a retry) can never leave `pending` over the verdict. Reports never
-change the verdict. Transient failures retry (arq Retry, backoff, at most REPORT_ATTEMPTS tries); what still fails
-counts in bridge_reports_failed_total{kind} and is logged, once.
+Two phases: `started` (pending, written once the deployment starts) and `final` (the verdict, queued in the same
+transaction that set it). Delivery is at least once and deduplicated: the record keeps a ledger (`delivered`) of what
+each sink received, written right after each sink answered, so a re-run (a retry, a restarted worker, the sweeper)
+skips what already landed; a second post happens only after a crash between sending and recording it, and never
+with another state. The `started` report never runs after the verdict exists (the final report covers it), and the
+reports of one deployment never run together (a short, renewed lock, checked before every write). Transient failures
+retry with back-off: the final one until `azure_devops.report_deadline_seconds` after the verdict, then it is given up
+and counted in bridge_reports_failed_total{kind}; permanent ones (401/403/404) are counted once. The final report
+ends the deployment's life: it starts the `after:` followers and moves the record to `done`.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from arq import Retry
 
 from bridge import metrics
-from bridge.errors import BridgeError, LockBusy, UpstreamUnavailable, is_transient
+from bridge.errors import BridgeError, UpstreamUnavailable, is_transient, retry_delay
 from bridge.records import DeploymentRecord
+from workers import faults
 from workers.azure_devops import AzureDevOpsClient
 from workers.context import Ctx, keys, settings, store
-from workers.lock import locked
+from workers.lock import RedisLock, locked
+from workers.outcome import FINAL, start_followers
+from workers.verdict import parse_time
 
 log = logging.getLogger(__name__)
 
-REPORT_ATTEMPTS = 4  # below arq's default max_tries (5), so the last failure is ours to count
+STARTED_ATTEMPTS = 4  # the pending state is worth a few tries, not a long wait: the final report follows
+REPORT_LEASE_SECONDS = 15.0
+REPORT_LOCK_WAIT_SECONDS = 10.0
+STARTED = "started"
 STATUS_GENRE = "gitops-bridge"
 RUNNING_TAG = "deploying-{env}"
 VERDICT_TAGS = {
     "succeeded": "deployed-{env}",
+    "pushed": "pushed-{env}",
     "failed": "deploy-failed-{env}",
     "timed-out": "deploy-timed-out-{env}",
     "superseded": "deploy-superseded-{env}",
@@ -56,6 +71,7 @@ VERDICT_TAGS = {
 }
 COMMIT_STATES = {
     "succeeded": "succeeded",
+    "pushed": "succeeded",
     "failed": "failed",
     "rejected": "failed",
     "timed-out": "error",
@@ -64,6 +80,7 @@ COMMIT_STATES = {
 }
 VERDICT_TEXT = {
     "succeeded": "deployed",
+    "pushed": "pushed, not verified",
     "failed": "deployment failed",
     "timed-out": "timed out waiting for Argo CD",
     "superseded": "superseded by a newer build",
@@ -133,27 +150,39 @@ class Failure:
     error: BaseException
 
 
-async def _write(ado: AzureDevOpsClient, org: str, record: DeploymentRecord) -> list[Failure]:
+async def _write(ctx: Ctx, ado: AzureDevOpsClient, org: str, record: DeploymentRecord,
+                 lock: RedisLock) -> list[Failure]:
+    """Write each sink that has not received this state yet, recording each delivery as soon as it landed."""
     project, build = record.project or "", record.build_id
+    what = record.verdict or STARTED
     failures: list[Failure] = []
+
+    async def deliver(kind: str, send: Callable[[], Awaitable[object]]) -> None:
+        if record.delivered.get(kind) == what:
+            return
+        try:
+            await lock.ensure_held()
+            await send()
+        except BridgeError as exc:
+            failures.append(Failure(kind, exc))
+            return
+        if kind == "commit_status" and record.verdict is not None:
+            faults.reached("inside-report")
+        await store(ctx).delivered(record.id, kind, what)
+
     add, remove = tag_changes(record.environment, record.verdict)
-    try:
-        await ado.update_build_tags(org, project, build, add=add, remove=remove)
-    except BridgeError as exc:
-        failures.append(Failure("tags", exc))
-    try:
-        await ado.update_build_properties(org, project, build, property_patch(record))
-    except BridgeError as exc:
-        failures.append(Failure("properties", exc))
+    await deliver("tags", lambda: ado.update_build_tags(org, project, build, add=add, remove=remove))
+    await deliver("properties", lambda: ado.update_build_properties(org, project, build, property_patch(record)))
     status = commit_status(record)
     if status is not None:
         repo, commit = record.source_repository_id or "", record.source_commit or ""
-        try:
+
+        async def post_status() -> None:
             latest = await ado.list_commit_statuses(org, project, repo, commit, latest_only=True)
             if not any(_same_status(s, status) for s in latest):
                 await ado.create_commit_status(org, project, repo, commit, **status)
-        except BridgeError as exc:
-            failures.append(Failure("commit_status", exc))
+
+        await deliver("commit_status", post_status)
     return failures
 
 
@@ -169,46 +198,57 @@ def _same_status(existing: dict[str, Any], wanted: dict[str, Any]) -> bool:
 
 
 def _backoff(job_try: int, failures: list[Failure]) -> float:
-    delay = min(300.0, 10.0 * 2.0 ** max(0, job_try - 1))
+    delay = retry_delay(job_try, base=2.0, cap=300.0)
     for f in failures:
         if isinstance(f.error, UpstreamUnavailable) and f.error.retry_after:
             delay = max(delay, min(f.error.retry_after, 600.0))
     return delay
 
 
+def _is_final(phase: str) -> bool:
+    return phase in (FINAL, "finished")  # "finished": jobs queued before the state machine
+
+
+async def complete(ctx: Ctx, record: DeploymentRecord, *, reported: bool = True) -> None:
+    """The last step of a deployment: its followers are started, then `reporting → done`."""
+    await start_followers(ctx, record)
+    await store(ctx).mark_done(record.id, reported=reported)
+
+
 async def report_deployment(ctx: Ctx, deployment_id: str, phase: str) -> str:
-    """arq job: report the deployment's current state to its build. Returns what happened (for logs and tests):
-    `skipped`, `gone`, `reported` or `failed`."""
-    ado: AzureDevOpsClient | None = ctx.get("ado")
-    if not settings(ctx).azure_devops.report or ado is None or not ado.enabled:
-        log.debug("deployment %s: report %s skipped (no Azure DevOps token or reports off)", deployment_id, phase)
-        return "skipped"
+    """arq job: report the deployment to its build. Returns what happened (for logs and tests): `skipped`, `gone`,
+    `reported`, `failed` or `done` (nothing left to deliver)."""
+    final = _is_final(phase)
     record = await store(ctx).get(deployment_id)
     if record is None:
         log.info("deployment %s: gone before its %s report", deployment_id, phase)
         return "gone"
+    if final and record.state == "done":
+        return "done"
+    if not final and record.verdict is not None:
+        return "skipped"  # the final report says it all
+    ado: AzureDevOpsClient | None = ctx.get("ado")
+    if not settings(ctx).azure_devops.report or ado is None or not ado.enabled:
+        log.debug("deployment %s: report %s skipped (no Azure DevOps token or reports off)", deployment_id, phase)
+        if final:
+            await complete(ctx, record)
+        return "skipped"
     org = record.organization_url or settings(ctx).azure_devops.organization_url
     if not org or not record.project:
         metrics.REPORTS_FAILED.labels(kind="record").inc()
         log.warning("deployment %s: cannot report, the record names no organization URL or project", deployment_id)
+        if final:
+            await complete(ctx, record, reported=False)
         return "failed"
-    # One report of a deployment at a time: the "started" and "finished" jobs may run together (a verdict that
-    # came before the start report ran), and the check for an identical commit status is not atomic.
-    try:
-        async with locked(ctx["redis"], keys(ctx).lock(f"report:{deployment_id}"), lease_seconds=60,
-                          wait_seconds=30):
-            record = await store(ctx).get(deployment_id) or record
-            failures = await _write(ado, org, record)
-            if record.verdict is None:
-                fresh = await store(ctx).get(deployment_id)
-                if fresh is not None and fresh.verdict is not None:  # finished while we wrote: write the verdict
-                    record = fresh
-                    failures = await _write(ado, org, record)
-    except LockBusy as exc:
-        raise Retry(defer=5) from exc
-    job_try = int(ctx.get("job_try") or 1)
+    async with locked(ctx["redis"], keys(ctx).lock(f"report:{deployment_id}"), lease_seconds=REPORT_LEASE_SECONDS,
+                      wait_seconds=REPORT_LOCK_WAIT_SECONDS) as lock:
+        record = await store(ctx).get(deployment_id) or record
+        if (final and record.state == "done") or (not final and record.verdict is not None):
+            return "done" if final else "skipped"
+        failures = await _write(ctx, ado, org, record, lock)
     transient = [f for f in failures if is_transient(f.error)]
-    if transient and job_try < REPORT_ATTEMPTS:
+    job_try = int(ctx.get("job_try") or 1)
+    if transient and _may_retry(ctx, record, final, job_try):
         defer = _backoff(job_try, transient)
         log.info("deployment %s: %s report will retry in %.0fs (%s)", deployment_id, phase, defer,
                  "; ".join(str(f.error) for f in transient))
@@ -216,8 +256,15 @@ async def report_deployment(ctx: Ctx, deployment_id: str, phase: str) -> str:
     for f in failures:
         metrics.REPORTS_FAILED.labels(kind=f.kind).inc()
         log.warning("deployment %s: %s report, %s failed: %s", deployment_id, phase, f.kind, f.error)
-    if failures:
-        return "failed"
-    if record.verdict is not None:
-        await store(ctx).update(deployment_id, stamp=["reported"])
-    return "reported"
+    if final:
+        await complete(ctx, record, reported=not failures)
+    return "failed" if failures else "reported"
+
+
+def _may_retry(ctx: Ctx, record: DeploymentRecord, final: bool, job_try: int) -> bool:
+    if not final:
+        return job_try < STARTED_ATTEMPTS
+    finished = parse_time(record.timeline.get("finished"))
+    if finished is None:
+        return True
+    return time.time() - finished.timestamp() < settings(ctx).azure_devops.report_deadline_seconds

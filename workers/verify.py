@@ -49,6 +49,8 @@ log = logging.getLogger("gitops_bridge.verify")
 
 IsAncestor = Callable[[str, str, str], Awaitable[bool]]
 MAX_BACKOFF = 300.0
+PUSHED_REASON = "pushed, not verified: the environment names no Argo CD application"
+NO_ARGOCD_REASON = "cannot verify Argo CD application {app}: no Argo CD URL is configured (BRIDGE_ARGOCD__URL)"
 MAX_INFOS = 10
 
 
@@ -67,7 +69,7 @@ def _poll(ctx: Ctx) -> float:
     return max(settings(ctx).argocd.poll_seconds, 0.01)
 
 
-async def _schedule(ctx: Ctx, key: str, not_before: float | None = None) -> bool:
+async def schedule_tick(ctx: Ctx, key: str, not_before: float | None = None) -> bool:
     """Ensure the watcher tick for the interval after `not_before` (default: now); idempotent by job id."""
     interval = _poll(ctx)
     now = time.time()
@@ -80,7 +82,7 @@ async def _schedule(ctx: Ctx, key: str, not_before: float | None = None) -> bool
 async def verify_deployment(ctx: Ctx, deployment_id: str) -> str:
     """Register the deployment with its application's watcher. Idempotent: a re-run keeps the first registration."""
     record = await store(ctx).get(deployment_id)
-    if record is None or record.verdict is not None:
+    if record is None or record.verdict is not None or record.state != "verifying":
         return "done"
     env = _environment(ctx, record)
     client: ArgoCDClient | None = ctx.get("argocd")
@@ -88,9 +90,12 @@ async def verify_deployment(ctx: Ctx, deployment_id: str) -> str:
         await finish_deployment(ctx, deployment_id, "failed",
                                 f"environment {record.environment} of route {record.route} is no longer configured")
         return "failed"
-    if client is None or env.argocd is None:
-        await finish_deployment(ctx, deployment_id, "succeeded", "no Argo CD application configured")
-        return "succeeded"
+    if env.argocd is None:
+        await finish_deployment(ctx, deployment_id, "pushed", PUSHED_REASON)
+        return "pushed"
+    if client is None:
+        await finish_deployment(ctx, deployment_id, "failed", NO_ARGOCD_REASON.format(app=env.argocd.app))
+        return "failed"
     if not record.commit_sha:
         await finish_deployment(ctx, deployment_id, "failed", "no commit to verify in Argo CD")
         return "failed"
@@ -112,7 +117,7 @@ async def verify_deployment(ctx: Ctx, deployment_id: str) -> str:
     redis = ctx["redis"]
     await redis.hsetnx(keys(ctx).waiting(key), deployment_id, json.dumps(waiter))
     await redis.hsetnx(keys(ctx).watched_apps, key, json.dumps(coords))
-    await _schedule(ctx, key)
+    await schedule_tick(ctx, key)
     return "waiting"
 
 
@@ -127,7 +132,7 @@ async def resume_watches(ctx: Ctx) -> int:
     resumed = 0
     for key in sorted(found):
         if await redis.hlen(k.waiting(key)):
-            await _schedule(ctx, key)
+            await schedule_tick(ctx, key)
             resumed += 1
         else:
             await _retire(ctx, key)
@@ -170,14 +175,14 @@ async def watch_application(ctx: Ctx, key: str) -> str:
     # A short lease, renewed while the tick runs: a worker that dies mid-tick blocks this app for seconds, not minutes.
     lease = RedisLock(redis, k.lock(f"argocd-watch:{key}"), lease_seconds=max(5.0, 2 * _poll(ctx)))
     if await lease.acquire(0) is not LockOutcome.ACQUIRED:
-        await _schedule(ctx, key)
+        await schedule_tick(ctx, key)
         return "busy"
     try:
         return await _tick(ctx, key, waiters)
     except Exception:
         # Keep the chain alive without arq retries (which would fork a second chain): try again next interval.
         log.exception("watching Argo CD application %s failed; trying again next interval", key)
-        await _schedule(ctx, key, time.time() + _poll(ctx))
+        await schedule_tick(ctx, key, time.time() + _poll(ctx))
         return "error"
     finally:
         await lease.release()
@@ -219,14 +224,14 @@ async def _tick(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]]) -> str:
         return "idle"
     if client is None or not state.get("app"):
         for dep in waiters:
-            await _finish(ctx, key, dep, "succeeded", "no Argo CD application configured")
+            await _finish(ctx, key, dep, "failed", NO_ARGOCD_REASON.format(app=state.get("app") or key))
         return "unconfigured"
 
     if state.get("backoff_until", 0) > now:
-        await _schedule(ctx, key, state["backoff_until"])
+        await schedule_tick(ctx, key, state["backoff_until"])
         return "backing-off"
     if now - state.get("polled_at", 0) < interval * 0.5:
-        await _schedule(ctx, key)
+        await schedule_tick(ctx, key)
         return "throttled"
 
     name, project, namespace = state["app"], state.get("project"), state.get("namespace")
@@ -259,7 +264,7 @@ async def _tick(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]]) -> str:
 
     await redis.hset(k.watched_apps, key, json.dumps(state))
     if await redis.hlen(k.waiting(key)):
-        await _schedule(ctx, key, state.get("backoff_until"))
+        await schedule_tick(ctx, key, state.get("backoff_until"))
         return "waiting"
     await _retire(ctx, key)
     return "done"
@@ -280,7 +285,7 @@ async def _unavailable(ctx: Ctx, key: str, state: dict[str, Any], waiters: dict[
                           f"Argo CD unreachable until the deadline ({exc}); last snapshot: {w.get('last') or 'none'}")
     await ctx["redis"].hset(keys(ctx).watched_apps, key, json.dumps(state))
     if await ctx["redis"].hlen(keys(ctx).waiting(key)):
-        await _schedule(ctx, key, state["backoff_until"])
+        await schedule_tick(ctx, key, state["backoff_until"])
 
 
 async def _contains(ctx: Ctx, w: dict[str, Any], revisions: set[str]) -> set[str]:

@@ -20,30 +20,24 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from arq import Retry
+from redis.exceptions import RedisError
 
 from bridge import metrics
-from bridge.errors import BridgeError, LockBusy, PermanentError, PushRejected, is_transient
-from bridge.queue import FLUSH_REPOSITORY, VERIFY_DEPLOYMENT, tick_job_id, unique_job_id
-from bridge.records import DeploymentRecord
+from bridge.errors import BridgeError, PermanentError, PushRejected, is_transient, retry_delay
+from bridge.queue import FLUSH_REPOSITORY, VERIFY_DEPLOYMENT, tick_job_id, unique_job_id, verify_job_id
+from bridge.records import DeploymentRecord, JobSpec
+from workers import faults
 from workers.context import Ctx, enqueue, keys, routing, settings, store
 from workers.gitrepo import RepoCache
 from workers.lock import LockOutcome, RedisLock, locked
 from workers.ordering import Candidate, Setter, decide
 from workers.outcome import finish_deployment
 from workers.values import ValuesEditError, set_values
-
-# Tests set this to kill the process at a named point: after-edit, after-commit, after-push, after-record.
-crash_hook: Callable[[str], None] | None = None
+from workers.verdict import parse_time
 
 BATCH_SIZE = 200
 ACQUIRE_WAIT_SECONDS = 0.25
-MAX_JOB_TRIES = 5
 SUMMARY_SUBJECT = "ci: update image tags ({count} apps)"
-
-
-def _crash(point: str) -> None:
-    if crash_hook is not None:
-        crash_hook(point)
 
 
 # -- the edit + commit + push step (shared with pull requests) ----------------------------------------------------
@@ -197,13 +191,13 @@ async def apply_bumps(
                    for b in bumps if b.deployment_id in pushed]
         todo = [b for b in bumps if b.deployment_id not in pushed]
         edited, files = await asyncio.to_thread(_edit_files, repos, repository, todo)
-        _crash("after-edit")
+        faults.reached("after-edit")
         changed = [r for r in edited if r.status == "changed"]
         if not changed:
             results += [replace(r, commit_sha=synced.head) if r.status == "unchanged" else r for r in edited]
             return ApplyResult(target, tuple(results), None, synced.head, retries)
         sha = await repos.commit(repository, commit_message(template, [r.bump for r in changed]), files)
-        _crash("after-commit")
+        faults.reached("after-commit")
         if before_push is not None:
             await before_push()
         try:
@@ -222,7 +216,7 @@ async def apply_bumps(
         metrics.GIT_PUSHES.labels(outcome="pushed").inc()
         metrics.GIT_COMMITS.inc()
         metrics.BUMPS_PER_COMMIT.observe(len(changed))
-        _crash("after-push")
+        faults.reached("after-push")
         results += [replace(r, commit_sha=sha if r.status == "changed" else synced.head) if r.status != "failed"
                     else r for r in edited]
         return ApplyResult(target, tuple(results), sha, sha, retries)
@@ -278,14 +272,33 @@ async def flush_repository(ctx: Ctx, repository: str) -> None:
 
 
 async def _batch_failed(ctx: Ctx, repository: str, failed: _BatchFailed) -> None:
+    """A transient failure (git remote down, push rejected too often, Redis, a lost lock) is retried with back-off;
+    only the bumps whose deadline passed meanwhile end `timed-out`. A permanent one fails the batch's bumps."""
     cause = failed.cause
-    tries = int(ctx.get("job_try") or 1)
-    if (is_transient(cause) or isinstance(cause, LockBusy)) and tries < MAX_JOB_TRIES:
-        raise Retry(defer=min(30.0, 0.5 * 2**tries) * random.uniform(0.5, 1.0)) from cause
+    if is_transient(cause):
+        now = time.time()
+        for dep_id, record in (await _load(ctx, failed.ids)).items():
+            if record is not None and record.verdict is None and now >= write_deadline(ctx, record):
+                await finish_deployment(ctx, dep_id, "timed-out",
+                                        f"could not write to git before the deadline: {cause}")
+                await ctx["redis"].zrem(keys(ctx).pending(repository), dep_id)
+        raise Retry(defer=retry_delay(int(ctx.get("job_try") or 1))) from cause
     reason = f"git write failed: {cause}"
     for dep_id in failed.ids:
         await finish_deployment(ctx, dep_id, "failed", reason)
         await ctx["redis"].zrem(keys(ctx).pending(repository), dep_id)
+
+
+def write_deadline(ctx: Ctx, record: DeploymentRecord) -> float:
+    """A bump that cannot be written ends at its environment's deadline, counted from when the deployment started."""
+    deadline = settings(ctx).argocd.deadline_seconds
+    try:
+        env = routing(ctx).route(record.route).environment(record.environment)
+        deadline = env.deadline_seconds or deadline
+    except KeyError:
+        pass
+    started = parse_time(record.timeline.get("started") or record.timeline.get("queued"))
+    return (started.timestamp() if started else record.created) + deadline
 
 
 async def _drain(ctx: Ctx, repository: str, lock: RedisLock, deadline: float) -> None:
@@ -298,7 +311,7 @@ async def _drain(ctx: Ctx, repository: str, lock: RedisLock, deadline: float) ->
             return
         try:
             await _flush_batch(ctx, repository, lock, ids)
-        except (BridgeError, OSError, TimeoutError) as exc:
+        except (BridgeError, OSError, TimeoutError, RedisError) as exc:
             raise _BatchFailed(ids, exc) from exc
 
 
@@ -319,7 +332,7 @@ async def _flush_batch(ctx: Ctx, repository: str, lock: RedisLock, ids: list[str
             done.append(dep_id)
             continue
         if record.commit_sha and record.state == "verifying":  # recorded by a run that died before cleaning up
-            await enqueue(ctx, VERIFY_DEPLOYMENT, dep_id, job_id=f"verify:{dep_id}")
+            await enqueue(ctx, VERIFY_DEPLOYMENT, dep_id, job_id=verify_job_id(dep_id))
             done.append(dep_id)
             continue
         try:
@@ -376,7 +389,7 @@ async def _flush_batch(ctx: Ctx, repository: str, lock: RedisLock, ids: list[str
                 await finish_deployment(ctx, record.id, "failed", r.error or "values edit failed")
                 continue
             await _record(ctx, repository, record, r)
-        _crash("after-record")
+        faults.reached("after-record")
         done += [r.bump.deployment_id for r in result.results]
     if done:
         await redis.zrem(pending, *done)
@@ -395,5 +408,5 @@ async def _record(ctx: Ctx, repository: str, record: DeploymentRecord, result: B
     if result.status == "unchanged":
         details["unchanged"] = True
     await store(ctx).update(record.id, stamp=stamps, commit_sha=result.commit_sha, state="verifying",
-                            old_tags=result.old or record.old_tags, details=details)
-    await enqueue(ctx, VERIFY_DEPLOYMENT, record.id, job_id=f"verify:{record.id}")
+                            old_tags=result.old or record.old_tags, details=details,
+                            then=[JobSpec(VERIFY_DEPLOYMENT, (record.id,), verify_job_id(record.id))])

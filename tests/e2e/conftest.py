@@ -150,7 +150,9 @@ class WorkerProcess:
         try:
             while True:
                 os.kill(self.process.pid, signal.SIGSTOP)
-                busy = list(client.scan_iter(match="arq:in-progress:*")) + [k for k in lease_keys if client.exists(k)]
+                busy = [k for k in client.scan_iter(match="arq:in-progress:*")
+                        if not k.startswith(b"arq:in-progress:sweep_deployments:")]  # cron markers outlive the job
+                busy += [k for k in lease_keys if client.exists(k)]
                 if not busy:
                     os.kill(self.process.pid, signal.SIGKILL)
                     self.process.wait(timeout=10)

@@ -1,0 +1,204 @@
+"""The worker process's resilience, on top of arq: it never exits on a Redis outage, a killed worker's jobs are
+picked up by another within seconds, and a transient error inside a job is a retry, never a failed job.
+
+Why a heartbeat rather than short job timeouts: arq marks a running job "in progress" for one worker-wide time (the
+longest job timeout + 10 s: 970 s with the default git timeouts), and no other worker may take the job before the
+marker expires. Shortening every job timeout would cut real work short (a push to a large repository may take a
+minute). Instead the marker lives `IN_PROGRESS_TTL_S` only and the worker that runs the job renews it every
+`HEARTBEAT_S` while the job runs. A worker killed with `kill -9` stops renewing: its jobs, still in the queue, are
+taken by another worker within `IN_PROGRESS_TTL_S` (every job is idempotent, see `bridge.lifecycle`).
+
+Redis outages: connecting, the poll loop, finishing a job and the health record all retry with bounded, jittered
+back-off (`bridge.errors.retry_delay`) instead of letting arq's main loop end. `connected` is false meanwhile (the
+readiness probe); `last_loop` keeps moving (the liveness probe), so a failover does not get every worker restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+from arq import Retry, Worker
+from arq.constants import in_progress_key_prefix
+from arq.typing import WorkerCoroutine
+
+from bridge.errors import is_transient, retry_delay
+from workers.context import Ctx
+
+log = logging.getLogger("gitops_bridge.worker")
+
+IN_PROGRESS_TTL_S = 15.0
+HEARTBEAT_S = 4.0
+FINISH_ATTEMPTS = 8
+
+
+class BridgeWorker(Worker):
+    """arq's Worker, made to outlive Redis outages and to release a dead worker's jobs in seconds."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.in_progress_timeout_s = IN_PROGRESS_TTL_S
+        self.connected = False
+        self.last_loop = time.monotonic()
+        self.outages = 0
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def main(self) -> None:
+        if self._pool is None:
+            raise RuntimeError("BridgeWorker needs redis_pool= (bridge.queue.open_redis)")
+        await self._until_connected()
+        self.ctx["redis"] = self.pool
+        if self.on_startup:
+            await self._until_done("start-up", functools.partial(self.on_startup, self.ctx))
+        log.info("worker started: %d functions, queue %s", len(self.functions), self.queue_name)
+        self._heartbeat = asyncio.create_task(self._renew_in_progress(), name="in-progress-heartbeat")
+        failures = 0
+        while True:
+            try:
+                await self._poll_iteration()
+                if not self.connected:
+                    log.info("Redis is back after %d failed attempt(s); resuming", failures)
+                self.connected, failures = True, 0
+            except Exception as exc:  # noqa: BLE001 - only transient errors are survived, see below
+                if not is_transient(exc):
+                    raise
+                failures += 1
+                if self.connected:
+                    self.outages += 1
+                    log.warning("Redis unavailable (%s: %s); the worker keeps running and retries",
+                                type(exc).__name__, exc)
+                self.connected = False
+                await asyncio.sleep(retry_delay(failures, base=0.2, cap=5.0))
+            self.last_loop = time.monotonic()
+            if self.burst and await self._burst_done():
+                return
+            await asyncio.sleep(self.poll_delay_s)
+
+    async def _burst_done(self) -> bool:
+        if 0 <= self.max_burst_jobs <= self._jobs_started():
+            await asyncio.gather(*self.tasks.values())
+            return True
+        if await self.pool.zcard(self.queue_name) == 0:
+            await asyncio.gather(*self.tasks.values())
+            return True
+        return False
+
+    async def _until_connected(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self.pool.ping()
+                self.connected = True
+                return
+            except Exception as exc:  # noqa: BLE001
+                if not is_transient(exc):
+                    raise
+                failures += 1
+                if failures == 1:
+                    log.warning("waiting for Redis (%s: %s)", type(exc).__name__, exc)
+                self.last_loop = time.monotonic()
+                await asyncio.sleep(retry_delay(failures, base=0.2, cap=5.0))
+
+    async def _until_done(self, what: str, call: Callable[[], Awaitable[Any]]) -> None:
+        failures = 0
+        while True:
+            try:
+                await call()
+                return
+            except Exception as exc:  # noqa: BLE001
+                if not is_transient(exc):
+                    raise
+                failures += 1
+                log.warning("%s: Redis unavailable (%s); trying again", what, type(exc).__name__)
+                self.last_loop = time.monotonic()
+                await asyncio.sleep(retry_delay(failures, base=0.2, cap=5.0))
+
+    async def _renew_in_progress(self) -> None:
+        """Keep the in-progress markers of this worker's running jobs alive (and only those)."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            running = [job_id for job_id, task in list(self.tasks.items()) if not task.done()]
+            if not running:
+                continue
+            try:
+                async with self.pool.pipeline(transaction=False) as pipe:
+                    for job_id in running:
+                        pipe.pexpire(in_progress_key_prefix + job_id, int(IN_PROGRESS_TTL_S * 1000), xx=True)
+                    await pipe.execute()
+            except Exception as exc:  # noqa: BLE001 - a missed renewal only lets another worker re-run the job
+                log.debug("in-progress heartbeat failed: %s", exc)
+
+    async def finish_job(self, *args: Any, **kwargs: Any) -> None:
+        await self._retrying("finishing a job", functools.partial(super().finish_job, *args, **kwargs))
+
+    async def finish_failed_job(self, *args: Any, **kwargs: Any) -> None:
+        await self._retrying("finishing a failed job", functools.partial(super().finish_failed_job, *args, **kwargs))
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[None]]) -> None:
+        """A few quick tries; after that the job stays queued and is re-run when its marker expires (idempotent)."""
+        for attempt in range(FINISH_ATTEMPTS):
+            try:
+                await call()
+                return
+            except Exception as exc:  # noqa: BLE001
+                if not is_transient(exc) or attempt + 1 == FINISH_ATTEMPTS:
+                    raise
+                await asyncio.sleep(retry_delay(attempt, base=0.1, cap=2.0))
+
+    async def heart_beat(self) -> None:
+        try:
+            await super().heart_beat()
+        except Exception as exc:  # noqa: BLE001 - the health record and cron are re-tried next iteration
+            if not is_transient(exc):
+                raise
+            log.debug("health record / cron skipped: %s", exc)
+
+    async def close(self) -> None:
+        """Stop: cancel the running jobs (re-run elsewhere, they are idempotent), then close Redis."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        running = [t for t in self.tasks.values() if not t.done()]
+        if running:
+            log.info("worker stopping: %d job(s) cut short will run again elsewhere", len(running))
+        for task in running:
+            task.cancel()
+        if self.main_task is not None:
+            self.main_task.cancel()
+        if not self._pool:
+            return
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        try:
+            await self.pool.delete(self.health_check_key)
+            if self.on_shutdown:
+                await self.on_shutdown(self.ctx)
+        except Exception as exc:  # noqa: BLE001 - closing during an outage
+            log.info("closing without Redis: %s", type(exc).__name__)
+        await self.pool.aclose(close_connection_pool=True)
+        self._pool = None
+
+
+def step(function: Callable[..., Awaitable[Any]]) -> WorkerCoroutine:
+    """A job that turns every transient error (Redis, network, 5xx, a busy lock…) into an arq retry with bounded,
+    jittered back-off, without limit on the count: only the deployment's deadline ends a step. Permanent errors
+    propagate (each step turns those into a verdict itself)."""
+
+    @functools.wraps(function)
+    async def run(ctx: Ctx, *args: Any) -> Any:
+        try:
+            return await function(ctx, *args)
+        except Retry:
+            raise
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            tries = int(ctx.get("job_try") or 1)
+            delay = retry_delay(tries)
+            log.warning("%s: transient error (%s: %s), try %d, again in %.1fs", function.__name__,
+                        type(exc).__name__, exc, tries, delay)
+            raise Retry(defer=delay) from exc
+
+    return cast(WorkerCoroutine, run)
