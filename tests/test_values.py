@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 import yaml as pyyaml
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from ruamel.yaml import YAML
 
 from bridge.errors import PermanentError, UnsafeWrite
 from workers import values as values_module
@@ -880,3 +881,117 @@ def test_property_set_then_read(tag: str, style: str, eol: str) -> None:
         assert touched(text, result.text) == ([4], 0)
     else:
         assert result.text == text
+
+
+# --- property: edits through merge keys change no resolved value but the targets --------------------------------
+
+MERGE_KEYS = ("tag", "repo", "port")
+Model = dict[str, list[tuple[str, Any]]]  # mapping name -> ("own" | "override", (key, value)) or ("merge", [names])
+
+
+@st.composite
+def merge_models(draw: st.DrawFn) -> Model:
+    model: Model = {}
+    for i in range(draw(st.integers(2, 5))):
+        name = f"m{i}"
+        keys = draw(st.lists(st.sampled_from(MERGE_KEYS), unique=True, max_size=3))
+        entries: list[tuple[str, Any]] = [("own", (k, f"{name}-{k}")) for k in keys]
+        if i and draw(st.booleans()):
+            sources = draw(st.lists(st.sampled_from(sorted(model)), unique=True, min_size=1, max_size=2))
+            entries.insert(draw(st.integers(0, len(entries))), ("merge", sources))
+        if not entries:
+            entries = [("own", ("tag", f"{name}-tag"))]
+        model[name] = entries
+    return model
+
+
+def render_model(model: Model) -> str:
+    lines = []
+    for name, entries in model.items():
+        lines.append(f"{name}: &{name}")
+        for kind, item in entries:
+            if kind == "own":
+                lines.append(f"  {item[0]}: {item[1]}  # {name}")
+            elif kind == "override":  # appended by create_missing, without a comment
+                lines.append(f"  {item[0]}: {item[1]}")
+            else:
+                aliases = ", ".join(f"*{source}" for source in item)
+                lines.append(f"  <<: {aliases}" if len(item) == 1 else f"  <<: [{aliases}]")
+    return "\n".join(lines) + "\n"
+
+
+def resolve_model(model: Model, name: str, go: bool) -> dict[str, str]:
+    """YAML 1.1 (own keys win) or go-yaml v2 (pairs in order, a later `<<` wins); first merged mapping wins."""
+    merged: dict[str, str] = {}
+    own: dict[str, str] = {}
+    for kind, item in model[name]:
+        if kind == "merge":
+            for source in reversed(item):
+                merged.update(resolve_model(model, source, go))
+                if go:
+                    own.update(resolve_model(model, source, go))
+        else:
+            own[item[0]] = item[1]
+    return own if go else {**merged, **own}
+
+
+def load_yaml11(text: str) -> Any:
+    """ruamel's constructor resolves `<<: [*a, *b]` as YAML 1.1 says (PyYAML 6.0.x lets the last mapping win)."""
+    return YAML(typ="safe", pure=True).load(text)
+
+
+def resolve_go(node: Any) -> Any:
+    """go-yaml v2's reading of composed PyYAML nodes (independent of workers.values)."""
+    if node.id == "scalar":
+        return node.value
+    if node.id == "sequence":
+        return [resolve_go(n) for n in node.value]
+    out: dict[str, Any] = {}
+    for k, v in node.value:
+        if k.tag == "tag:yaml.org,2002:merge":
+            for source in reversed([v] if v.id == "mapping" else v.value):
+                out.update(resolve_go(source))
+        else:
+            out[k.value] = resolve_go(v)
+    return out
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(model=merge_models(), data=st.data(), create=st.booleans())
+def test_property_merge_key_edits_change_only_the_targets(model: Model, data: st.DataObject, create: bool) -> None:
+    text = render_model(model)
+    views = {go: {n: resolve_model(model, n, go) for n in model} for go in (False, True)}
+    assert load_yaml11(text) == views[False]
+    assert resolve_go(pyyaml.compose(text)) == views[True]
+    paths = sorted((n, k) for n in model for k in views[False][n])
+    targets = data.draw(st.lists(st.sampled_from(paths), unique=True, min_size=1, max_size=2))
+    updates = {f"{n}.{k}": f"new{i}" for i, (n, k) in enumerate(targets)}
+
+    # The expected edit on the model: an own key gets the value, an inherited one an override at the end.
+    edited: Model = {n: list(entries) for n, entries in model.items()}
+    inherited_without_create = False
+    for (name, key), value in zip(targets, updates.values(), strict=True):
+        entries = edited[name]
+        own = [i for i, (kind, item) in enumerate(entries) if kind == "own" and item[0] == key]
+        if own:
+            entries[own[0]] = ("own", (key, value))
+        else:
+            inherited_without_create |= not create
+            entries.append(("override", (key, value)))
+    after = {go: {n: resolve_model(edited, n, go) for n in edited} for go in (False, True)}
+    wanted = {(n, k): v for (n, k), v in zip(targets, updates.values(), strict=True)}
+    safe = not inherited_without_create and all(
+        after[go][n] == {k: wanted.get((n, k), v) for k, v in views[go][n].items()}
+        for go in (False, True)
+        for n in model
+    )
+
+    event("refused" if not safe else "overrides created" if len(render_model(edited)) > len(text) else "edited")
+    if not safe:
+        with pytest.raises(ValuesEditError):
+            set_values(text, updates, create_missing=create)
+        return
+    result = set_values(text, updates, create_missing=create)
+    assert load_yaml11(result.text) == after[False]
+    assert resolve_go(pyyaml.compose(result.text)) == after[True]
+    assert result.text == render_model(edited)  # every other byte kept, overrides appended to their mapping

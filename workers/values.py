@@ -440,13 +440,20 @@ def _apply(text: str, splices: list[_Splice]) -> str:
 # --- creating missing keys -----------------------------------------------------------------------------------
 
 
-def _content_end(text: str, node: Node, key_node: Node | None) -> int | None:
-    """Offset just after the last meaningful character of `node` (the key's end for an empty value)."""
+def _content_end(text: str, node: Node, key_node: Node | None, floor: int = 0) -> int | None:
+    """Offset just after the last meaningful character of `node` (the key's end for an empty value).
+
+    `floor` is where the node's own text can start at the earliest: a node that starts before it is an alias.
+    """
+    if node.start_mark.index < floor:
+        return _alias_end(text, floor)
     if isinstance(node, MappingNode) and not node.flow_style and node.value:
         k, v = node.value[-1]
-        return _content_end(text, v, k)
+        return _content_end(text, v, k, int(k.end_mark.index))
     if isinstance(node, SequenceNode) and not node.flow_style and node.value:
-        return _content_end(text, node.value[-1], None)
+        items = node.value
+        start = max(node.start_mark.index, items[-2].end_mark.index if len(items) > 1 else 0)
+        return _content_end(text, items[-1], None, int(start))
     if _is_empty(node):
         return int(key_node.end_mark.index) if key_node is not None else None
     end = int(node.end_mark.index)
@@ -454,6 +461,24 @@ def _content_end(text: str, node: Node, key_node: Node | None) -> int | None:
         while end > node.start_mark.index and text[end - 1] in " \t\r\n":
             end -= 1
     return end
+
+
+def _alias_end(text: str, pos: int) -> int | None:
+    """The end of the alias (`*name`) that follows `pos` after indicators, spaces and comments."""
+    while pos < len(text):
+        if text[pos] in " \t\r\n:-?":
+            pos += 1
+        elif text[pos] == "#":
+            while pos < len(text) and text[pos] not in "\r\n":
+                pos += 1
+        elif text[pos] == "*":
+            end = pos + 1
+            while end < len(text) and text[end] not in " \t\r\n,[]{}":
+                end += 1
+            return end
+        else:
+            return None
+    return None
 
 
 def _line_end(text: str, pos: int) -> tuple[int, str]:
