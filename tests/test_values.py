@@ -497,6 +497,24 @@ EDITS: list[tuple[str, str, dict[str, str], str, list[int], int, bool]] = [
         True,
     ),
     (
+        "create-after-a-value-that-is-an-alias",  # appended after `*b`, not inside the anchored mapping
+        "base: &b\n  x: 1\nimage:\n  repository: r\n  extra: *b  # shared\n",
+        {"image.tag": "v1"},
+        "base: &b\n  x: 1\nimage:\n  repository: r\n  extra: *b  # shared\n  tag: v1\n",
+        [],
+        1,
+        True,
+    ),
+    (
+        "create-after-a-list-ending-with-an-alias",
+        "a: &a [1]\nb: &b {k: v}\nimage:\n  list:\n  - *b\n  - *a\n",
+        {"image.tag": "v1"},
+        "a: &a [1]\nb: &b {k: v}\nimage:\n  list:\n  - *b\n  - *a\n  tag: v1\n",
+        [],
+        1,
+        True,
+    ),
+    (
         "create-in-list-item-mapping",
         "images:\n  - name: a\n    tag: v1\n",
         {"images[0].digest": "sha256:abc"},
@@ -617,6 +635,8 @@ def test_change_records_only_changed_keys() -> None:
         pytest.param("image:\n  tag: &t v1\nsidecar:\n  tag: *t\n", {"sidecar.tag": "v2"}, "alias", id="alias-target"),
         pytest.param("base: &b\n  tag: v1\nimage: *b\n", {"image.tag": "v2"}, "alias", id="path-through-alias"),
         pytest.param("base: &b\n  tag: v1\nimage: *b\n", {"base.tag": "v2"}, "shared", id="anchored-mapping"),
+        pytest.param("a: &a v1\nb: &b v2\nl: [*a, *b]\n", {"l[1]": "v3"}, "'l\\[1\\]' is an alias", id="alias-item"),
+        pytest.param("a: &a v1\nl:\n- *a\n- x\n- *a\n", {"l[2]": "v3"}, "'l\\[2\\]' is an alias", id="alias-item-2"),
         pytest.param("image:\n  tag: |\n    v1\n", {"image.tag": "v2"}, "block scalar", id="block-literal"),
         pytest.param("image:\n  tag: >-\n    v1\n", {"image.tag": "v2"}, "block scalar", id="block-folded"),
         pytest.param("image:\n  tag: v1\n", {"image": "v2"}, "mapping", id="target-is-mapping"),
@@ -740,6 +760,15 @@ def test_reading_through_merge_keys() -> None:
         "lc.port": "b2",
     }
     assert read_values('s:\n  "<<": q\n  <<: {x: 1}\n', ['s["<<"]', "s.x"]) == {'s["<<"]': "q", "s.x": "1"}
+
+
+def test_a_deep_chain_of_merges_is_resolved_once_per_mapping() -> None:
+    # 40 levels of `<<: [*prev, *prev]`: searched naively that is 2**40 lookups (go-yaml refuses such files too).
+    text = "m0: &m0\n  tag: v0\n" + "".join(f"m{i}: &m{i}\n  <<: [*m{i - 1}, *m{i - 1}]\n" for i in range(1, 40))
+    assert read_values(text, ["m39.tag", "m39.other"]) == {"m39.tag": "v0", "m39.other": None}
+    with pytest.raises(UnsafeEdit, match="inherited here"):
+        set_values(text, {"m0.tag": "v1"})
+    assert set_values(text, {"m39.tag": "v1"}, create_missing=True).text == text + "  tag: v1\n"
 
 
 def test_inherited_old_value_is_reported() -> None:

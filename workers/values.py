@@ -196,18 +196,19 @@ def _merge_sources(value: Any) -> list[Any]:
     return []  # not a valid merge: Helm fails on it, nothing is inherited
 
 
-def _lookup(mapping: Any, part: str, visiting: frozenset[int] = frozenset()) -> Any | None:
+def _lookup(mapping: Any, part: str, searched: set[int] | None = None) -> Any | None:
     """The value of `part` in `mapping` as YAML 1.1 resolves merge keys; None when it has no such key."""
     for k, v in mapping.value:
         if k.id == "scalar" and k.value == part and not _is_merge(k):
             return v
-    if id(mapping) in visiting:  # a merge that includes itself
+    searched = set() if searched is None else searched
+    if id(mapping) in searched:  # searched already (a cycle, or shared by several merges): not there
         return None
-    inner = visiting | {id(mapping)}
+    searched.add(id(mapping))
     for k, v in reversed(mapping.value):  # of several `<<` keys the last wins, as in PyYAML and go-yaml
         if _is_merge(k):
             for source in _merge_sources(v):
-                found = _lookup(source, part, inner)
+                found = _lookup(source, part, searched)
                 if found is not None:
                     return found
     return None
@@ -234,7 +235,7 @@ def _resolve_path(root: Node | None, parts: KeyPath) -> Any | None:
     return node
 
 
-def _locate(root: Node | None, parts: KeyPath, key: str, filename: str) -> _Found | _Missing | None:
+def _locate(text: str, root: Node | None, parts: KeyPath, key: str, filename: str) -> _Found | _Missing | None:
     """Walk `parts` from `root` for writing. None when the document is empty."""
     if root is None:
         return None
@@ -249,14 +250,14 @@ def _locate(root: Node | None, parts: KeyPath, key: str, filename: str) -> _Foun
             if part >= len(node.value):
                 return _Missing(depth, node, f"list {here} has {len(node.value)} items")
             child: Node = node.value[part]
-            floor = node.value[part - 1].end_mark.index if part else node.start_mark.index
+            floor = _item_floor(text, node, part)
             key_node = None
         else:
             if not isinstance(node, MappingNode):
                 if _is_empty(node) and key_node is not None and not in_flow and node.anchor is None:
                     return _Missing(depth, node, "", empty_key=key_node)
                 return _Missing(depth, node, f"{here} is not a mapping")
-            own = [i for i, (k, _) in enumerate(node.value) if isinstance(k, ScalarNode) and k.value == part]
+            own = [i for i, (k, _) in enumerate(node.value) if k.id == "scalar" and k.value == part]
             own = [i for i in own if not _is_merge(node.value[i][0])]
             where = format_key(parts[: depth + 1])
             if len(own) > 1:
@@ -451,9 +452,7 @@ def _content_end(text: str, node: Node, key_node: Node | None, floor: int = 0) -
         k, v = node.value[-1]
         return _content_end(text, v, k, int(k.end_mark.index))
     if isinstance(node, SequenceNode) and not node.flow_style and node.value:
-        items = node.value
-        start = max(node.start_mark.index, items[-2].end_mark.index if len(items) > 1 else 0)
-        return _content_end(text, items[-1], None, int(start))
+        return _content_end(text, node.value[-1], None, _item_floor(text, node, len(node.value) - 1))
     if _is_empty(node):
         return int(key_node.end_mark.index) if key_node is not None else None
     end = int(node.end_mark.index)
@@ -466,7 +465,7 @@ def _content_end(text: str, node: Node, key_node: Node | None, floor: int = 0) -
 def _alias_end(text: str, pos: int) -> int | None:
     """The end of the alias (`*name`) that follows `pos` after indicators, spaces and comments."""
     while pos < len(text):
-        if text[pos] in " \t\r\n:-?":
+        if text[pos] in " \t\r\n:-?[,":
             pos += 1
         elif text[pos] == "#":
             while pos < len(text) and text[pos] not in "\r\n":
@@ -479,6 +478,17 @@ def _alias_end(text: str, pos: int) -> int | None:
         else:
             return None
     return None
+
+
+def _item_floor(text: str, seq: Node, index: int) -> int:
+    """Where the text of item `index` of `seq` starts at the earliest (an item starting before is an alias)."""
+    floor = int(seq.start_mark.index)
+    for item in seq.value[:index]:
+        if item.start_mark.index < floor:  # an alias: its text is the `*name` token
+            floor = _alias_end(text, floor) or floor
+        else:
+            floor = int(item.end_mark.index)
+    return floor
 
 
 def _line_end(text: str, pos: int) -> tuple[int, str]:
@@ -885,12 +895,12 @@ def set_values(
             raise _several_documents(filename, key, [i for i, _ in hits])
         if not hits:
             if not create_missing:
-                misses = [m for root in docs if isinstance(m := _locate(root, parts, key, filename), _Missing)]
+                misses = [m for root in docs if isinstance(m := _locate(text, root, parts, key, filename), _Missing)]
                 raise KeyNotFound(key, filename, next((m.blocked for m in misses if m.blocked), ""))
             missing.append((key, parts, None))
             continue
         index = hits[0][0]
-        found = _locate(docs[index], parts, key, filename)
+        found = _locate(text, docs[index], parts, key, filename)
         if isinstance(found, _Missing) and isinstance(found.inherited, ScalarNode):
             if _equal(found.inherited, value):
                 continue
@@ -923,7 +933,7 @@ def set_values(
         hits = _documents_with(current, parts)
         if len(hits) > 1:
             raise _several_documents(filename, key, [i for i, _ in hits])
-        found = _locate(current[hits[0][0]], parts, key, filename) if hits else None
+        found = _locate(new_text, current[hits[0][0]], parts, key, filename) if hits else None
         if isinstance(found, _Found):  # created a moment ago through an equivalent key path (`a.b` and `a["b"]`)
             if getattr(found.node, "value", None) != updates[key]:
                 raise ValuesEditError(f"{filename}: conflicting values for the same scalar ({key!r})")
@@ -931,7 +941,7 @@ def set_values(
         if isinstance(found, _Missing):
             index, miss = hits[0][0], found
         else:
-            located = [(i, _locate(root, parts, key, filename)) for i, root in enumerate(current)]
+            located = [(i, _locate(new_text, root, parts, key, filename)) for i, root in enumerate(current)]
             candidates = [(i, m) for i, m in located if isinstance(m, _Missing)]
             index, miss = _creation_document(candidates, key, filename)
         root = current[index]
