@@ -4,14 +4,21 @@ ruamel.yaml is used only to *locate* the target scalars (their start/end offsets
 scalar text is spliced into the original string, so every other byte (comments, blank lines, key order,
 indentation, anchors, ``---``/``...`` markers, BOM, CRLF line endings) stays as it was. Old and new text are then
 composed again (with libyaml through PyYAML when installed: fast, and a second parser's opinion; else ruamel) and
-compared node by node; if anything except the targets differs, `UnsafeEdit` is raised and nothing is returned.
-A tab before a comment (valid YAML, rejected by ruamel's scanner) is read as a space.
+compared node by node, with merge keys resolved; if anything except the targets differs, `UnsafeEdit` is raised
+and nothing is returned. A tab before a comment (valid YAML, rejected by ruamel's scanner) is read as a space.
 
 Rules:
 
 * Key paths follow `bridge.keypath.parse_key`: ``image.tag``, ``images[1].tag``, ``annotations["a.b/c"]``.
-* Multi-document files: a key is set in *every* document that contains its full path; `KeyNotFound` when no
-  document does. `read_values` reports the first document that has the path.
+* Multi-document files: a key path must resolve in exactly one document, and only that document is changed.
+  A path that resolves in several documents is refused (`UnsafeEdit` naming the file, the key and the
+  documents), for `read_values` too; `KeyNotFound` when no document has it.
+* Merge keys (``<<: *base``, ``<<: [*a, *b]``) follow YAML 1.1: a mapping's own keys override merged ones, and
+  among several merged mappings the first wins. A key that exists only through ``<<`` is read through it; it is
+  written by adding an override to the merging mapping, only with ``create_missing=True`` (else `UnsafeEdit`
+  naming the merge). Editing a value that another mapping really inherits is refused; editing one that every
+  merging mapping overrides is not. Helm's go-yaml lets a ``<<`` win over own keys written *before* it, so an
+  edit whose effect depends on that order is refused too (put ``<<`` first).
 * Quoting: a double-quoted target stays double-quoted, a single-quoted one single-quoted (double quotes only if
   the new value cannot be written in single quotes). A plain target stays plain when the new value, read back
   as YAML 1.1 *and* 1.2, is a string; or when old and new are both booleans; or both plain decimal integers
@@ -19,19 +26,23 @@ Rules:
   Anything else (``1.10``, ``true``, ``null``, ``0x1F``, ``1e3``, ``0123``, ``2024-01-01``, ``a: b``) is
   written in double quotes so the value stays a string. An empty or ``~``/``null`` target becomes a string.
 * Refused with `UnsafeEdit`: a target that is a mapping, a list or a block scalar (``|``/``>``); a target
-  reached through an alias (``*x``); a target whose value is shared with another path through an anchor;
-  duplicate keys on the path; creating keys inside flow style (``{}``) or under a non-mapping.
+  reached through an alias (``*x``) or inside an inherited mapping; a target whose value is shared with another
+  path through an anchor or a merge key; duplicate keys on the path; creating keys inside flow style (``{a: 1}``)
+  or under a non-mapping.
 * ``create_missing=True`` appends missing mapping keys (and missing parent mappings) after the last entry of the
-  deepest existing block mapping, with that mapping's indentation (children indented by the file's step). It is
-  created in the document with the deepest existing prefix (the first such one). List items are never created.
-* A value that is already equal leaves the text byte-identical and `EditResult.changed` False.
+  deepest existing block mapping, with that mapping's indentation (children indented by the file's step). Under
+  a key with an empty value (``root:``) the new keys become its block mapping; a document that is only ``{}``
+  becomes a block mapping. In a multi-document file the deepest existing prefix must be in one document (a
+  document that is not a mapping does not count), else `UnsafeEdit`. List items are never created.
+* A value that is already equal (also when inherited through ``<<``) leaves the text byte-identical and
+  `EditResult.changed` False.
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +75,7 @@ _STR = "tag:yaml.org,2002:str"
 _NULL = "tag:yaml.org,2002:null"
 _INT = "tag:yaml.org,2002:int"
 _BOOL = "tag:yaml.org,2002:bool"
+_MERGE = "tag:yaml.org,2002:merge"
 _SMALL_INT = re.compile(r"-?(0|[1-9][0-9]{0,5})")
 _SPACE = " \t"
 
@@ -165,38 +177,112 @@ class _Missing:
     depth: int  # parts[:depth] exist
     parent: Node  # the node at parts[:depth]
     blocked: str  # why it cannot be created ("" when it can)
+    empty_key: ScalarNode | None = None  # parent is the empty value of this key (`root:`): create a mapping there
+    inherited: Node | None = None  # the key exists only through a merge key of parent, with this value
 
 
-def _locate(root: Node | None, parts: KeyPath, key: str, filename: str) -> _Found | _Missing | None:
-    """Walk `parts` from `root`. None when the document is empty."""
+# Merge keys are told apart by the tag the resolver gives a plain `<<` (a quoted "<<" is an ordinary key). These
+# helpers serve ruamel and PyYAML nodes alike (both name their kind in `node.id`).
+def _is_merge(key: Any) -> bool:
+    return bool(key.id == "scalar" and key.tag == _MERGE)
+
+
+def _merge_sources(value: Any) -> list[Any]:
+    """The mappings a `<<` value merges, the one that wins first."""
+    if value.id == "mapping":
+        return [value]
+    if value.id == "sequence":
+        return [v for v in value.value if v.id == "mapping"]
+    return []  # not a valid merge: Helm fails on it, nothing is inherited
+
+
+def _lookup(mapping: Any, part: str, searched: set[int] | None = None) -> Any | None:
+    """The value of `part` in `mapping` as YAML 1.1 resolves merge keys; None when it has no such key."""
+    for k, v in mapping.value:
+        if k.id == "scalar" and k.value == part and not _is_merge(k):
+            return v
+    searched = set() if searched is None else searched
+    if id(mapping) in searched:  # searched already (a cycle, or shared by several merges): not there
+        return None
+    searched.add(id(mapping))
+    for k, v in reversed(mapping.value):  # of several `<<` keys the last wins, as in PyYAML and go-yaml
+        if _is_merge(k):
+            for source in _merge_sources(v):
+                found = _lookup(source, part, searched)
+                if found is not None:
+                    return found
+    return None
+
+
+def _merged_after(mapping: Any, index: int, part: str) -> bool:
+    """Whether a `<<` after the pair at `index` also provides `part` (go-yaml would let it win)."""
+    return any(
+        _is_merge(k) and any(_lookup(source, part) is not None for source in _merge_sources(v))
+        for k, v in mapping.value[index + 1 :]
+    )
+
+
+def _resolve_path(root: Node | None, parts: KeyPath) -> Any | None:
+    """The node at `parts`, through aliases and merge keys; None when the path does not resolve."""
+    node: Any = root
+    for part in parts:
+        if node is None:
+            return None
+        if isinstance(part, int):
+            node = node.value[part] if node.id == "sequence" and part < len(node.value) else None
+        else:
+            node = _lookup(node, part) if node.id == "mapping" else None
+    return node
+
+
+def _locate(text: str, root: Node | None, parts: KeyPath, key: str, filename: str) -> _Found | _Missing | None:
+    """Walk `parts` from `root` for writing. None when the document is empty."""
     if root is None:
         return None
     node = root
     key_node: ScalarNode | None = None
     in_flow = False
     for depth, part in enumerate(parts):
+        here = format_key(parts[:depth]) or "document"
         if isinstance(part, int):
             if not isinstance(node, SequenceNode):
-                return _Missing(depth, node, f"{format_key(parts[:depth]) or 'document'} is not a list")
+                return _Missing(depth, node, f"{here} is not a list")
             if part >= len(node.value):
-                return _Missing(depth, node, f"list {format_key(parts[:depth])} has {len(node.value)} items")
+                return _Missing(depth, node, f"list {here} has {len(node.value)} items")
             child: Node = node.value[part]
-            floor = node.value[part - 1].end_mark.index if part else node.start_mark.index
+            floor = _item_floor(text, node, part)
             key_node = None
         else:
             if not isinstance(node, MappingNode):
-                return _Missing(depth, node, f"{format_key(parts[:depth]) or 'document'} is not a mapping")
-            pairs = [(k, v) for k, v in node.value if isinstance(k, ScalarNode) and k.value == part]
-            if len(pairs) > 1:
-                raise UnsafeEdit(f"{filename}: duplicate key {format_key(parts[: depth + 1])!r} in {key!r}")
-            if not pairs:
-                return _Missing(depth, node, "")
-            key_node, child = pairs[0]
+                if _is_empty(node) and key_node is not None and not in_flow and node.anchor is None:
+                    return _Missing(depth, node, "", empty_key=key_node)
+                return _Missing(depth, node, f"{here} is not a mapping")
+            own = [i for i, (k, _) in enumerate(node.value) if k.id == "scalar" and k.value == part]
+            own = [i for i in own if not _is_merge(node.value[i][0])]
+            where = format_key(parts[: depth + 1])
+            if len(own) > 1:
+                raise UnsafeEdit(f"{filename}: duplicate key {where!r} in {key!r}")
+            if not own:
+                inherited = _lookup(node, part)
+                if inherited is None:
+                    return _Missing(depth, node, "")
+                if depth < len(parts) - 1 or not isinstance(inherited, ScalarNode):
+                    raise UnsafeEdit(
+                        f"{filename}: {where!r} is inherited through the merge key '<<' of {here!r}; refusing to "
+                        f"edit {key!r} (only an inherited scalar can be overridden, by a key of its own)"
+                    )
+                return _Missing(depth, node, "", inherited=inherited)
+            if _merged_after(node, own[0], part):
+                raise UnsafeEdit(
+                    f"{filename}: {where!r} comes before a merge key '<<' that also provides {part!r}; Helm "
+                    f"(go-yaml) lets the later '<<' win, so editing {key!r} is refused: put '<<' first in {here!r}"
+                )
+            key_node, child = node.value[own[0]]
             floor = key_node.end_mark.index
         # Anchors are defined before their aliases, so a node that starts before its own key is an alias.
         if child.start_mark.index < floor:
-            where = format_key(parts[: depth + 1])
-            raise UnsafeEdit(f"{filename}: {where!r} is an alias (*); refusing to edit {key!r}")
+            alias = format_key(parts[: depth + 1])
+            raise UnsafeEdit(f"{filename}: {alias!r} is an alias (*); refusing to edit {key!r}")
         in_flow = bool(node.flow_style)
         node = child
     return _Found(node, key_node, in_flow)
@@ -355,13 +441,18 @@ def _apply(text: str, splices: list[_Splice]) -> str:
 # --- creating missing keys -----------------------------------------------------------------------------------
 
 
-def _content_end(text: str, node: Node, key_node: Node | None) -> int | None:
-    """Offset just after the last meaningful character of `node` (the key's end for an empty value)."""
+def _content_end(text: str, node: Node, key_node: Node | None, floor: int = 0) -> int | None:
+    """Offset just after the last meaningful character of `node` (the key's end for an empty value).
+
+    `floor` is where the node's own text can start at the earliest: a node that starts before it is an alias.
+    """
+    if node.start_mark.index < floor:
+        return _alias_end(text, floor)
     if isinstance(node, MappingNode) and not node.flow_style and node.value:
         k, v = node.value[-1]
-        return _content_end(text, v, k)
+        return _content_end(text, v, k, int(k.end_mark.index))
     if isinstance(node, SequenceNode) and not node.flow_style and node.value:
-        return _content_end(text, node.value[-1], None)
+        return _content_end(text, node.value[-1], None, _item_floor(text, node, len(node.value) - 1))
     if _is_empty(node):
         return int(key_node.end_mark.index) if key_node is not None else None
     end = int(node.end_mark.index)
@@ -369,6 +460,35 @@ def _content_end(text: str, node: Node, key_node: Node | None) -> int | None:
         while end > node.start_mark.index and text[end - 1] in " \t\r\n":
             end -= 1
     return end
+
+
+def _alias_end(text: str, pos: int) -> int | None:
+    """The end of the alias (`*name`) that follows `pos` after indicators, spaces and comments."""
+    while pos < len(text):
+        if text[pos] in " \t\r\n:-?[,":
+            pos += 1
+        elif text[pos] == "#":
+            while pos < len(text) and text[pos] not in "\r\n":
+                pos += 1
+        elif text[pos] == "*":
+            end = pos + 1
+            while end < len(text) and text[end] not in " \t\r\n,[]{}":
+                end += 1
+            return end
+        else:
+            return None
+    return None
+
+
+def _item_floor(text: str, seq: Node, index: int) -> int:
+    """Where the text of item `index` of `seq` starts at the earliest (an item starting before is an alias)."""
+    floor = int(seq.start_mark.index)
+    for item in seq.value[:index]:
+        if item.start_mark.index < floor:  # an alias: its text is the `*name` token
+            floor = _alias_end(text, floor) or floor
+        else:
+            floor = int(item.end_mark.index)
+    return floor
 
 
 def _line_end(text: str, pos: int) -> tuple[int, str]:
@@ -396,22 +516,8 @@ def _indent_step(root: Node) -> int:
     return 2
 
 
-def _creation(text: str, root: Node, missing: _Missing, parts: KeyPath, value: str, key: str, filename: str) -> _Splice:
-    parent = missing.parent
-    rest = parts[missing.depth :]
-    if missing.blocked or not all(isinstance(p, str) for p in rest):
-        raise KeyNotFound(key, filename, missing.blocked or "list items are never created")
-    if not isinstance(parent, MappingNode) or parent.flow_style or not parent.value:
-        raise UnsafeEdit(
-            f"{filename}: cannot create {key!r}: {format_key(parts[: missing.depth]) or 'document'} "
-            "is not a block mapping (flow style or empty)"
-        )
-    end = _content_end(text, parent, None)
-    if end is None:
-        raise UnsafeEdit(f"{filename}: cannot find where to append {key!r}")
-    insert_at, eol = _line_end(text, max(end - 1, 0))
-    column = int(parent.value[0][0].start_mark.column)
-    step = _indent_step(root)
+def _block_lines(rest: KeyPath, value: str, column: int, step: int) -> list[str]:
+    """`rest` as nested block-mapping lines starting at `column`, the last key holding `value`."""
     lines = []
     for i, part in enumerate(rest):
         assert isinstance(part, str)
@@ -421,10 +527,93 @@ def _creation(text: str, root: Node, missing: _Missing, parts: KeyPath, value: s
         else:
             rendered = value if _plain_ok(value, _NULL, False, False) else _double(value)
             lines.append(f"{indent}{_render_key(part)}: {rendered}")
+    return lines
+
+
+def _rest_of_line(text: str, pos: int) -> int | None:
+    """Skip spaces and a comment from `pos`; the offset of the line end, None when anything else follows."""
+    while pos < len(text) and text[pos] in _SPACE:
+        pos += 1
+    if pos < len(text) and text[pos] == "#":
+        while pos < len(text) and text[pos] not in "\r\n":
+            pos += 1
+    return pos if pos == len(text) or text[pos] in "\r\n" else None
+
+
+def _append_lines(text: str, at: int, eol: str, lines: list[str]) -> _Splice:
     block = eol.join(lines) + eol
-    if insert_at == len(text) and text and not text.endswith("\n"):
+    if at == len(text) and text and not text.endswith("\n"):
         block = eol + block
-    return _Splice(insert_at, insert_at, block)
+    return _Splice(at, at, block)
+
+
+def _creation(
+    text: str, root: Node, missing: _Missing, parts: KeyPath, value: str, key: str, filename: str
+) -> tuple[list[_Splice], KeyPath | None]:
+    """The splices that create `parts` below `missing`, and the path of a value turned into a block mapping."""
+    parent = missing.parent
+    rest = parts[missing.depth :]
+    if missing.blocked or not all(isinstance(p, str) for p in rest):
+        raise KeyNotFound(key, filename, missing.blocked or "list items are never created")
+    step = _indent_step(root)
+    where = format_key(parts[: missing.depth]) or "document"
+    if missing.empty_key is not None:  # `root:` with nothing: the new keys become its block mapping
+        pos = missing.empty_key.end_mark.index
+        while pos < len(text) and text[pos] in _SPACE:
+            pos += 1
+        line_end = _rest_of_line(text, pos + 1) if pos < len(text) and text[pos] == ":" else None
+        if line_end is None:
+            raise UnsafeEdit(f"{filename}: cannot create {key!r}: unexpected text after the empty key {where!r}")
+        at, eol = _line_end(text, line_end)
+        lines = _block_lines(rest, value, int(missing.empty_key.start_mark.column) + step, step)
+        return [_append_lines(text, at, eol, lines)], parts[: missing.depth]
+    if isinstance(parent, MappingNode) and parent.flow_style and not parent.value and parent is root:
+        # A document that is only `{}` (and comments) becomes a block mapping: `{}` gives way to the first line.
+        start, end = int(parent.start_mark.index), int(parent.end_mark.index)
+        line_end = _rest_of_line(text, end)
+        if parent.start_mark.column == 0 and text[start:end].replace(" ", "") == "{}" and line_end is not None:
+            at, eol = _line_end(text, line_end)
+            lines = _block_lines(rest, value, 0, step)
+            splices = [_Splice(start, end, lines[0])]
+            if len(lines) > 1:
+                splices.append(_append_lines(text, at, eol, lines[1:]))
+            return splices, ()
+    if not isinstance(parent, MappingNode) or parent.flow_style or not parent.value:
+        raise UnsafeEdit(f"{filename}: cannot create {key!r}: {where} is not a block mapping (flow style or empty)")
+    end_of_content = _content_end(text, parent, None)
+    if end_of_content is None:
+        raise UnsafeEdit(f"{filename}: cannot find where to append {key!r}")
+    at, eol = _line_end(text, max(end_of_content - 1, 0))
+    lines = _block_lines(rest, value, int(parent.value[0][0].start_mark.column), step)
+    return [_append_lines(text, at, eol, lines)], None
+
+
+def _creation_document(candidates: list[tuple[int, _Missing]], key: str, filename: str) -> tuple[int, _Missing]:
+    """The one document to create `key` in: the one with the deepest existing prefix of its path."""
+    viable = [(i, m) for i, m in candidates if m.depth or not m.blocked]  # a scalar or list document has no keys
+    if not viable:
+        detail = candidates[0][1].blocked if candidates else "the file has no document to create it in"
+        raise KeyNotFound(key, filename, detail)
+    deepest = max(m.depth for _, m in viable)
+    best = [(i, m) for i, m in viable if m.depth == deepest]
+    if len(best) > 1:
+        raise UnsafeEdit(
+            f"{filename}: cannot create {key!r}: documents {_numbers(i for i, _ in best)} of this multi-document "
+            "file could each hold it; refusing to pick one"
+        )
+    return best[0]
+
+
+def _numbers(indexes: Iterable[int]) -> str:
+    shown = [str(i + 1) for i in indexes]
+    return ", ".join(shown[:-1]) + " and " + shown[-1] if len(shown) > 1 else "".join(shown)
+
+
+def _several_documents(filename: str, key: str, indexes: list[int]) -> UnsafeEdit:
+    return UnsafeEdit(
+        f"{filename}: {key!r} is in documents {_numbers(indexes)} of this multi-document file; refusing to change "
+        "a document the route does not name (keep the key in one document)"
+    )
 
 
 # --- verification --------------------------------------------------------------------------------------------
@@ -433,15 +622,27 @@ def _creation(text: str, root: Node, missing: _Missing, parts: KeyPath, value: s
 class _Verifier:
     """Compare old and new node trees; only the target paths may differ (and created paths may be added).
 
-    Works on ruamel and PyYAML nodes alike (both name their kind in `node.id`).
+    Mappings are compared as written (own keys, the `<<` values themselves) and then as resolved: every value a
+    mapping inherits through `<<` is compared at the inheriting path, so a change that leaks into a mapping that
+    really inherits it is refused, while one that every merging mapping overrides is not. Both YAML 1.1 (own
+    keys win) and go-yaml's order (a later `<<` wins) are checked. Works on ruamel and PyYAML nodes alike.
     """
 
-    def __init__(self, targets: dict[tuple[Any, ...], str], created: dict[tuple[Any, ...], str], filename: str):
+    def __init__(
+        self,
+        targets: dict[tuple[Any, ...], str],
+        created: dict[tuple[Any, ...], str],
+        converted: set[tuple[Any, ...]],
+        filename: str,
+    ):
         self.targets = targets
         self.created = created
         self.created_prefixes = {path[:i] for path in created for i in range(1, len(path))}
+        self.converted = converted  # empty values (`root:`, a `{}` document) that became block mappings
         self.filename = filename
-        self.seen: dict[int, tuple[Any, bool]] = {}
+        self.seen: dict[int, tuple[Any, bool, bool]] = {}  # id(old) -> (new, holds a target, compared)
+        self.resolved: dict[int, dict[Any, tuple[Any, Any]]] = {}
+        self.resolving: set[int] = set()
 
     def fail(self, path: tuple[Any, ...], why: str) -> UnsafeEdit:
         where = format_key(path[1:]) or "document"
@@ -453,16 +654,21 @@ class _Verifier:
             if old is not new:
                 raise self.fail(path, "document changed")
             return False
+        if path in self.converted:
+            self._check_converted(old, new, path)
+            return True
         if id(old) in self.seen:
-            mapped, changed = self.seen[id(old)]
+            mapped, changed, done = self.seen[id(old)]
+            if not done:
+                raise self.fail(path, "recursive alias")
             if mapped is not new:
                 raise self.fail(path, "alias structure changed")
             if changed:
                 raise self.fail(path, "the edited value is shared through an anchor/alias")
             return False
-        self.seen[id(old)] = (new, False)
+        self.seen[id(old)] = (new, False, False)
         changed = self._compare(old, new, path)
-        self.seen[id(old)] = (new, changed)
+        self.seen[id(old)] = (new, changed, True)
         return changed
 
     def _compare(self, old: Any, new: Any, path: tuple[Any, ...]) -> bool:
@@ -503,16 +709,107 @@ class _Verifier:
             raise self.fail(path, "keys changed")
         for (ok, ov), (nk, nv) in zip(old.value, new_pairs, strict=True):
             self.compare(ok, nk, (*path, "<key>"))
+            if _is_merge(ok):
+                self._compare_merge_value(ov, nv, (*path, "<<"))
+                continue
             sub = (*path, ok.value) if ok.id == "scalar" else (*path, "<complex key>")
             changed |= self.compare(ov, nv, sub)
+        if any(_is_merge(k) for k, _ in old.value):
+            changed |= self._compare_inherited(old, new, path)
         return changed
+
+    def _compare_merge_value(self, old: Any, new: Any, path: tuple[Any, ...]) -> None:
+        """The value of a `<<`: the same mappings as before; what they hold is judged where it is inherited."""
+        if id(old) in self.seen:
+            mapped, _, done = self.seen[id(old)]
+            if not done:
+                raise self.fail(path, "recursive merge key")
+            if mapped is not new:
+                raise self.fail(path, "alias structure changed")
+            return
+        if old.id == "sequence" and new.id == "sequence":  # `<<: [*a, *b]`
+            anchors = getattr(old, "anchor", None), getattr(new, "anchor", None)
+            if (old.tag, anchors[0], len(old.value)) != (new.tag, anchors[1], len(new.value)):
+                raise self.fail(path, "merge key changed")
+            self.seen[id(old)] = (new, False, False)
+            for o, n in zip(old.value, new.value, strict=True):
+                self._compare_merge_value(o, n, path)
+            # Aliased as a whole elsewhere, the list counts as changed when a mapping in it holds a target.
+            changed = any(self.seen[id(o)][1] for o in old.value if id(o) in self.seen)
+            self.seen[id(old)] = (new, changed, True)
+            return
+        self.compare(old, new, path)  # an inline mapping is only reachable through the merge: nothing may change
+
+    def _resolve(self, node: Any, path: tuple[Any, ...]) -> dict[Any, tuple[Any, Any]]:
+        """Key -> (value by YAML 1.1, value by go-yaml v2) of a mapping with its merge keys resolved."""
+        cached = self.resolved.get(id(node))
+        if cached is not None:
+            return cached
+        if id(node) in self.resolving:
+            raise self.fail(path, "recursive merge key")
+        self.resolving.add(id(node))
+        merged: dict[Any, Any] = {}
+        own: dict[Any, Any] = {}
+        in_order: dict[Any, Any] = {}  # go-yaml v2: every pair in order, a `<<` writes its mappings' keys
+        for k, v in node.value:
+            if _is_merge(k):
+                for source in reversed(_merge_sources(v)):
+                    for key, (spec, go) in self._resolve(source, path).items():
+                        merged[key] = spec
+                        in_order[key] = go
+            else:
+                if k.id != "scalar":
+                    raise self.fail(path, "a complex key in a mapping with merge keys")
+                own[(k.tag, k.value)] = in_order[(k.tag, k.value)] = v
+        result = {key: (own[key] if key in own else merged[key], go) for key, go in in_order.items()}
+        self.resolving.discard(id(node))
+        self.resolved[id(node)] = result
+        return result
+
+    def _inherited(self, node: Any, path: tuple[Any, ...]) -> dict[Any, list[Any]]:
+        """Key -> the inherited values that win by either rule (own values are compared as written)."""
+        own = {id(v) for k, v in node.value if not _is_merge(k)}
+        result: dict[Any, list[Any]] = {}
+        for key, (spec, go) in self._resolve(node, path).items():
+            values = [v for v in ([spec] if spec is go else [spec, go]) if id(v) not in own]
+            if values:
+                result[key] = values
+        return result
+
+    def _compare_inherited(self, old: Any, new: Any, path: tuple[Any, ...]) -> bool:
+        old_inherited, new_inherited = self._inherited(old, path), self._inherited(new, path)
+        changed = False
+        for key in dict.fromkeys([*old_inherited, *new_inherited]):
+            sub = (*path, key[1])
+            before, after = old_inherited.get(key, []), new_inherited.get(key, [])
+            if sub in self.targets:
+                raise self.fail(sub, "the target is overridden by a merge key ('<<')")
+            if sub in self.created:  # an override written into the merging mapping must win by both rules
+                if after:
+                    raise self.fail(sub, "the created override does not win over the merge key")
+                continue
+            if len(before) != len(after):
+                raise self.fail(sub, "inherited keys changed")
+            for o, n in zip(before, after, strict=True):
+                if id(o) in self.seen and self.seen[id(o)][1]:
+                    raise self.fail(sub, "the edited value is inherited here through a merge key ('<<')")
+                changed |= self.compare(o, n, sub)
+        return changed
+
+    def _check_converted(self, old: Any, new: Any, path: tuple[Any, ...]) -> None:
+        empty = (old.id == "scalar" and old.value == "" and old.tag == _NULL) or (
+            old.id == "mapping" and old.flow_style and not old.value
+        )
+        if not empty or getattr(old, "anchor", None) or new.id != "mapping" or new.flow_style:
+            raise self.fail(path, "structure changed")
+        self._check_created(new, path)
 
     def _check_created(self, node: Any, path: tuple[Any, ...]) -> None:
         if path in self.created:
             if node.id != "scalar" or node.value != self.created[path] or node.tag != _STR:
                 raise self.fail(path, "created value did not read back as a string")
             return
-        if node.id != "mapping":
+        if node.id != "mapping" or getattr(node, "anchor", None):
             raise self.fail(path, "created mapping did not read back")
         for k, v in node.value:
             sub = (*path, k.value)
@@ -542,40 +839,35 @@ def _trees_to_compare(
 # --- public API ----------------------------------------------------------------------------------------------
 
 
+def _documents_with(docs: list[Node | None], parts: KeyPath) -> list[tuple[int, Any]]:
+    """(index, node) of every document in which `parts` resolves (through aliases and merge keys)."""
+    return [(i, node) for i, root in enumerate(docs) if (node := _resolve_path(root, parts)) is not None]
+
+
 def read_values(text: str, keys: Sequence[str], *, filename: str = "values.yaml") -> dict[str, str | None]:
     """Current values of `keys` as strings, as written without quotes (``tag:`` -> "", ``~`` -> "~").
 
-    None when no document has the key. Raises `UnsafeEdit` when a key names a mapping or a list.
+    Keys are read through aliases and merge keys (YAML 1.1: own keys win, then the first merged mapping). None
+    when no document has the key. Raises `UnsafeEdit` when a key names a mapping or a list, or resolves in more
+    than one document.
     """
     docs = _compose(text, filename)
     result: dict[str, str | None] = {}
     for key, parts in zip(keys, _parse_keys(keys, filename), strict=True):
+        hits = _documents_with(docs, parts)
+        if len(hits) > 1:
+            raise _several_documents(filename, key, [i for i, _ in hits])
         result[key] = None
-        for root in docs:
-            try:
-                found = _locate(root, parts, key, filename)
-            except UnsafeEdit:
-                found = _locate_through_aliases(root, parts)
-            if isinstance(found, _Found):
-                if not isinstance(found.node, ScalarNode):
-                    raise UnsafeEdit(f"{filename}: {key!r} is not a scalar")
-                result[key] = str(found.node.value)
-                break
+        if hits:
+            node = hits[0][1]
+            if not isinstance(node, ScalarNode):
+                raise UnsafeEdit(f"{filename}: {key!r} is not a scalar")
+            result[key] = str(node.value)
     return result
 
 
-def _locate_through_aliases(root: Node | None, parts: KeyPath) -> _Found | None:
-    node = root
-    for part in parts:
-        if isinstance(part, int) and isinstance(node, SequenceNode) and part < len(node.value):
-            node = node.value[part]
-        elif isinstance(part, str) and isinstance(node, MappingNode):
-            node = next((v for k, v in node.value if isinstance(k, ScalarNode) and k.value == part), None)
-        else:
-            return None
-        if node is None:
-            return None
-    return _Found(node, None, False) if node is not None else None
+def _equal(node: ScalarNode, value: str) -> bool:
+    return bool(node.value == value and node.tag != _NULL)
 
 
 def set_values(
@@ -592,70 +884,81 @@ def set_values(
     splices: dict[int, tuple[str, _Splice | None]] = {}  # by target node id: (value, splice)
     targets: dict[tuple[Any, ...], str] = {}
     changes: list[Change] = []
-    missing: list[tuple[str, KeyPath]] = []
+    missing: list[tuple[str, KeyPath, str | None]] = []  # (key, path, the value it inherits through `<<`)
 
     for key, parts in zip(keys, parsed, strict=True):
         value = updates[key]
         if not isinstance(value, str):
             raise ValuesEditError(f"{filename}: value for {key!r} must be a string, got {type(value).__name__}")
-        found_any = False
-        old: str | None = None
-        misses: list[tuple[int, _Missing]] = []
-        for index, root in enumerate(docs):
-            found = _locate(root, parts, key, filename)
-            if isinstance(found, _Missing):
-                misses.append((index, found))
-            if not isinstance(found, _Found):
-                continue
-            found_any = True
-            splice = _replacement(text, found, value, key, filename)
-            previous = splices.get(id(found.node))
-            if previous is not None and previous[0] != value:
-                raise ValuesEditError(f"{filename}: conflicting values for the same scalar ({key!r})")
-            splices[id(found.node)] = (value, splice)
-            targets[(index, *parts)] = value
-            if splice is not None and old is None:
-                old = str(found.node.value)
-        if not found_any:
+        hits = _documents_with(docs, parts)
+        if len(hits) > 1:
+            raise _several_documents(filename, key, [i for i, _ in hits])
+        if not hits:
             if not create_missing:
-                blocked = next((m.blocked for _, m in misses if m.blocked), "")
-                raise KeyNotFound(key, filename, blocked)
-            missing.append((key, parts))
-        elif old is not None:
-            changes.append(Change(key, old, value))
+                misses = [m for root in docs if isinstance(m := _locate(text, root, parts, key, filename), _Missing)]
+                raise KeyNotFound(key, filename, next((m.blocked for m in misses if m.blocked), ""))
+            missing.append((key, parts, None))
+            continue
+        index = hits[0][0]
+        found = _locate(text, docs[index], parts, key, filename)
+        if isinstance(found, _Missing) and isinstance(found.inherited, ScalarNode):
+            if _equal(found.inherited, value):
+                continue
+            if not create_missing:
+                raise UnsafeEdit(
+                    f"{filename}: {key!r} is inherited through the merge key '<<' of "
+                    f"{format_key(parts[:-1]) or 'document'!r}; writing it adds an override there, which needs "
+                    "create_missing_keys"
+                )
+            missing.append((key, parts, str(found.inherited.value)))
+            continue
+        if not isinstance(found, _Found):  # resolves, yet cannot be walked for writing
+            raise UnsafeEdit(f"{filename}: {key!r} cannot be edited in place")
+        splice = _replacement(text, found, value, key, filename)
+        previous = splices.get(id(found.node))
+        if previous is not None and previous[0] != value:
+            raise ValuesEditError(f"{filename}: conflicting values for the same scalar ({key!r})")
+        splices[id(found.node)] = (value, splice)
+        targets[(index, *parts)] = value
+        if splice is not None:
+            changes.append(Change(key, str(found.node.value), value))
 
     new_text = _apply(text, [s for _, s in splices.values() if s is not None])
 
     created: dict[tuple[Any, ...], str] = {}
-    for key, parts in missing:
+    converted: set[tuple[Any, ...]] = set()
+    for key, parts, inherited in missing:
         # Re-locate in the current text: an earlier creation may have added a parent.
         current = _compose(new_text, filename)
-        candidates = [
-            (index, found)
-            for index, root in enumerate(current)
-            if isinstance(found := _locate(root, parts, key, filename), _Missing)
-        ]
-        existing = [f for root in current if isinstance(f := _locate(root, parts, key, filename), _Found)]
-        if existing:  # created a moment ago through an equivalent key path (`a.b` and `a["b"]`)
-            if any(getattr(f.node, "value", None) != updates[key] for f in existing):
+        hits = _documents_with(current, parts)
+        if len(hits) > 1:
+            raise _several_documents(filename, key, [i for i, _ in hits])
+        found = _locate(new_text, current[hits[0][0]], parts, key, filename) if hits else None
+        if isinstance(found, _Found):  # created a moment ago through an equivalent key path (`a.b` and `a["b"]`)
+            if getattr(found.node, "value", None) != updates[key]:
                 raise ValuesEditError(f"{filename}: conflicting values for the same scalar ({key!r})")
             continue
-        if not candidates:
-            raise KeyNotFound(key, filename, "the file has no document to create it in")
-        best = max((m.depth, not m.blocked) for _, m in candidates)
-        index, miss = next((i, m) for i, m in candidates if (m.depth, not m.blocked) == best)
+        if isinstance(found, _Missing):
+            index, miss = hits[0][0], found
+        else:
+            located = [(i, _locate(new_text, root, parts, key, filename)) for i, root in enumerate(current)]
+            candidates = [(i, m) for i, m in located if isinstance(m, _Missing)]
+            index, miss = _creation_document(candidates, key, filename)
         root = current[index]
         assert root is not None
-        new_text = _apply(new_text, [_creation(new_text, root, miss, parts, updates[key], key, filename)])
+        made, became_mapping = _creation(new_text, root, miss, parts, updates[key], key, filename)
+        new_text = _apply(new_text, made)
         created[(index, *parts)] = updates[key]
-        changes.append(Change(key, None, updates[key]))
+        if became_mapping is not None:
+            converted.add((index, *became_mapping))
+        changes.append(Change(key, inherited, updates[key]))
 
     if not changes:
         return EditResult(text, ())
     old_trees, new_trees = _trees_to_compare(docs, text, new_text, filename)
     if len(new_trees) != len(old_trees):
         raise UnsafeEdit(f"{filename}: refusing to write: the number of documents changed")
-    verifier = _Verifier(targets, created, filename)
+    verifier = _Verifier(targets, created, converted, filename)
     for index, (old_root, new_root) in enumerate(zip(old_trees, new_trees, strict=True)):
         verifier.compare(old_root, new_root, (index,))
     return EditResult(new_text, tuple(changes))
