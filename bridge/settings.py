@@ -160,6 +160,9 @@ class Settings(BaseSettings):
     port: int = 8080
     worker_metrics_port: int = 9090
     worker_max_jobs: int = 10
+    job_lease_seconds: float = Field(
+        default=15.0, description="How long a running job stays claimed without its worker's heartbeat: a killed "
+                                  "worker's jobs move to another worker after at most this long.")
     sweep_seconds: float = Field(default=10.0, description="How often a worker sweeps for deployments whose next step "
                                                            "is missing (0: never).")
     log_level: str = "INFO"

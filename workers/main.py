@@ -140,6 +140,7 @@ def build_worker(settings: Settings, routing: RoutingConfig, *, burst: bool = Fa
         await close_context(ctx)
 
     return BridgeWorker(
+        lease_seconds=settings.job_lease_seconds,
         functions=job_functions(settings),
         cron_jobs=cron_jobs(settings),
         queue_name=settings.queue_name,
