@@ -43,6 +43,10 @@ class Organization:
     def key(self) -> str | None:
         return url_key(self.url)
 
+    @property
+    def has_token(self) -> bool:
+        return self.token is not None and bool(self.token.get_secret_value())
+
 
 def url_key(url: str | None) -> str | None:
     """The normalised identity of an organization URL, or None for anything that is not an http(s) URL.
@@ -72,8 +76,9 @@ def url_key(url: str | None) -> str | None:
 
 
 def _name_from_url(url: str) -> str:
+    """`https://dev.azure.com/Fabrikam/` → `fabrikam`; a Server collection URL → its last path segment (or host)."""
     key = url_key(url) or url.lower()
-    return key.removeprefix(CLOUD_HOST + "/")
+    return key.rstrip("/").rsplit("/", 1)[-1]
 
 
 def configured(settings: AzureDevOpsSettings) -> list[Organization]:
@@ -140,8 +145,9 @@ def problems(settings: AzureDevOpsSettings) -> list[str]:
         found.append(f"settings: azure_devops.tokens.{name}: no organization of that name "
                      f"(BRIDGE_AZURE_DEVOPS__TOKENS__{name.upper()})")
     if not orgs and (settings.token or settings.tokens):
-        found.append("settings: azure_devops: a token is set but no organization: set BRIDGE_AZURE_DEVOPS__ORGANIZATIONS"
-                     " (or BRIDGE_AZURE_DEVOPS__ORGANIZATION_URL); report-back and look-ups go only to a configured one")
+        found.append("settings: azure_devops: a token is set but no organization: set "
+                     "BRIDGE_AZURE_DEVOPS__ORGANIZATIONS (or BRIDGE_AZURE_DEVOPS__ORGANIZATION_URL); report-back and "
+                     "look-ups go only to a configured organization")
     return found
 
 
@@ -154,18 +160,19 @@ def startup_notes(settings: AzureDevOpsSettings) -> list[str]:
     notes = [f"Azure DevOps organizations: {', '.join(f'{o.name} ({o.url})' for o in orgs)}; events from any other "
              "organization are ignored"]
     for org in orgs:
-        if org.token is None or not org.token.get_secret_value():
+        if not org.has_token:
             notes.append(f"Azure DevOps organization {org.name}: no token "
                          f"(BRIDGE_AZURE_DEVOPS__TOKENS__{org.name.upper()}); report-back and look-ups off for it")
     return notes
 
 
 def assign(organizations: list[Organization], event: BuildEvent) -> BuildEvent | None:
-    """The event with its organization set from configuration (and `base_url` the configured URL), or None when it
-    comes from an organization that is not configured. With none configured: the fallback identity, URL untouched."""
+    """The event with its organization set from configuration, or None when it comes from an organization that is not
+    configured (with none configured: the fallback identity). `base_url` stays what the payload claimed: it is shown,
+    and compared, never used as an address."""
     if not organizations:
         return dataclasses.replace(event, organization=fallback_identity(event.base_url, event.collection_id))
     org = match(organizations, event.base_url, event.collection_id)
     if org is None:
         return None
-    return dataclasses.replace(event, organization=org.name, base_url=org.url)
+    return dataclasses.replace(event, organization=org.name)

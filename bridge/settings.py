@@ -130,7 +130,7 @@ class AzureDevOpsSettings(_Group):
     reconcile_seconds: float = 300.0
     reconcile_lookback_seconds: float = 6 * 3600.0
     organization_url: str | None = Field(
-        default=None, description="e.g. https://dev.azure.com/org/ — the one organization, when `organizations` is empty."
+        default=None, description="e.g. https://dev.azure.com/org/ — the only organization, without `organizations`."
     )
 
 

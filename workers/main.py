@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bridge import metrics
+from bridge import metrics, organizations
 from bridge.queue import (
     CHECK_PULL_REQUEST,
     FLUSH_REPOSITORY,
@@ -58,7 +58,7 @@ def job_functions(settings: Settings) -> list[Any]:
 
 def cron_jobs(settings: Settings) -> list[Any]:
     ado = settings.azure_devops
-    if ado.token is None or not ado.organization_url or ado.reconcile_seconds <= 0:
+    if not any(o.has_token for o in organizations.configured(ado)) or ado.reconcile_seconds <= 0:
         return []
     from workers.reconcile import reconcile_builds
 

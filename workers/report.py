@@ -36,6 +36,7 @@ from arq import Retry
 
 from bridge import metrics
 from bridge.errors import BridgeError, LockBusy, UpstreamUnavailable, is_transient
+from bridge.organizations import Organization
 from bridge.records import DeploymentRecord
 from workers.azure_devops import AzureDevOpsClient
 from workers.context import Ctx, keys, settings, store
@@ -133,7 +134,7 @@ class Failure:
     error: BaseException
 
 
-async def _write(ado: AzureDevOpsClient, org: str, record: DeploymentRecord) -> list[Failure]:
+async def _write(ado: AzureDevOpsClient, org: Organization, record: DeploymentRecord) -> list[Failure]:
     project, build = record.project or "", record.build_id
     failures: list[Failure] = []
     add, remove = tag_changes(record.environment, record.verdict)
@@ -187,10 +188,12 @@ async def report_deployment(ctx: Ctx, deployment_id: str, phase: str) -> str:
     if record is None:
         log.info("deployment %s: gone before its %s report", deployment_id, phase)
         return "gone"
-    org = record.organization_url or settings(ctx).azure_devops.organization_url
-    if not org or not record.project:
+    # URL and credential of the configured organization the record names (older records: the one its URL matches)
+    org = ado.resolve(record.organization, record.organization_url)
+    if org is None or not record.project:
         metrics.REPORTS_FAILED.labels(kind="record").inc()
-        log.warning("deployment %s: cannot report, the record names no organization URL or project", deployment_id)
+        log.warning("deployment %s: cannot report, the record names no project or an organization that is not "
+                    "configured with a token (%s)", deployment_id, record.organization or record.organization_url)
         return "failed"
     # One report of a deployment at a time: the "started" and "finished" jobs may run together (a verdict that
     # came before the start report ran), and the check for an identical commit status is not atomic.
