@@ -58,7 +58,8 @@ async def test_bearer_auth(fake: FakeAzureDevOps) -> None:
     c = AzureDevOpsClient.from_settings(settings)
     try:
         assert c.organizations == [org(fake.org_url("org"))]
-        assert (await c.get_build(org(fake.org_url("org")), "chat", 101))["id"] == 101  # project name is case-insensitive
+        # the project name is case-insensitive
+        assert (await c.get_build(org(fake.org_url("org")), "chat", 101))["id"] == 101
     finally:
         await c.aclose()
 
@@ -156,7 +157,8 @@ async def test_properties_use_json_patch_media_type(fake: FakeAzureDevOps, clien
     assert fake.properties(101)["gitops-bridge.prod.status"] == "succeeded"
     assert fake.requests_to("PATCH", "/properties")[-1]["content_type"] == "application/json-patch+json"
     async with httpx.AsyncClient(auth=("", "secret-pat")) as raw:
-        response = await raw.patch(fake.org_url("org") + "Chat/_apis/build/builds/101/properties?api-version=7.1", json=[])
+        response = await raw.patch(fake.org_url("org") + "Chat/_apis/build/builds/101/properties?api-version=7.1",
+                                   json=[])
     assert response.status_code == 415  # what ADO answers to application/json
 
 
