@@ -127,7 +127,7 @@ def match(
 
 
 def problems(settings: AzureDevOpsSettings) -> list[str]:
-    """Configuration errors in the organizations (check-config and start-up)."""
+    """Configuration errors in the organizations (check-config and start-up refuse them)."""
     found = []
     orgs = configured(settings)
     names = [o.name for o in orgs]
@@ -144,26 +144,34 @@ def problems(settings: AzureDevOpsSettings) -> list[str]:
     for name in unused:
         found.append(f"settings: azure_devops.tokens.{name}: no organization of that name "
                      f"(BRIDGE_AZURE_DEVOPS__TOKENS__{name.upper()})")
-    if not orgs and (settings.token or settings.tokens):
-        found.append("settings: azure_devops: a token is set but no organization: set "
-                     "BRIDGE_AZURE_DEVOPS__ORGANIZATIONS (or BRIDGE_AZURE_DEVOPS__ORGANIZATION_URL); report-back and "
-                     "look-ups go only to a configured organization")
     return found
 
 
-def startup_notes(settings: AzureDevOpsSettings) -> list[str]:
-    """What a process says at start-up about the organizations (no secrets)."""
+def token_without_organization(settings: AzureDevOpsSettings) -> str | None:
+    """Before organizations were configuration, a token alone sent reports to the URL the event named; now it needs
+    an organization to go to (check-config refuses it; the processes start with report-back off and say so)."""
+    if configured(settings) or not (settings.token or settings.tokens):
+        return None
+    return ("settings: azure_devops: a token is set but no organization: set BRIDGE_AZURE_DEVOPS__ORGANIZATIONS (or "
+            "BRIDGE_AZURE_DEVOPS__ORGANIZATION_URL); report-back and look-ups go only to a configured organization")
+
+
+def warnings(settings: AzureDevOpsSettings) -> list[str]:
+    """What a process says at start-up, and check-config warns, about outbound Azure DevOps being off (no secrets)."""
     orgs = configured(settings)
     if not orgs:
-        return ["no Azure DevOps organization configured: events from any organization are accepted; report-back, "
-                "build look-ups and the reconciler are off"]
-    notes = [f"Azure DevOps organizations: {', '.join(f'{o.name} ({o.url})' for o in orgs)}; events from any other "
-             "organization are ignored"]
-    for org in orgs:
-        if not org.has_token:
-            notes.append(f"Azure DevOps organization {org.name}: no token "
-                         f"(BRIDGE_AZURE_DEVOPS__TOKENS__{org.name.upper()}); report-back and look-ups off for it")
-    return notes
+        return [token_without_organization(settings) or "no Azure DevOps organization configured: events from any "
+                "organization are accepted; report-back, build look-ups and the reconciler are off"]
+    return [f"Azure DevOps organization {org.name}: no token (BRIDGE_AZURE_DEVOPS__TOKENS__{org.name.upper()}); "
+            "report-back and look-ups are off for it" for org in orgs if not org.has_token]
+
+
+def summary(settings: AzureDevOpsSettings) -> str | None:
+    orgs = configured(settings)
+    if not orgs:
+        return None
+    return (f"Azure DevOps organizations: {', '.join(f'{o.name} ({o.url})' for o in orgs)}; events from any other "
+            "organization are ignored")
 
 
 def assign(organizations: list[Organization], event: BuildEvent) -> BuildEvent | None:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from bridge.errors import ConfigError
 from bridge.events import BuildEvent
 from bridge.keypath import parse_key
-from bridge.tags import unknown_placeholders
+from bridge.tags import template_problem
 
 RESULTS = ("succeeded", "partiallySucceeded", "failed", "canceled")
 NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -141,9 +141,9 @@ class Route(_Model):
     @field_validator("tag")
     @classmethod
     def _tag(cls, v: str) -> str:
-        unknown = unknown_placeholders(v)
-        if unknown:
-            raise ValueError(f"unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)} in {v!r}")
+        problem = template_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     @model_validator(mode="after")

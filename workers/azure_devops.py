@@ -99,8 +99,11 @@ class AzureDevOpsClient:
     @classmethod
     def from_settings(cls, settings: Settings) -> AzureDevOpsClient:
         ado = settings.azure_devops
-        for note in organizations.startup_notes(ado):
-            log.warning(note) if "off" in note else log.info(note)
+        info = organizations.summary(ado)
+        if info:
+            log.info(info)
+        for warning in organizations.warnings(ado):
+            log.warning(warning)
         return cls(organizations.configured(ado), auth=ado.auth, api_version=ado.api_version,
                    timeout=ado.timeout_seconds)
 

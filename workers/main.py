@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bridge import metrics, organizations
+from bridge.config_check import check_startup
 from bridge.queue import (
     CHECK_PULL_REQUEST,
     FLUSH_REPOSITORY,
@@ -97,6 +98,7 @@ async def close_context(ctx: Ctx) -> None:
 
 def build_worker(settings: Settings, routing: RoutingConfig, *, burst: bool = False,
                  redis_url: str | None = None) -> Worker:
+    check_startup(settings, routing)  # ConfigError: e.g. an Argo CD app named without an Argo CD URL
 
     async def startup(ctx: Ctx) -> None:
         await make_context(settings, routing, ctx)
