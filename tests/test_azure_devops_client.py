@@ -226,3 +226,27 @@ async def test_lookup_build_fills_a_run_state_changed_event(fake: FakeAzureDevOp
     no_project = build_event_from_api(org(fake.org_url("org")), {"id": 101, "result": "succeeded"})
     with pytest.raises(InvalidBuild):
         await lookup_build(client, no_project)
+
+
+async def test_each_organization_gets_its_own_token_and_only_its_url() -> None:
+    fake = FakeAzureDevOps(pat="unused", org_pats={"one": "pat-one", "two": "pat-two"}).start()
+    elsewhere = FakeAzureDevOps(pat="pat-one").start()  # would accept the token: must never see it
+    one, two = org(fake.org_url("one"), "pat-one", "one"), org(fake.org_url("two"), "pat-two", "two")
+    fake.add_build("one", "P", {"id": 1})
+    fake.add_build("two", "P", {"id": 2})
+    client = AzureDevOpsClient([one, two])
+    try:
+        assert (await client.get_build(one, "P", 1))["id"] == 1
+        assert (await client.get_build(two, "P", 2))["id"] == 2  # a wrong token would be the 203 sign-in page
+        # An organization that is not the configured one (same name, another URL) gets no request at all
+        for forged in (org(elsewhere.org_url("one"), "pat-one", "one"), org(fake.org_url("three"), name="three")):
+            with pytest.raises(AuthError, match="not configured"):
+                await client.get_build(forged, "P", 1)
+        assert elsewhere.requests == []
+        assert client.resolve("ONE") == one and client.resolve("three") is None
+        assert client.resolve(None, fake.org_url("TWO")) == two  # records from before: by their stored URL
+        assert client.resolve(None, elsewhere.org_url("one")) is None
+    finally:
+        await client.aclose()
+        fake.stop()
+        elsewhere.stop()
