@@ -99,7 +99,8 @@ def test_credential_in_a_repository_url_is_warned_and_refused_over_http() -> Non
     [warning] = [w for w in found.warnings if "repositories.gitops.url" in w]
     assert "embeds a credential" in warning and "ghp_secret" not in warning
     plain = routing(repositories={"gitops": {"url": "http://token@git.internal/o/r.git"}})
-    assert any(p.startswith("bridge.yaml: repositories.gitops.url: http://") for p in findings(settings(), plain).problems)
+    problems = findings(settings(), plain).problems
+    assert any(p.startswith("bridge.yaml: repositories.gitops.url: http://") for p in problems)
     ssh = routing(repositories={"gitops": {"url": "git@github.com:o/r.git"}})
     assert not [w for w in findings(settings(), ssh).warnings if "embeds" in w]
 
