@@ -174,6 +174,8 @@ def test_generated_bodies_never_5xx_and_never_queue(
 @pytest.mark.parametrize(("raw", "depth"), [
     (b"1", 0), (b'"[[["', 0), (b"[]", 1), (b"{}", 1), (b'{"a": [1, {"b": []}]}', 4), (b"[[], [[]], {}]", 3),
     (b'["\\\\", ["]"]]', 2), (b'{"k\\"[": [[[]]]}', 4),
+    (b"[" * 10 + b"]" * 10, 10), (b"[[[[]]][[[]]][]]", 4), (b"[" + b"[[]]," * 100 + b"[]]", 3),
+    (b"[" * 300 + b"[],[]" + b"]" * 300, 301), (b"[[" + b"[]" * 50 + b"]]", 3),
 ])
 def test_json_depth(raw: bytes, depth: int) -> None:
     assert json_depth(raw, 100) == depth
@@ -181,7 +183,7 @@ def test_json_depth(raw: bytes, depth: int) -> None:
 
 @pytest.mark.parametrize(("raw", "reason"), [
     (b"[" * 65 + b"]" * 65, "nested deeper than 64 levels"),
-    (NESTED, "invalid JSON"),  # beyond orjson's own cap (1024): refused by the C parser, no recursion either
+    (NESTED, "nested deeper than 64 levels"),  # refused on the bytes, before anything is built
     (b"[NaN]", "invalid JSON"),
     (b"[1e999]", "invalid JSON"),
     (b'"\xff"', "invalid JSON"),
