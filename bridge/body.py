@@ -91,9 +91,11 @@ def parse_json(raw: bytes, max_depth: int) -> Any:
 
 def json_depth(raw: bytes, stop_at: int) -> int:
     """Nesting depth of JSON text; anything from `stop_at` up means "at least that deep" (exact for valid JSON;
-    invalid text is refused by the parser anyway). Strings are dropped and only brackets kept; then each pass of `replace` removes every innermost
-    pair, which lowers the depth by exactly one, in C. Once a pass removes little (long chains: few runs left), the
-    rest is counted run by run. Never a Python step per byte."""
+    invalid text is refused by the parser anyway).
+
+    Strings are dropped and only brackets kept; then each pass of `replace` removes every innermost pair, which
+    lowers the depth by exactly one, in C. Once a pass removes little (long chains: few runs left), the rest is
+    counted run by run. Never a Python step per byte."""
     brackets = _STRING.sub(b"", raw).translate(_TO_SQUARE, _NOT_BRACKETS)
     depth = 0
     while brackets and depth < stop_at:
