@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from bridge import metrics
 from bridge.auth import BearerAuth
+from bridge.body import BodyError, BodyLimits, read_json
 from bridge.lifecycle import is_success
 from bridge.queue import PROMOTE_BUILD, Keys, deployment_id, unique_job_id
 from bridge.records import VERDICTS, DeploymentRecord, DeploymentStore
@@ -106,12 +107,16 @@ def _check_target(request: Request, route: str, environment: str) -> str | None:
     return None
 
 
-async def _json_body(request: Request) -> dict[str, Any] | None:
+async def _json_body(request: Request, endpoint: str) -> dict[str, Any] | JSONResponse:
+    """The body as a JSON object, or the error answer (bridge.body: size, time and depth limits; never a 5xx)."""
     try:
-        body = await request.json()
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
+        body = await read_json(request, BodyLimits.from_settings(_settings(request)))
+    except BodyError as exc:
+        metrics.API_REQUESTS.labels(endpoint=endpoint, outcome="error").inc()
+        return JSONResponse({"error": exc.reason}, status_code=exc.status, headers=exc.headers)
+    if not isinstance(body, dict):
+        return _error(endpoint, 400, "body must be a JSON object")
+    return body
 
 
 async def holds(request: Request) -> JSONResponse:
@@ -130,11 +135,13 @@ async def holds(request: Request) -> JSONResponse:
         released = await store.release_hold(route, environment)
         metrics.API_REQUESTS.labels(endpoint="holds", outcome="ok").inc()
         return JSONResponse({"released": released, "route": route, "environment": environment})
-    body = await _json_body(request)
-    reason = (body or {}).get("reason")
+    body = await _json_body(request, "holds")
+    if isinstance(body, JSONResponse):
+        return body
+    reason = body.get("reason")
     if not isinstance(reason, str) or not reason.strip():
         return _error("holds", 400, "body must be JSON with a non-empty 'reason'")
-    by = (body or {}).get("by") if isinstance((body or {}).get("by"), str) else "api"
+    by = body.get("by") if isinstance(body.get("by"), str) else "api"
     hold = await store.set_hold(route, environment, reason.strip(), by=str(by))
     metrics.API_REQUESTS.labels(endpoint="holds", outcome="ok").inc()
     return JSONResponse(hold, status_code=201)
@@ -144,9 +151,9 @@ async def promote(request: Request) -> JSONResponse:
     """POST {"build_id": 123, "to": "staging", "route": "api-service"?, "force": false} → 202 or 409 with why."""
     if not _token_ok(request, _settings(request).api.write_tokens):
         return _deny_writer(request, "promotions")
-    body = await _json_body(request)
-    if body is None:
-        return _error("promotions", 400, "body must be a JSON object")
+    body = await _json_body(request, "promotions")
+    if isinstance(body, JSONResponse):
+        return body
     build_id, to, route_name, force = body.get("build_id"), body.get("to"), body.get("route"), body.get("force", False)
     if not isinstance(build_id, int) or isinstance(build_id, bool) or not isinstance(to, str):
         return _error("promotions", 400, "'build_id' (integer) and 'to' (environment name) are required")

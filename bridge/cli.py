@@ -64,20 +64,13 @@ def _fail(exc: ConfigError) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from bridge.config_check import findings
+
     settings = _settings(**({"config": args.config} if args.config else {}))
     routing = load_routing(settings.config)
-    problems = []
-    webhook = settings.webhook
-    if not webhook.tokens and not webhook.basic and not webhook.allow_unauthenticated:
-        problems.append("settings: webhook: no credentials configured (BRIDGE_WEBHOOK__TOKENS or "
-                        "BRIDGE_WEBHOOK__BASIC); set BRIDGE_WEBHOOK__ALLOW_UNAUTHENTICATED=true to run open")
-    for pair in webhook.basic:
-        if ":" not in pair.get_secret_value():
-            problems.append("settings: webhook.basic: each entry must be 'user:password'")
-    if any(e.promotion == "pull-request" for r in routing.routes for e in r.environments) and not settings.github.token:
-        problems.append("settings: github.token: routes use pull-request promotion but BRIDGE_GITHUB__TOKEN is unset")
-    if problems:
-        raise ConfigError(problems)
+    found = findings(settings, routing)
+    if found.problems:
+        raise ConfigError(found.problems)
     print(f"{settings.config}: OK — {len(routing.repositories)} repositories, {len(routing.routes)} routes")
     for name, repo in routing.repositories.items():
         print(f"  repository {name}: {repo.url} @ {repo.branch}" + (f" (github {repo.github})" if repo.github else ""))
@@ -95,6 +88,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                 extra.append(f"argocd {env.argocd.project}/{env.argocd.app}")
             print(f"    {env.name:<10} {env.promotion:<12} {env.repository}:{env.file} keys={','.join(env.keys)}"
                   + (f" ({'; '.join(extra)})" if extra else ""))
+    for warning in found.warnings:
+        print(f"warning: {warning}")
     return 0
 
 

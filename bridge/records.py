@@ -47,6 +47,7 @@ class DeploymentRecord(BaseModel):
     build_url: str | None = None
     build_finished: str | None = None
     organization_url: str | None = None
+    organization: str | None = None  # the configured organization's name; report-back resolves URL and token from it
     project: str | None = None
     definition: str | None = None
     source_branch: str | None = None

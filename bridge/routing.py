@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from bridge.errors import ConfigError
 from bridge.events import BuildEvent
 from bridge.keypath import parse_key
-from bridge.tags import unknown_placeholders
+from bridge.tags import template_problem
 
 RESULTS = ("succeeded", "partiallySucceeded", "failed", "canceled")
 NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -69,6 +69,9 @@ def _default_results() -> list[Result]:
 class Match(_Model):
     project: str
     definition: str
+    organization: str | None = Field(
+        default=None, description="name of a configured Azure DevOps organization; unset: any configured one"
+    )
     branches: list[str] = Field(default_factory=lambda: ["*"])
     results: list[Result] = Field(default_factory=_default_results)
 
@@ -138,9 +141,9 @@ class Route(_Model):
     @field_validator("tag")
     @classmethod
     def _tag(cls, v: str) -> str:
-        unknown = unknown_placeholders(v)
-        if unknown:
-            raise ValueError(f"unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)} in {v!r}")
+        problem = template_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     @model_validator(mode="after")
@@ -305,15 +308,20 @@ def match_build(
     definition_name: str | None,
     branch: str | None,
     result: str,
+    organization: str | None = None,
 ) -> list[Target]:
     """Every (route, environment) this build deploys to. `branch=None` (not known yet) skips branch checks, and an
     unknown project or definition name (None) only rules out routes that name a different id.
 
     Environments with `after:` are not started by the build itself; they follow a successful predecessor.
+    A route that names an organization takes only that organization's builds (`organization=None`: a job queued
+    before organizations were configuration, not checked).
     """
     targets: list[Target] = []
     for route in cfg.routes:
         m = route.match
+        if m.organization is not None and organization is not None and m.organization.lower() != organization:
+            continue
         if not _id_or_name(m.project, project_id, project_name):
             continue
         if not _id_or_name(m.definition, definition_id, definition_name):
@@ -341,4 +349,5 @@ def match_event(cfg: RoutingConfig, event: BuildEvent) -> list[Target]:
         definition_name=event.definition_name,
         branch=event.source_branch,
         result=event.result,
+        organization=event.organization,
     )

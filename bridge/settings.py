@@ -47,7 +47,11 @@ class WebhookSettings(_Group):
     header_name: str = "X-Bridge-Token"
     tokens: SecretList = Field(default_factory=list, description="Accepted values of the secret header (rotation).")
     basic: SecretList = Field(default_factory=list, description="Accepted `user:password` pairs for HTTP Basic.")
-    max_body_bytes: int = 2 * 1024 * 1024
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, gt=0, description="Largest body any endpoint reads.")
+    max_json_depth: int = Field(default=64, ge=2, le=1000, description="Deepest JSON nesting any endpoint accepts.")
+    body_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Time a client has to send the whole body, on every endpoint (then 408)."
+    )
     allow_unauthenticated: bool = Field(
         default=False, description="Accept webhooks without credentials; the app refuses to start otherwise."
     )
@@ -102,8 +106,23 @@ class ArgoCDSettings(_Group):
     degraded_grace_seconds: float = 60.0
 
 
+class OrganizationSettings(_Group):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", description="Identity of the organization.")
+    url: str = Field(description="https://dev.azure.com/<org>/ or an Azure DevOps Server collection URL.")
+    id: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$",
+                           description="The collection GUID; events must then carry it.")
+
+
 class AzureDevOpsSettings(_Group):
-    token: SecretStr | None = None
+    organizations: list[OrganizationSettings] = Field(
+        default_factory=list, description="The organizations served (JSON list); events from others are ignored."
+    )
+    tokens: dict[str, SecretStr] = Field(
+        default_factory=dict, description="One credential per organization name (BRIDGE_AZURE_DEVOPS__TOKENS__<NAME>)."
+    )
+    token: SecretStr | None = Field(
+        default=None, description="The credential of the only organization (organization_url, or a one-entry list)."
+    )
     auth: str = Field(default="pat", pattern="^(pat|bearer)$")
     api_version: str = "7.1"
     timeout_seconds: float = 15.0
@@ -114,7 +133,7 @@ class AzureDevOpsSettings(_Group):
     reconcile_seconds: float = 300.0
     reconcile_lookback_seconds: float = 6 * 3600.0
     organization_url: str | None = Field(
-        default=None, description="e.g. https://dev.azure.com/org/ — used by the reconciler and `subscribe`."
+        default=None, description="e.g. https://dev.azure.com/org/ — the only organization, without `organizations`."
     )
 
 
@@ -169,6 +188,9 @@ class Settings(BaseSettings):
     log_json: bool = False
     retention_days: float = 30.0
     public_url: str | None = None
+    allow_insecure_http: bool = Field(
+        default=False, description="Allow http:// for credentialed remotes and APIs (tests and the demo only)."
+    )
 
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
@@ -210,6 +232,9 @@ class Settings(BaseSettings):
                     walk(getattr(obj, name))
             elif isinstance(obj, list | tuple):
                 for item in obj:
+                    walk(item)
+            elif isinstance(obj, dict):
+                for item in obj.values():
                     walk(item)
 
         walk(self)

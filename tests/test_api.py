@@ -372,5 +372,8 @@ async def test_bad_promotions_are_refused(bridge: Bridge, body: Any, status: int
 async def test_promotion_body_must_be_json(bridge: Bridge) -> None:
     async with bridge.client(WRITE) as c:
         r = await c.post("/api/promotions", content=b"build_id=10&to=staging")
+        assert r.status_code == 400
+        assert r.json()["error"].startswith("invalid JSON: ")  # names the problem
+        r = await c.post("/api/promotions", json=[10, "staging"])
     assert r.status_code == 400
     assert r.json() == {"error": "body must be a JSON object"}

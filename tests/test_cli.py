@@ -52,6 +52,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
     empty = tmp_path / "no-secrets"
     empty.mkdir()
     monkeypatch.setenv("BRIDGE_SECRETS_DIR", str(empty))
+    monkeypatch.setenv("BRIDGE_ARGOCD__URL", "https://argocd.example.invalid")  # the example names Argo CD apps
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     yield

@@ -278,7 +278,7 @@ def _run(*, keep_running: bool, port: int, out: Callable[[str], None]) -> int:
         # model_validate, not the constructor: the demo ignores BRIDGE_* variables of the surrounding shell.
         settings = Settings.model_validate({
             "config": root / "bridge.yaml", "redis_url": redis.url, "queue_name": "demo:queue", "key_prefix": "demo",
-            "port": port, "log_level": "WARNING",
+            "port": port, "log_level": "WARNING", "allow_insecure_http": True,  # the fakes speak http://
             "webhook": {"tokens": [WEBHOOK_TOKEN]}, "api": {"read_tokens": [API_TOKEN], "write_tokens": [API_TOKEN]},
             "git": {"work_dir": root / "clones", "author_name": "gitops-bridge",
                     "author_email": "bridge@contoso.example"},
