@@ -1,20 +1,16 @@
 """The Helm chart: values vs schema vs templates, and Helm's own lint and rendering through helm-sdkpy.
 
-helm-sdkpy bundles Helm's Go library but needs Python >= 3.12, so the Helm half runs in a cached python3.12 venv
-(`.cache/helm-venv/`, made on first use) through a subprocess: one run lints and renders every value set.
+helm-sdkpy bundles Helm's Go library but needs Python >= 3.12, so the Helm half runs in its own venv
+(`.cache/helm-venv/`, made by `make install`) through a subprocess: one run lints and renders every value set.
 """
 
 from __future__ import annotations
 
 import copy
-import fcntl
-import glob
 import json
 import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -389,37 +385,12 @@ def _is_setting(name: str) -> bool:
 # --- helm-sdkpy: Helm's own lint and rendering ----------------------------------------------------------------------
 
 
-def _python312() -> str:
-    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
-    candidates = [sys.executable] if sys.version_info >= (3, 12) else []
-    for root in dict.fromkeys([pyenv, Path("/root/.pyenv")]):
-        candidates += sorted(glob.glob(str(root / "versions" / "3.1[2-9]*" / "bin" / "python3.1[2-9]")), reverse=True)
-    candidates += [found for name in ("python3.12", "python3.13", "python3") if (found := shutil.which(name))]
-    for candidate in candidates:
-        probe = subprocess.run([candidate, "-c", "import sys, venv; sys.exit(sys.version_info < (3, 12))"],
-                               capture_output=True, timeout=30)
-        if probe.returncode == 0:
-            return candidate
-    pytest.fail(f"helm-sdkpy needs Python >= 3.12 and none was found (tried {candidates or 'nothing'}); "
-                "install one, e.g. `pyenv install 3.12`, or put python3.12 on PATH")
-
-
 def _helm_python() -> Path:
-    """The python of `.cache/helm-venv` with helm-sdkpy, made once (under a lock) and reused."""
-    CACHE.mkdir(exist_ok=True)
-    (CACHE / ".gitignore").write_text("*\n")
+    """The python of `.cache/helm-venv` with helm-sdkpy, which `make install` makes (the tests never download)."""
     python, stamp = HELM_VENV / "bin" / "python", HELM_VENV / ".installed"
-    with open(CACHE / "helm-venv.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if stamp.exists() and stamp.read_text() == HELM_SDKPY and python.exists():
-            return python
-        shutil.rmtree(HELM_VENV, ignore_errors=True)
-        for step in ([_python312(), "-m", "venv", str(HELM_VENV)],
-                     [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", HELM_SDKPY]):
-            proc = subprocess.run(step, capture_output=True, text=True, timeout=100)
-            if proc.returncode != 0:
-                pytest.fail(f"making the helm-sdkpy venv failed: {' '.join(step)}\n{proc.stdout}{proc.stderr}")
-        stamp.write_text(HELM_SDKPY)
+    if not (python.exists() and stamp.exists() and stamp.read_text().strip() == HELM_SDKPY):
+        pytest.fail(f"{HELM_SDKPY} is not installed in {HELM_VENV.relative_to(ROOT)}: run `make install` "
+                    "(it needs Python >= 3.12: python3.13, python3.12 or python3 on PATH, or HELM_PY=...)")
     return python
 
 

