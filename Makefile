@@ -4,10 +4,11 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 UV ?= $(shell command -v uv 2>/dev/null)
-# helm-sdkpy (Helm's Go library, for the chart tests) needs Python >= 3.12: the first of these that is.
-HELM_PY ?= $(shell for p in python3.13 python3.12 python3; do \
-	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null \
-	&& command -v $$p && break; done)
+# helm-sdkpy (Helm's Go library, for the chart tests) needs Python >= 3.12: the first that runs of python3.13,
+# python3.12, python3 on PATH, then pyenv's installed 3.12+ versions (newest first).
+HELM_PY ?= $(shell for p in python3.13 python3.12 python3 \
+	$$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.1[2-9]*/bin/python3 2>/dev/null | sort -rV); do \
+	$$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1 && command -v $$p && break; done)
 HELM_VENV := .cache/helm-venv
 HELM_SDKPY := helm-sdkpy==0.1.32
 
@@ -38,7 +39,7 @@ $(TESTDEPS): pyproject.toml | $(BIN)/python
 	touch $@ $(RUNTIME)
 
 $(HELM):
-	@test -n "$(HELM_PY)" || { echo "make: the chart tests need Python >= 3.12 (python3.13, python3.12 or python3 on PATH; or HELM_PY=/path/to/python)"; exit 1; }
+	@test -n "$(HELM_PY)" || { echo "make: the chart tests need Python >= 3.12: put python3.12 on PATH, install one with pyenv, or pass HELM_PY=/path/to/python3.12"; exit 1; }
 	rm -rf $(HELM_VENV)
 	mkdir -p .cache && echo '*' > .cache/.gitignore
 	$(call MKVENV,$(HELM_PY),$(HELM_VENV))
