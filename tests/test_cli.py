@@ -721,6 +721,7 @@ def test_serve_with_embedded_redis_survives_a_restart(tmp_path: Path) -> None:
     finally:
         code = first.stop()
     assert code == 0, first.log.read_text()
+    assert "shutdown on SIGTERM" in first.log.read_text() and "SIGUSR1" not in first.log.read_text()
     with pytest.raises(redis.ConnectionError):  # SIGTERM stopped the embedded Redis too
         redis.Redis.from_url(embedded, socket_connect_timeout=1).ping()
     assert (tmp_path / "redis" / "appendonly.aof").stat().st_size > 0
@@ -768,3 +769,35 @@ def test_worker_runs_until_sigterm(tmp_path: Path, redis_url: Callable[[int], st
         code = process.wait(timeout=30)
     assert code == 0, log.read_text()
     assert "Traceback" not in log.read_text()
+    # The signal that stopped it, not the SIGUSR1 arq's close() fakes when it does not own the handlers.
+    assert "shutdown on SIGTERM" in log.read_text() and "SIGUSR1" not in log.read_text()
+
+
+# -- safe local defaults ---------------------------------------------------------------------------------------------
+
+def test_local_defaults_are_loopback_and_the_users_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from bridge.settings import Settings
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    settings = Settings()
+    assert settings.host == "127.0.0.1"  # the image and the chart say 0.0.0.0 explicitly
+    assert settings.redis_data_dir == tmp_path / "data" / "gitops-bridge" / "redis"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert Settings().redis_data_dir == tmp_path / "home" / ".local" / "share" / "gitops-bridge" / "redis"
+    monkeypatch.setenv("BRIDGE_REDIS_DATA_DIR", str(tmp_path / "mine"))
+    assert Settings().redis_data_dir == tmp_path / "mine"
+
+
+def test_named_tokens_are_validated(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from bridge.settings import ApiSettings
+
+    api = ApiSettings(read_tokens="viewer:r-1,bare-token", write_tokens=["alice:w-1"])
+    assert [(n, t.get_secret_value()) for n, t in api.named(write=False)] == [
+        ("viewer", "r-1"), ("unnamed-token", "bare-token"), ("alice", "w-1")]
+    assert [n for n, _ in api.named(write=True)] == ["alice"]
+    monkeypatch.setenv("BRIDGE_WEBHOOK__TOKENS", HOOK)
+    monkeypatch.setenv("BRIDGE_API__WRITE_TOKENS", ":secret-without-name")
+    code, _, err = run_cli(capsys, "check-config", "--config", str(EXAMPLE))
+    assert code == 2 and "settings: api.write_tokens: each entry is `name:token`" in err
+    assert "secret-without-name" not in err
