@@ -93,10 +93,10 @@ def check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_check_routing(args: argparse.Namespace) -> int:
-    """The routing file alone: no settings, no secrets (a GitOps repository's CI can run it on every change)."""
+    """The routing file alone: no secrets needed (a GitOps repository's CI can run it on every change)."""
     from pathlib import Path
 
-    path = Path(args.config) if args.config else Settings.model_fields["config"].get_default()
+    path = Path(args.config) if args.config else _settings().config
     routing = load_routing(path)
     print(f"{path}: OK — {len(routing.repositories)} repositories, {len(routing.routes)} routes "
           "(routing file only: settings and secrets not checked)")

@@ -801,3 +801,10 @@ def test_named_tokens_are_validated(monkeypatch: pytest.MonkeyPatch, capsys: pyt
     code, _, err = run_cli(capsys, "check-config", "--config", str(EXAMPLE))
     assert code == 2 and "settings: api.write_tokens: each entry is `name:token`" in err
     assert "secret-without-name" not in err
+
+
+def test_routing_only_finds_the_file_through_bridge_config(monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("BRIDGE_CONFIG", str(EXAMPLE))
+    code, out, _ = run_cli(capsys, "check-config", "--routing-only")
+    assert code == 0 and out.startswith(f"{EXAMPLE}: OK")
