@@ -283,7 +283,7 @@ def _run(*, keep_running: bool, port: int, out: Callable[[str], None], ado: Fake
         settings = Settings.model_validate({
             "config": root / "bridge.yaml", "redis_url": redis.url, "queue_name": "demo:queue", "key_prefix": "demo",
             "port": port, "log_level": "WARNING",
-            "webhook": {"tokens": [WEBHOOK_TOKEN]}, "api": {"read_tokens": [API_TOKEN], "write_tokens": [API_TOKEN]},
+            "webhook": {"tokens": [WEBHOOK_TOKEN]}, "api": {"write_tokens": [f"demo-operator:{API_TOKEN}"]},
             "git": {"work_dir": root / "clones", "author_name": "gitops-bridge",
                     "author_email": "bridge@contoso.example"},
             "github": {"token": GITHUB_TOKEN, "api_url": github.api_url, "pr_poll_seconds": 1.0,
