@@ -277,8 +277,20 @@ def load_routing(path: Path) -> RoutingConfig:
     try:
         raw = YAML(typ="safe").load(text)
     except YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        raise ConfigError(_yaml_error(path, exc)) from None
     return parse_routing(raw, str(path))
+
+
+def _yaml_error(path: Path, exc: Exception) -> str:
+    """`file:line:column: invalid YAML: problem (context at line:column)`, as compilers and editors expect."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is None or not problem:
+        return f"{path}: invalid YAML: {exc}"
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}"
+    context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and start is not None:
+        return f"{where}: invalid YAML: {problem} ({context} at {start.line + 1}:{start.column + 1})"
+    return f"{where}: invalid YAML: {problem}"
 
 
 _ID_SHAPED = re.compile(r"[0-9]+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
