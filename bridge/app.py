@@ -132,6 +132,7 @@ def create_app(
     if not settings.has_redis:
         raise ConfigError("redis_url: not set (BRIDGE_REDIS_URL, or BRIDGE_REDIS_SENTINELS)")
     intake = webhook.Intake(settings, routing)
+    metrics.init(routing, "web")
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
