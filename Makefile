@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo serve test lint bench clean
+.PHONY: demo serve test lint bench clean tools
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,11 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Tools the tests run but never install: promtool and the Prometheus server (Debian's prometheus package).
+tools:
+	command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus)
 
 lint: $(STAMP)
 	$(BIN)/ruff check bridge workers tests bench
