@@ -511,7 +511,8 @@ def test_probes_hit_the_health_endpoints(helm: dict[str, dict[str, Any]], case: 
             assert _env(container)["BRIDGE_PORT"]["value"] == str(ports["http"])
         else:
             assert container["args"] == ["worker"]
-            assert (live["path"], ready["path"]) == ("/healthz", "/healthz")
+            # liveness: the loop turns (also while Redis is down); readiness: connected to Redis
+            assert (live["path"], ready["path"]) == ("/healthz", "/readyz")
             assert _env(container)["BRIDGE_WORKER_METRICS_PORT"]["value"] == str(ports["metrics"])
 
 
