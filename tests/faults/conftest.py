@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+import redis.sentinel
 from e2e.conftest import KEY_PREFIX, Options, Stack, WorkerProcess, settings_env
 from redis_server import PrivateRedis, free_port
 
@@ -89,9 +90,12 @@ class Build:
 class FaultStack(Stack):
     """The e2e stack on a private Redis, with the web process and the workers as real processes."""
 
-    def __init__(self, root: Path, redis_server: PrivateRedis) -> None:
+    def __init__(self, root: Path, redis_server: PrivateRedis, sentinel: tuple[str, str] | None = None, *,
+                 lease_seconds: float = LEASE_SECONDS, sweep_seconds: float = 2.0) -> None:
         super().__init__(root, redis_server.url, Options(worker=False, deadline_seconds=45.0), serve=lambda app: None)
         self.redis = redis_server
+        self.sentinel = sentinel  # (host:port, master name): the bridge finds the master through it
+        self.lease_seconds, self.sweep_seconds = lease_seconds, sweep_seconds
         self.web: WebProcess | None = None
         self.killed: set[int] = set()  # pids the test killed on purpose
         self.next_build = 1000
@@ -104,11 +108,15 @@ class FaultStack(Stack):
             self._fakes.append(fake.stop)
         self.start_argocd_controller()
         self.org_url = self.ado.org_url("contoso")
-        self.settings = self.make_settings().model_copy(update={
-            "job_lease_seconds": LEASE_SECONDS, "sweep_seconds": 2.0,
-            "git": self.make_settings().git.model_copy(update={"lock_lease_seconds": LEASE_SECONDS,
+        update: dict[str, Any] = {
+            "job_lease_seconds": self.lease_seconds, "sweep_seconds": self.sweep_seconds,
+            "git": self.make_settings().git.model_copy(update={"lock_lease_seconds": self.lease_seconds,
                                                                 "lock_wait_seconds": 30.0}),
-        })
+        }
+        if self.sentinel is not None:
+            update.update(redis_sentinels=[self.sentinel[0]], redis_sentinel_master=self.sentinel[1],
+                          redis_min_replicas=1)
+        self.settings = self.make_settings().model_copy(update=update)
         env = self.process_env()
         env["BRIDGE_PORT"] = str(self.port)
         self.web = WebProcess(env, self.root / "web.log").start()
@@ -169,6 +177,12 @@ class FaultStack(Stack):
         return builds
 
     def redis_client(self) -> redis.Redis:
+        """A client of the current master (through the Sentinel when there is one)."""
+        if self.sentinel is not None:
+            host, _, port = self.sentinel[0].rpartition(":")
+            sentinel = redis.sentinel.Sentinel([(host, int(port))], socket_timeout=5)
+            master: redis.Redis = sentinel.master_for(self.sentinel[1], socket_timeout=5)
+            return master
         return redis.Redis.from_url(self.redis_url, socket_timeout=5)
 
     # -- the invariants ----------------------------------------------------------------------------------------------
