@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -41,45 +39,6 @@ FINAL_TAGS = {"deployed-dev", "pushed-dev", "deploy-failed-dev", "deploy-timed-o
               "deploy-held-dev", "deploy-rejected-dev"}
 
 
-class WebProcess:
-    """`gitops-bridge web` as a real process."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env, self.log_path = env, log_path
-        self.url = f"http://127.0.0.1:{env['BRIDGE_PORT']}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 20.0) -> WebProcess:
-        script = Path(sys.executable).with_name("gitops-bridge")
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen([str(script), "web"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                            cwd=Path(__file__).resolve().parents[2])
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise AssertionError(f"web exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"web not healthy within {timeout}s:\n{self.output()}")
-            time.sleep(0.1)
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-
 @dataclass
 class Build:
     build_id: int
@@ -96,7 +55,7 @@ class FaultStack(Stack):
         self.redis = redis_server
         self.sentinel = sentinel  # (host:port, master name): the bridge finds the master through it
         self.lease_seconds, self.sweep_seconds = lease_seconds, sweep_seconds
-        self.web: WebProcess | None = None
+        self.web: WorkerProcess | None = None
         self.killed: set[int] = set()  # pids the test killed on purpose
         self.next_build = 1000
         self.markers = root / "crash-markers"
@@ -119,7 +78,7 @@ class FaultStack(Stack):
         self.settings = self.make_settings().model_copy(update=update)
         env = self.process_env()
         env["BRIDGE_PORT"] = str(self.port)
-        self.web = WebProcess(env, self.root / "web.log").start()
+        self.web = WorkerProcess(env, self.root / "web.log", self.redis_url, role="web").start()
         self.url = self.web.url
         return self
 
