@@ -49,7 +49,7 @@ WEBHOOK_OUTCOMES = (
 EVENT_TYPES = ("build.complete", "ms.vss-pipelines.run-state-changed-event", "other", "unknown")
 GITHUB_WEBHOOK_OUTCOMES = ("queued", "ignored", "pong", "unauthorized", "invalid", "too_large", "disabled",
                            "unavailable")
-API_ENDPOINTS = ("deployments", "deployment", "holds", "promotions")
+API_ENDPOINTS = ("deployments", "deployment", "holds", "promotions", "builds")
 API_OUTCOMES = ("ok", "unauthorized", "forbidden", "error")
 STAGES = ("queue", "write", "review", "sync", "health")
 SPANS = ("build_to_commit", "commit_to_synced", "build_to_healthy")

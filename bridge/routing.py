@@ -94,6 +94,9 @@ class Environment(_Model):
     promotion: Literal["push", "pull-request"] = "push"
     branches: list[str] | None = None
     after: str | None = None
+    # "gate": started only by its pipeline-gate call (bridge.gate), never by the build's event or `after:`; its
+    # `after:` is then a precondition. "event": started by the build's event, or by `after:` (default).
+    trigger: Literal["event", "gate"] = "event"
     create_missing_keys: bool = False
     deadline_seconds: float | None = Field(default=None, gt=0)
     degraded_grace_seconds: float | None = Field(default=None, ge=0)
@@ -164,6 +167,19 @@ class Route(_Model):
             if env.name == name:
                 return env
         raise KeyError(name)
+
+    def ungated(self) -> list[Environment]:
+        """The environments a build's event starts, directly or through `after:` (what `gitops-bridge wait` waits
+        for): not gated, and not following a gated one."""
+        found: list[Environment] = []
+        for env in self.environments:
+            chain, seen = env, set()
+            while chain.trigger != "gate" and chain.after is not None and chain.name not in seen:
+                seen.add(chain.name)
+                chain = self.environment(chain.after)
+            if chain.trigger != "gate":
+                found.append(env)
+        return found
 
     def previous(self, name: str) -> Environment | None:
         """The environment a build must have succeeded in before `name`: its `after:`, else the one listed before."""
@@ -326,6 +342,7 @@ def match_build(
     unknown project or definition name (None) only rules out routes that name a different id.
 
     Environments with `after:` are not started by the build itself; they follow a successful predecessor.
+    Environments with `trigger: gate` start only on their pipeline-gate call.
     A route that names an organization takes only that organization's builds (`organization=None`: a job queued
     before organizations were configuration, not checked).
     """
@@ -343,7 +360,7 @@ def match_build(
         if branch is not None and not branch_matches(m.branches, branch):
             continue
         for env in route.environments:
-            if env.after is not None:
+            if env.after is not None or env.trigger == "gate":
                 continue
             if branch is not None and env.branches is not None and not branch_matches(env.branches, branch):
                 continue
