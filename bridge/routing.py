@@ -368,6 +368,26 @@ def match_build(
     return targets
 
 
+def route_problem(route: Route, env: Environment, *, organization: str | None, project_id: str | None,
+                  project_name: str | None, definition_id: int | None, definition_name: str | None,
+                  branch: str | None) -> str | None:
+    """Why this build may not deploy through `route` to `env` (None: it may). A pipeline gate's authorisation: the
+    project, definition, organization and branches count; `results` do not (the run is still in progress)."""
+    m = route.match
+    if m.organization is not None and organization is not None and m.organization.lower() != organization:
+        return f"route {route.name!r} takes builds of organization {m.organization!r} only"
+    if project_id is None and project_name is None or not _id_or_name(m.project, project_id, project_name):
+        return f"the build's project is not {m.project!r} (route {route.name!r})"
+    if definition_id is None and definition_name is None or not _id_or_name(m.definition, definition_id,
+                                                                            definition_name):
+        return f"the build's pipeline is not {m.definition!r} (route {route.name!r})"
+    if branch is None or not branch_matches(m.branches, branch):
+        return f"branch {branch} is not one route {route.name!r} deploys ({', '.join(m.branches)})"
+    if env.branches is not None and not branch_matches(env.branches, branch):
+        return f"branch {branch} is not one {env.name} accepts ({', '.join(env.branches)})"
+    return None
+
+
 def match_event(cfg: RoutingConfig, event: BuildEvent) -> list[Target]:
     """`match_build` for a normalised event (webhook, worker and reconciler route the same way)."""
     return match_build(
