@@ -147,6 +147,14 @@ async def _set_state(ctx: Ctx, gate: Gate, **fields: str) -> None:
         await pipe.execute()
 
 
+async def _finish_gate(ctx: Ctx, gate: Gate, **state: str) -> None:
+    """The gate is over (its callback landed or cannot land): record how, and drop its token."""
+    await _set_state(ctx, gate, **state)
+    raw = await ctx["redis"].getdel(token_key(keys(ctx), gate.id))
+    if raw is not None:
+        forget_secret(raw.decode() if isinstance(raw, bytes) else str(raw))
+
+
 def deployment_deadline(ctx: Ctx, gate: Gate) -> float:
     """The job's timeout minus the margin (half the timeout when the margin is longer), so the callback lands before
     Azure DevOps gives up on the job."""
@@ -170,7 +178,11 @@ async def gate_deployment(ctx: Ctx, gate_id: str) -> str:
             await _close_early(ctx, gate, problem)
             return "refused"
         if gate.kind == "gate":  # the final report settles it (a check watches the `after:` deployment itself)
-            await ctx["redis"].sadd(deployment_gates_key(keys(ctx), gate.deployment), gate.id)
+            index = deployment_gates_key(keys(ctx), gate.deployment)
+            async with ctx["redis"].pipeline(transaction=True) as pipe:
+                pipe.sadd(index, gate.id)
+                pipe.expire(index, max(int(settings(ctx).retention_days * 86400), 3600))
+                await pipe.execute()
         await _set_state(ctx, gate, authorised="1")
     return await watch_gate(ctx, gate_id)
 
@@ -233,7 +245,7 @@ async def _close_early(ctx: Ctx, gate: Gate, reason: str) -> None:
     if outcome == "retry" and time.time() < gate.job_deadline:
         await _set_state(ctx, gate, pending_failure=reason)
         raise Retry(defer=retry_delay(int(ctx.get("job_try") or 1), base=1.0, cap=30.0))
-    await _set_state(ctx, gate, closed=outcome, result="failed", reason=reason)
+    await _finish_gate(ctx, gate, closed=outcome, result="failed", reason=reason)
 
 
 async def watch_gate(ctx: Ctx, gate_id: str) -> str:
@@ -292,7 +304,7 @@ async def _watch_check(ctx: Ctx, gate: Gate) -> str:
     if outcome == "retry" and time.time() < gate.job_deadline:
         await _rearm(ctx, gate)
         return "retry"
-    await _set_state(ctx, gate, closed=outcome, result="succeeded")
+    await _finish_gate(ctx, gate, closed=outcome, result="succeeded")
     return outcome
 
 
@@ -400,11 +412,7 @@ async def settle_gate(ctx: Ctx, gate: Gate, record: DeploymentRecord) -> str:
             return outcome
         if outcome == "landed":
             await store(ctx).delivered(fresh.id, sink, fresh.verdict or "")
-        await _set_state(ctx, gate, closed=outcome, result=result)
-        token = await _token(ctx, gate)
-        await ctx["redis"].delete(token_key(keys(ctx), gate.id))
-        if token:
-            forget_secret(token)
+        await _finish_gate(ctx, gate, closed=outcome, result=result)
         return outcome
 
 

@@ -18,7 +18,7 @@ from bridge.routing import parse_routing
 from bridge.settings import Settings
 from workers.demo import ORG, WEBHOOK_TOKEN
 
-from .conftest import DB, READ_TOKEN, Options, Stack
+from .conftest import DB, KEY_PREFIX, READ_TOKEN, Options, Stack
 
 
 class GateStack(Stack):
@@ -264,3 +264,46 @@ def test_wait_sees_a_gated_environment_through_the_api(gate_stack: Callable[...,
     answer = s.api("GET", "/api/builds/412", token=READ_TOKEN, params={"route": "cart"})
     envs = {e["name"]: e for e in answer.json()["routes"][0]["environments"]}
     assert envs["dev"]["ungated"] and not envs["staging"]["ungated"] and envs["prod"]["trigger"] == "gate"
+
+
+def test_worker_killed_while_the_gate_waits(gate_stack: Callable[..., GateStack]) -> None:
+    s = gate_stack(worker=False, reconcile=False)  # workers are real processes; Argo CD holds the deployment
+    first = s.spawn_worker("worker-1")
+    build, plan, token = s.plan(420)
+    assert s.gate(build, "dev", plan, token).status_code == 200
+    s.wait("the gate's progress lines", lambda: any("committed" in line for line in s.ado.plan_feed(plan)))
+    first.kill_between_jobs([f"{KEY_PREFIX}:lock:argocd-watch:cart-dev"])
+    assert s.completed(plan) == []
+
+    s.spawn_worker("worker-2")
+    s.start_argocd_controller()
+    assert s.wait_completed(plan)["result"] == "succeeded"
+    record = s.record(420, "dev")
+    assert record is not None and record["verdict"] == "succeeded" and record["state"] == "done"
+    feed = s.ado.plan_feed(plan)
+    assert len([line for line in feed if line.startswith("committed")]) == 1  # each line posted once
+
+
+def test_a_refused_callback_is_recorded_and_counted(gate_stack: Callable[..., GateStack],
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    from bridge import metrics
+
+    refused = metrics.GATE_CALLBACKS.labels(result="succeeded", outcome="refused")
+    before = refused._value.get()
+    s = gate_stack()
+    build, plan, _ = s.plan(421)
+    wrong = f"job-token-of-nobody-{uuid.uuid4().hex}"  # the plan refuses it, like an expired job token
+    assert s.gate(build, "dev", plan, wrong).status_code == 200
+    s.wait("the refused callback counted", lambda: refused._value.get() > before)
+    record = s.wait_record(421, "dev", "done although the callback was refused", lambda r: r["state"] == "done")
+    assert record["verdict"] == "succeeded"
+    assert s.completed(plan) == []
+    # the token is nowhere: not in a record, an answer, Redis (once the gate is over) or a log line
+    assert wrong not in json.dumps(s.records())
+    import redis as sync_redis
+
+    with sync_redis.Redis.from_url(s.redis_url) as r:
+        for key in r.scan_iter(match=f"{KEY_PREFIX}:*"):
+            value = r.dump(key) or b""
+            assert wrong.encode() not in value, key
+    assert wrong not in caplog.text
