@@ -92,8 +92,10 @@ class PlanClient:
 
 # -- what the log says (pure) --------------------------------------------------------------------------------------
 
-def progress_lines(gate: Gate, record: DeploymentRecord | None, after: str | None) -> list[tuple[str, str]]:
-    """(key, line) for everything the task log should show by now; each key is posted once."""
+def progress_lines(gate: Gate, record: DeploymentRecord | None, after: str | None,
+                   argo_status: str | None = None) -> list[tuple[str, str]]:
+    """(key, line) for everything the task log should show by now; each key is posted once. `argo_status`: the Argo
+    CD watcher's last snapshot of the application (`sync Synced at <sha>; health Progressing; …`)."""
     if record is None:
         waiting = f"waiting for {after} to succeed for build {gate.build_id}" if after else "waiting for the deployment"
         return [("waiting", f"gitops-bridge: {waiting} ({gate.route}/{gate.environment})")]
@@ -108,6 +110,9 @@ def progress_lines(gate: Gate, record: DeploymentRecord | None, after: str | Non
     if record.argocd_app and record.state == "verifying":
         lines.append(("argocd", f"Argo CD app {record.argocd_app}: waiting for sync and health at "
                                 f"{(record.commit_sha or '')[:10]}"))
+        if argo_status:
+            status = "; ".join(argo_status.split("; ")[:2])  # sync and health; the rest is for the final report
+            lines.append((f"argocd:{status}", f"Argo CD app {record.argocd_app}: {status}"))
     if record.verdict is not None:
         text = {"pushed": "pushed (not verified: no Argo CD application)"}.get(record.verdict, record.verdict)
         lines.append(("verdict", f"verdict: {text}" + (f" — {record.reason}" if record.reason else "")))
@@ -316,8 +321,9 @@ async def _rearm(ctx: Ctx, gate: Gate) -> None:
 async def _progress(ctx: Ctx, gate: Gate, state: dict[str, str], record: DeploymentRecord | None,
                     after: str | None) -> None:
     """Post the lines not posted yet (best effort: a failed feed post is tried again next tick)."""
-    posted = set(filter(None, state.get("posted", "").split(",")))
-    lines = [(k, line) for k, line in progress_lines(gate, record, after) if k not in posted and k != "verdict"]
+    posted = set(filter(None, state.get("posted", "").split("\n")))
+    argo = await _argo_status(ctx, gate, record)
+    lines = [(k, line) for k, line in progress_lines(gate, record, after, argo) if k not in posted and k != "verdict"]
     if not lines:
         return
     token = await _token(ctx, gate)
@@ -329,7 +335,26 @@ async def _progress(ctx: Ctx, gate: Gate, state: dict[str, str], record: Deploym
     except BridgeError as exc:
         log.info("gate %s: progress lines not posted: %s", gate.id, exc)
         return
-    await _set_state(ctx, gate, posted=",".join(sorted(posted | {k for k, _ in lines})))
+    await _set_state(ctx, gate, posted="\n".join(sorted(posted | {k for k, _ in lines})))
+
+
+async def _argo_status(ctx: Ctx, gate: Gate, record: DeploymentRecord | None) -> str | None:
+    """The last snapshot the Argo CD watcher keeps for this deployment (read only; the watcher owns it)."""
+    if record is None or record.state != "verifying":
+        return None
+    env = routing(ctx).route(gate.route).environment(gate.environment)
+    if env.argocd is None:
+        return None
+    from workers.verify import app_key
+
+    raw = await ctx["redis"].hget(keys(ctx).waiting(app_key(env.argocd)), record.id)
+    if raw is None:
+        return None
+    try:
+        last = orjson.loads(raw).get("last")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return str(last) if last else None
 
 
 async def _token(ctx: Ctx, gate: Gate) -> str | None:

@@ -195,6 +195,9 @@ def test_deadline_ends_before_the_job_timeout(gate_stack: Callable[..., GateStac
     record = s.record(407, "dev")
     assert record is not None and record["verdict"] == "timed-out"
     assert "deadline passed" in record["reason"]
+    feed = "\n".join(s.ado.plan_feed(plan))
+    assert "Argo CD app cart-dev: sync OutOfSync" in feed  # the watcher's live view, while it waited
+    assert "verdict: timed-out" in feed
 
 
 def test_callback_failing_twice_then_landing(gate_stack: Callable[..., GateStack]) -> None:
