@@ -177,6 +177,9 @@ async def gate_deployment(ctx: Ctx, gate_id: str) -> str:
         return "gone"
     if state.get("closed"):
         return "closed"
+    if not _configured(ctx, gate):
+        await _close_early(ctx, gate, f"{gate.route}/{gate.environment} is no longer in the routing file")
+        return "refused"
     if not state.get("authorised"):
         problem = await _authorise_and_attach(ctx, gate)
         if problem is not None:
@@ -190,6 +193,14 @@ async def gate_deployment(ctx: Ctx, gate_id: str) -> str:
                 await pipe.execute()
         await _set_state(ctx, gate, authorised="1")
     return await watch_gate(ctx, gate_id)
+
+
+def _configured(ctx: Ctx, gate: Gate) -> bool:
+    try:
+        routing(ctx).route(gate.route).environment(gate.environment)
+    except KeyError:
+        return False
+    return True
 
 
 async def _authorise_and_attach(ctx: Ctx, gate: Gate) -> str | None:
@@ -262,6 +273,9 @@ async def watch_gate(ctx: Ctx, gate_id: str) -> str:
         return "closed"
     if state.get("pending_failure"):
         await _close_early(ctx, gate, state["pending_failure"])
+        return "closed"
+    if not _configured(ctx, gate):
+        await _close_early(ctx, gate, f"{gate.route}/{gate.environment} is no longer in the routing file")
         return "closed"
     if gate.kind == "check":
         return await _watch_check(ctx, gate)
