@@ -22,8 +22,9 @@ landed (or reporting is off) and the `after:` followers were started.
 |                |                                             | → reporting                                      |
 | verifying      | verify_deployment + watch_application       | Argo CD verdict → reporting; no Argo CD block →  |
 |                | (one watcher per application)               | `pushed` → reporting                             |
-| reporting      | report_deployment(phase "final")            | tags, properties, commit status (and, later, the |
-|                |                                             | pipeline-gate callback) delivered → done         |
+| reporting      | report_deployment(phase "final")            | tags, properties, commit status and every        |
+|                |                                             | pipeline-gate callback (workers.gate) delivered, |
+|                |                                             | or past the gate job's deadline → done           |
 | done           | none                                        | terminal (a rollback only adds a `rolled-back`   |
 |                |                                             | report to a done deployment)                     |
 

@@ -49,8 +49,13 @@ WEBHOOK_OUTCOMES = (
 EVENT_TYPES = ("build.complete", "ms.vss-pipelines.run-state-changed-event", "other", "unknown")
 GITHUB_WEBHOOK_OUTCOMES = ("queued", "ignored", "pong", "unauthorized", "invalid", "too_large", "disabled",
                            "unavailable")
-API_ENDPOINTS = ("deployments", "deployment", "holds", "promotions")
+API_ENDPOINTS = ("deployments", "deployment", "holds", "promotions", "builds")
 API_OUTCOMES = ("ok", "unauthorized", "forbidden", "error")
+GATE_KINDS = ("gate", "check")
+GATE_CALL_OUTCOMES = ("accepted", "attached", "unauthorized", "invalid", "foreign", "unavailable")
+# What became of a TaskCompleted callback: landed, refused (401/403/203: recorded, not retried), expired (the job's
+# deadline passed while Azure DevOps failed), error (another 4xx).
+GATE_CALLBACK_OUTCOMES = ("landed", "refused", "expired", "error")
 STAGES = ("queue", "write", "review", "sync", "health")
 SPANS = ("build_to_commit", "commit_to_synced", "build_to_healthy")
 GIT_PUSH_OUTCOMES = ("pushed", "rejected", "failed")
@@ -82,6 +87,10 @@ GITHUB_WEBHOOKS = Counter("bridge_github_webhook_requests_total", "GitHub webhoo
                           ["outcome"], registry=REGISTRY)
 API_REQUESTS = Counter("bridge_api_requests_total", "Operator API requests by endpoint and outcome.",
                        ["endpoint", "outcome"], registry=REGISTRY)
+GATE_CALLS = Counter("bridge_gate_calls_total", "Pipeline gate and check calls by kind and outcome.",
+                     ["kind", "outcome"], registry=REGISTRY)
+GATE_CALLBACKS = Counter("bridge_gate_callbacks_total", "TaskCompleted callbacks to Azure Pipelines by result and "
+                         "outcome.", ["result", "outcome"], registry=REGISTRY)
 
 # -- deployments -------------------------------------------------------------------------------------------------
 DEPLOYMENTS = Counter("bridge_deployments_total", "Finished deployments by environment and verdict.",
@@ -157,6 +166,12 @@ def init(routing: RoutingConfig, role: Role) -> None:
     for endpoint in API_ENDPOINTS:
         for outcome in API_OUTCOMES:
             API_REQUESTS.labels(endpoint=endpoint, outcome=outcome)
+    for kind in GATE_KINDS:
+        for outcome in GATE_CALL_OUTCOMES:
+            GATE_CALLS.labels(kind=kind, outcome=outcome)
+    for result in ("succeeded", "failed"):
+        for outcome in GATE_CALLBACK_OUTCOMES:
+            GATE_CALLBACKS.labels(result=result, outcome=outcome)
     for stage in STAGES:
         STAGE_SECONDS.labels(stage=stage)
     for span in SPANS:

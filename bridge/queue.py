@@ -87,6 +87,8 @@ REPORT_DEPLOYMENT = "report_deployment"    # (deployment_id: str, phase: "starte
 PROMOTE_BUILD = "promote_build"            # (deployment_id: str, to_environment: str, force: bool, by: str)
 RECONCILE_BUILDS = "reconcile_builds"      # cron: queue completed builds the webhook never delivered
 SWEEP_DEPLOYMENTS = "sweep_deployments"    # cron: hand deployments whose next step is missing back to it
+GATE_DEPLOYMENT = "gate_deployment"        # (gate_id: str) → authorise a pipeline gate, attach or start its deployment
+WATCH_GATE = "watch_gate"                  # (gate_id: str) → progress lines, deadline, the TaskCompleted callback
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,9 @@ class Environment(_Model):
     promotion: Literal["push", "pull-request"] = "push"
     branches: list[str] | None = None
     after: str | None = None
+    # "gate": started only by its pipeline-gate call (bridge.gate), never by the build's event or `after:`; its
+    # `after:` is then a precondition. "event": started by the build's event, or by `after:` (default).
+    trigger: Literal["event", "gate"] = "event"
     create_missing_keys: bool = False
     deadline_seconds: float | None = Field(default=None, gt=0)
     degraded_grace_seconds: float | None = Field(default=None, ge=0)
@@ -164,6 +167,19 @@ class Route(_Model):
             if env.name == name:
                 return env
         raise KeyError(name)
+
+    def ungated(self) -> list[Environment]:
+        """The environments a build's event starts, directly or through `after:` (what `gitops-bridge wait` waits
+        for): not gated, and not following a gated one."""
+        found: list[Environment] = []
+        for env in self.environments:
+            chain, seen = env, set()
+            while chain.trigger != "gate" and chain.after is not None and chain.name not in seen:
+                seen.add(chain.name)
+                chain = self.environment(chain.after)
+            if chain.trigger != "gate":
+                found.append(env)
+        return found
 
     def previous(self, name: str) -> Environment | None:
         """The environment a build must have succeeded in before `name`: its `after:`, else the one listed before."""
@@ -326,6 +342,7 @@ def match_build(
     unknown project or definition name (None) only rules out routes that name a different id.
 
     Environments with `after:` are not started by the build itself; they follow a successful predecessor.
+    Environments with `trigger: gate` start only on their pipeline-gate call.
     A route that names an organization takes only that organization's builds (`organization=None`: a job queued
     before organizations were configuration, not checked).
     """
@@ -343,12 +360,32 @@ def match_build(
         if branch is not None and not branch_matches(m.branches, branch):
             continue
         for env in route.environments:
-            if env.after is not None:
+            if env.after is not None or env.trigger == "gate":
                 continue
             if branch is not None and env.branches is not None and not branch_matches(env.branches, branch):
                 continue
             targets.append(Target(route, env))
     return targets
+
+
+def route_problem(route: Route, env: Environment, *, organization: str | None, project_id: str | None,
+                  project_name: str | None, definition_id: int | None, definition_name: str | None,
+                  branch: str | None) -> str | None:
+    """Why this build may not deploy through `route` to `env` (None: it may). A pipeline gate's authorisation: the
+    project, definition, organization and branches count; `results` do not (the run is still in progress)."""
+    m = route.match
+    if m.organization is not None and organization is not None and m.organization.lower() != organization:
+        return f"route {route.name!r} takes builds of organization {m.organization!r} only"
+    if project_id is None and project_name is None or not _id_or_name(m.project, project_id, project_name):
+        return f"the build's project is not {m.project!r} (route {route.name!r})"
+    if definition_id is None and definition_name is None or not _id_or_name(m.definition, definition_id,
+                                                                            definition_name):
+        return f"the build's pipeline is not {m.definition!r} (route {route.name!r})"
+    if branch is None or not branch_matches(m.branches, branch):
+        return f"branch {branch} is not one route {route.name!r} deploys ({', '.join(m.branches)})"
+    if env.branches is not None and not branch_matches(env.branches, branch):
+        return f"branch {branch} is not one {env.name} accepts ({', '.join(env.branches)})"
+    return None
 
 
 def match_event(cfg: RoutingConfig, event: BuildEvent) -> list[Target]:

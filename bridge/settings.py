@@ -171,6 +171,15 @@ class AzureDevOpsSettings(_Group):
     )
 
 
+class GateSettings(_Group):
+    """The pipeline gate (`POST /webhooks/azure-devops/gate`, `/check`)."""
+
+    margin_seconds: float = Field(default=120.0, ge=0, description="A gated deployment's deadline is the job's "
+                                  "timeoutMinutes minus this, so the callback lands before Azure DevOps gives up.")
+    poll_seconds: float = Field(default=2.0, gt=0, description="How often a waiting gate looks at its deployment "
+                                                               "(progress lines, verdict, deadline).")
+
+
 class FaultSettings(_Group):
     """Fault injection for the fault-tolerance tests (workers/faults.py). Never set in production."""
 
@@ -240,6 +249,7 @@ class Settings(BaseSettings):
     argocd: ArgoCDSettings = Field(default_factory=ArgoCDSettings)
     azure_devops: AzureDevOpsSettings = Field(default_factory=AzureDevOpsSettings)
     faults: FaultSettings = Field(default_factory=FaultSettings)
+    gate: GateSettings = Field(default_factory=GateSettings)
 
     _split_sentinels = field_validator("redis_sentinels", mode="before")(_split_list)
 

@@ -98,7 +98,7 @@ async def start_followers(ctx: Ctx, record: DeploymentRecord) -> None:
     except KeyError:
         return
     for env in route.environments:
-        if env.after == record.environment:
+        if env.after == record.environment and env.trigger != "gate":  # a gated one waits for its gate call
             await enqueue(
                 ctx, PROMOTE_BUILD, record.id, env.name, False, "after:" + record.environment,
                 job_id=f"promote:{record.id}:{env.name}",

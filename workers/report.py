@@ -49,6 +49,7 @@ from bridge.records import DeploymentRecord
 from workers import faults
 from workers.azure_devops import AzureDevOpsClient
 from workers.context import Ctx, keys, settings, store
+from workers.gate import settle_gates
 from workers.lock import RedisLock, locked
 from workers.outcome import FINAL, start_followers
 from workers.verdict import parse_time
@@ -211,7 +212,8 @@ def _is_final(phase: str) -> bool:
 
 
 async def complete(ctx: Ctx, record: DeploymentRecord, *, reported: bool = True) -> None:
-    """The last step of a deployment: its followers are started, then `reporting → done`."""
+    """The last step of a deployment: its pipeline gates called back, its followers started, then `reporting → done`."""
+    await settle_gates(ctx, record)  # one more sink: raises Retry while a callback must be tried again
     await start_followers(ctx, record)
     await store(ctx).mark_done(record.id, reported=reported)
 
