@@ -58,7 +58,8 @@ def _argocd_named_without_url(settings: Settings, routing: RoutingConfig) -> lis
     if settings.argocd.url:
         return []
     return [f"{settings.config}: route {route.name}: environments.{env.name}.argocd: names Argo CD app "
-            f"{env.argocd.app!r} but BRIDGE_ARGOCD__URL is unset (the deployment could never be verified)"
+            f"{(env.argocd.app or env.argocd.describe())!r} but BRIDGE_ARGOCD__URL is unset "
+            "(the deployment could never be verified)"
             for route in routing.routes for env in route.environments if env.argocd is not None]
 
 

@@ -130,13 +130,13 @@ def fake(repo: Repo) -> Iterator[ArgoCDFake]:
 Scenario = Callable[[Harness], Awaitable[None]]
 
 
-def scenario(repo: Repo, fake: ArgoCDFake, body: Scenario) -> Harness:
+def scenario(repo: Repo, fake: ArgoCDFake, body: Scenario, harness: type[Harness] = Harness) -> Harness:
     holder: list[Harness] = []
 
     async def main() -> None:
         redis = await create_pool(RedisSettings.from_dsn(REDIS_URL))
         await redis.flushdb()
-        h = Harness(repo, fake, redis)
+        h = harness(repo, fake, redis)
         holder.append(h)
         try:
             await body(h)

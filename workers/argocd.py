@@ -19,7 +19,7 @@ import json
 import logging
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -133,6 +133,11 @@ class ArgoCDClient:
     def app_url(self, name: str, namespace: str | None = None) -> str:
         return app_url(self.base_url, name, namespace)
 
+    def apps_url(self, selector: str | None, namespace: str | None = None) -> str:
+        """The Argo CD UI list filtered by labels (and namespace)."""
+        params = {k: v for k, v in (("labels", selector), ("namespace", namespace)) if v}
+        return f"{self.base_url}/applications" + (f"?{urlencode(params)}" if params else "")
+
     # -- requests ----------------------------------------------------------------------------------------------
 
     @staticmethod
@@ -188,6 +193,18 @@ class ArgoCDClient:
                                        params=self._params(project, namespace))
         app: dict[str, Any] = response.json()
         return app
+
+    async def list_applications(self, selector: str, project: str | None = None,
+                                namespace: str | None = None) -> list[dict[str, Any]]:
+        """Applications matching a label selector (and project): `GET /api/v1/applications?selector=…&projects=…`.
+        Argo CD silently leaves out the ones we may not read; `items` is null when nothing matches."""
+        params = {"selector": selector, **({"projects": project} if project else {}),
+                  **({"appNamespace": namespace} if namespace else {})}
+        response = await self._request("GET", "/api/v1/applications", what=f"applications matching {selector!r}",
+                                       project=project, params=params)
+        body = response.json()
+        items = body.get("items") if isinstance(body, dict) else None
+        return [i for i in items or [] if isinstance(i, dict)]
 
     async def refresh(self, name: str, project: str | None = None, namespace: str | None = None, *,
                       timeout: float | None = None, hard: bool = False) -> Refreshed:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import re
 import subprocess
 import threading
 import time
@@ -68,6 +69,7 @@ class FakeApp:
     multi_source: bool = False
     repo_url: str = "https://dev.azure.com/org/proj/_git/gitops"
     path: str = "apps"
+    labels: dict[str, str] = field(default_factory=dict)
     # live state
     applied_rev: str | None = None
     applied_content: bytes | None = None
@@ -138,6 +140,7 @@ class ArgoCDFake:
         self._served: ServedApp | None = None
         self.asgi = Starlette(routes=[
             Route("/api/v1/session/userinfo", self._userinfo, methods=["GET"]),
+            Route("/api/v1/applications", self._list, methods=["GET"]),
             Route("/api/v1/applications/{name}", self._get, methods=["GET"]),
             Route("/api/v1/applications/{name}/sync", self._sync, methods=["POST"]),
             Route("/api/v1/applications/{name}/operation", self._terminate, methods=["DELETE"]),
@@ -147,13 +150,22 @@ class ArgoCDFake:
     # -- scripting API -------------------------------------------------------------------------------------------
 
     def add_app(self, name: str, values_file: str, *, project: str = "default", namespace: str = "argocd",
-                auto_sync: bool = True, multi_source: bool = False, **script: Any) -> FakeApp:
-        """Register an app already Synced and Healthy at the branch head (the state before our push)."""
+                auto_sync: bool = True, multi_source: bool = False, labels: Mapping[str, str] | None = None,
+                fresh: bool = False, **script: Any) -> FakeApp:
+        """Register an app already Synced and Healthy at the branch head (the state before our push).
+
+        `fresh=True`: an app just generated (an ApplicationSet's new cluster): never synced, OutOfSync and Missing
+        until the controller syncs it. Apps may be added while a test runs."""
         app = FakeApp(name=name, values_file=values_file, project=project, namespace=namespace,
-                      auto_sync=auto_sync, multi_source=multi_source)
+                      auto_sync=auto_sync, multi_source=multi_source, labels=dict(labels or {}))
         with self._lock:
-            head = self._head()
             now = self._tick()
+            if fresh:
+                app.sync_status, app.health, app.health_changed, app.reconciled_at = "OutOfSync", "Missing", now, ""
+                self.apps[name] = app
+                self.script(name, **script)
+                return app
+            head = self._head()
             app.applied_rev = app.compared_rev = head
             app.applied_content = self._content(head, values_file)
             app.health_changed = now
@@ -407,7 +419,7 @@ class ArgoCDFake:
         if app.conditions:
             status["conditions"] = app.conditions
         body: dict[str, Any] = {
-            "metadata": {"name": app.name, "namespace": app.namespace,
+            "metadata": {"name": app.name, "namespace": app.namespace, **({"labels": app.labels} if app.labels else {}),
                          "resourceVersion": str(app.resource_version)},
             "spec": {"project": app.project, **app.source(self.branch),
                      "destination": {"server": "https://kubernetes.default.svc", "namespace": app.name},
@@ -453,6 +465,20 @@ class ArgoCDFake:
                 app.fail_5xx -= 1
                 return _error(503, 14, "connection error: desc = \"transport: Error while dialing\"")
             return app
+
+    async def _list(self, request: Request) -> Response:
+        projects = set(request.query_params.getlist("project") + request.query_params.getlist("projects"))
+        ns = request.query_params.get("appNamespace")
+        try:
+            wanted = parse_selector(request.query_params.get("selector") or "")
+        except ValueError as exc:
+            return _error(400, 3, str(exc))
+        with self._lock:
+            items = [self._render(a) for a in sorted(self.apps.values(), key=lambda a: a.name)
+                     if (not projects or a.project in projects) and (ns is None or a.namespace == ns)
+                     and not a.forbidden and selector_matches(wanted, a.labels)]
+        # Go's encoding/json writes a nil slice as null
+        return JSONResponse({"items": items or None, "metadata": {"resourceVersion": "1"}})
 
     async def _get(self, request: Request) -> Response:
         found = self._lookup(request)
@@ -560,6 +586,35 @@ class _Gate:
             await response(scope, receive, logged_send)
             return
         await self.app(scope, receive, logged_send)
+
+
+Requirement = tuple[str, str, frozenset[str]]  # key, operator (in, notin, exists, !exists), values
+
+
+def parse_selector(text: str) -> list[Requirement]:
+    """A Kubernetes label selector: `k=v`, `k==v`, `k!=v`, `k`, `!k`, `k in (a,b)`, `k notin (a,b)`."""
+    out: list[Requirement] = []
+    for part in (p.strip() for p in re.split(r",(?![^(]*\))", text)):
+        if not part:
+            continue
+        if m := re.fullmatch(r"([\w./-]+)\s+(in|notin)\s+\(([^)]*)\)", part):
+            out.append((m.group(1), m.group(2), frozenset(x.strip() for x in m.group(3).split(","))))
+        elif m := re.fullmatch(r"([\w./-]+)\s*(==|=|!=)\s*([\w.-]*)", part):
+            out.append((m.group(1), "notin" if m.group(2) == "!=" else "in", frozenset([m.group(3)])))
+        elif m := re.fullmatch(r"(!?)([\w./-]+)", part):
+            out.append((m.group(2), "!exists" if m.group(1) else "exists", frozenset()))
+        else:
+            raise ValueError(f"unable to parse requirement: {part!r}")
+    return out
+
+
+def selector_matches(requirements: list[Requirement], labels: Mapping[str, str]) -> bool:
+    for key, op, values in requirements:
+        ok = {"in": labels.get(key) in values, "notin": labels.get(key) not in values,
+              "exists": key in labels, "!exists": key not in labels}[op]
+        if not ok:
+            return False
+    return True
 
 
 def git_is_ancestor(repos: Mapping[str, str | Path]) -> Callable[[str, str, str], Awaitable[bool]]:

@@ -1,0 +1,207 @@
+"""Estates: one environment on many Argo CD applications (a list, a label selector, apps that appear late).
+
+Through a burst arq worker against the Argo CD fake following a real bare repo, Redis db 4 only (as test_verify).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gitops_remote import Repo
+from test_verify import Harness, scenario
+
+from bridge.queue import VERIFY_DEPLOYMENT
+from bridge.records import DeploymentRecord
+from bridge.routing import RoutingConfig, parse_routing
+from workers.fakes.argocd import ArgoCDFake
+
+FILE = "api/values.yaml"
+ESTATES: dict[str, dict[str, Any]] = {  # env name → argocd block (every env deploys the same file)
+    "three": {"apps": ["api-eu", "api-us", "api-ap"], "project": "team-a"},
+    "labels": {"selector": "app.kubernetes.io/name=api,env=dev", "project": "team-a", "discovery_seconds": 1.5},
+    "late": {"selector": "app.kubernetes.io/name=api,env=dev", "project": "team-a", "discovery_seconds": 4},
+    "nothing": {"selector": "app.kubernetes.io/name=nope", "project": "team-a", "discovery_seconds": 0.5},
+    "named-late": {"apps": ["api-eu", "api-new"], "project": "team-a", "discovery_seconds": 4},
+    "named-missing": {"apps": ["api-eu", "api-ghost"], "project": "team-a", "discovery_seconds": 0.5},
+    "mixed": {"app": "api-eu", "selector": "env=dev", "project": "team-a", "discovery_seconds": 0.5, "min_apps": 3},
+    "too-few": {"selector": "app.kubernetes.io/name=api,env=dev", "project": "team-a", "discovery_seconds": 0.5,
+                "min_apps": 5},
+    "short": {"apps": ["api-eu", "api-us"], "project": "team-a", "discovery_seconds": 0},
+}
+DEV = {"app.kubernetes.io/name": "api", "env": "dev"}
+
+
+def estates_routing() -> RoutingConfig:
+    envs = [{"name": name, "repository": "gitops", "file": FILE, "keys": [f"tags.{name}"], "argocd": argo,
+             "deadline_seconds": 20,
+             "degraded_grace_seconds": 0} for name, argo in ESTATES.items()]
+    envs[-1]["deadline_seconds"] = 2
+    return parse_routing({"repositories": {"gitops": {"url": "https://example.com/gitops.git"}},
+                          "routes": [{"name": "svc", "match": {"project": "p", "definition": "d"},
+                                      "environments": envs}]})
+
+
+class EstateHarness(Harness):
+    def new_ctx(self, argocd_url: str | None = None) -> dict[str, Any]:
+        return {**super().new_ctx(argocd_url), "routing": estates_routing()}
+
+    async def deployment(self, env: str, sha: str, n: int = 1) -> str:
+        dep = f"{n}-svc-{env}"
+        record = DeploymentRecord(id=dep, build_key=f"org:p:{n}", build_id=n, route="svc", environment=env,
+                                  repository="gitops", file=FILE, keys=["image.tag"], commit_sha=sha,
+                                  state="verifying")
+        record.stamp("pushed")
+        await self.store.create(record)
+        await self.redis.enqueue_job(VERIFY_DEPLOYMENT, dep, _job_id=f"verify:{dep}",
+                                     _queue_name=self.settings.queue_name)
+        return dep
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repo:
+    r = Repo(tmp_path)
+    r.commit({FILE: "image:\n  tag: '1'\n", "README.md": "gitops\n"}, "initial")
+    return r
+
+
+@pytest.fixture
+def fake(repo: Repo) -> Iterator[ArgoCDFake]:
+    f = ArgoCDFake(repo.bare)
+    for region in ("eu", "us", "ap"):
+        f.add_app(f"api-{region}", FILE, project="team-a", labels={**DEV, "region": region})
+    f.add_app("web-dev", "README.md", project="team-a", labels={"app.kubernetes.io/name": "web", "env": "dev"})
+    with f.serve(reconcile_period=0.05):
+        yield f
+
+
+def run(repo: Repo, fake: ArgoCDFake, env: str, body_extra: Any = None) -> DeploymentRecord:
+    sha = repo.commit({FILE: "image:\n  tag: '2'\n"}, "api → 2")
+    out: list[DeploymentRecord] = []
+
+    async def body(h: Harness) -> None:
+        dep = await h.deployment(env, sha)
+        extra = asyncio.create_task(body_extra(h)) if body_extra else None
+        await h.run()
+        if extra:
+            await extra
+        out.append(await h.record(dep))
+        assert not await h.redis.hlen(h.keys.watched_apps)  # every watcher retired
+
+    scenario(repo, fake, body, harness=EstateHarness)
+    return out[0]
+
+
+def states(rec: DeploymentRecord) -> dict[str, str]:
+    return {name: a["state"] for name, a in rec.details["argocd"]["apps"].items()}
+
+
+def test_three_apps_all_healthy_succeeds_with_each_state(repo: Repo, fake: ArgoCDFake) -> None:
+    rec = run(repo, fake, "three")
+    assert rec.verdict == "succeeded", rec.reason
+    assert "all 3 applications" in (rec.reason or "")
+    assert states(rec) == {"api-eu": "succeeded", "api-us": "succeeded", "api-ap": "succeeded"}
+    assert {"sync_started", "synced", "healthy"} <= set(rec.timeline)
+    assert rec.argocd_app == "team-a/api-eu, api-us, api-ap"
+
+
+def test_three_apps_one_degraded_fails_naming_it(repo: Repo, fake: ArgoCDFake) -> None:
+    fake.script("api-us", degrade=True)
+    rec = run(repo, fake, "three")
+    assert rec.verdict == "failed", rec.reason
+    assert (rec.reason or "").startswith("api-us: ") and "Degraded" in (rec.reason or "")
+    assert states(rec)["api-us"] == "failed"
+
+
+def test_selector_resolves_to_the_matching_apps(repo: Repo, fake: ArgoCDFake) -> None:
+    rec = run(repo, fake, "labels")
+    assert rec.verdict == "succeeded", rec.reason
+    assert sorted(states(rec)) == ["api-ap", "api-eu", "api-us"]  # web-dev does not match
+    assert rec.argocd_url == f"{fake.url}/applications?labels=app.kubernetes.io%2Fname%3Dapi%2Cenv%3Ddev"
+    lists = [r for r in fake.requests if r.path == "/api/v1/applications"]
+    assert lists and all(r.query == {"selector": ESTATES["labels"]["selector"], "projects": "team-a"} for r in lists)
+
+
+def test_app_generated_after_the_push_joins_the_wait(repo: Repo, fake: ArgoCDFake) -> None:
+    async def generate(h: Harness) -> None:
+        await asyncio.sleep(1.0)  # the ApplicationSet adds a cluster after our push
+        fake.add_app("api-sa", FILE, project="team-a", labels={**DEV, "region": "sa"}, fresh=True,
+                     health_sequence=["Progressing", "Progressing", "Healthy"])
+
+    rec = run(repo, fake, "late", generate)
+    assert rec.verdict == "succeeded", rec.reason
+    assert states(rec) == {n: "succeeded" for n in ("api-eu", "api-us", "api-ap", "api-sa")}
+    assert fake.application("api-sa")["status"]["health"]["status"] == "Healthy"
+
+
+def test_late_app_that_degrades_fails_the_deployment(repo: Repo, fake: ArgoCDFake) -> None:
+    async def generate(h: Harness) -> None:
+        await asyncio.sleep(0.5)
+        fake.add_app("api-sa", FILE, project="team-a", labels={**DEV, "region": "sa"}, fresh=True, degrade=True)
+
+    rec = run(repo, fake, "late", generate)
+    assert rec.verdict == "failed", rec.reason
+    assert (rec.reason or "").startswith("api-sa: ")
+
+
+def test_selector_matching_nothing_fails_after_the_window(repo: Repo, fake: ArgoCDFake) -> None:
+    rec = run(repo, fake, "nothing")
+    assert rec.verdict == "failed", rec.reason
+    assert "0 Argo CD application(s) found" in (rec.reason or "") and "at least 1" in (rec.reason or "")
+    assert "succeeded" not in rec.timeline and "healthy" not in rec.timeline
+
+
+def test_fewer_than_min_apps_fails(repo: Repo, fake: ArgoCDFake) -> None:
+    rec = run(repo, fake, "too-few")
+    assert rec.verdict == "failed", rec.reason
+    assert "only 3" in (rec.reason or "") and "at least 5" in (rec.reason or "")
+
+
+def test_app_and_selector_combine(repo: Repo, fake: ArgoCDFake) -> None:
+    rec = run(repo, fake, "mixed")
+    assert rec.verdict == "succeeded", rec.reason
+    # api-eu by name, the four env=dev apps by label (web-dev's file did not change: a no-op, fine)
+    assert sorted(states(rec)) == ["api-ap", "api-eu", "api-us", "web-dev"]
+
+
+def test_named_app_created_within_the_window_is_waited_for(repo: Repo, fake: ArgoCDFake) -> None:
+    async def create(h: Harness) -> None:
+        await asyncio.sleep(1.0)
+        fake.add_app("api-new", FILE, project="team-a", fresh=True)
+
+    rec = run(repo, fake, "named-late", create)
+    assert rec.verdict == "succeeded", rec.reason
+    assert states(rec) == {"api-eu": "succeeded", "api-new": "succeeded"}
+
+
+def test_named_app_missing_after_the_window_fails_naming_it(repo: Repo, fake: ArgoCDFake) -> None:
+    rec = run(repo, fake, "named-missing")
+    assert rec.verdict == "failed", rec.reason
+    assert (rec.reason or "").startswith("api-ghost: the application does not exist"), rec.reason
+
+
+def test_timeout_lists_the_apps_still_waiting(repo: Repo, fake: ArgoCDFake) -> None:
+    fake.script("api-us", frozen=True)
+    rec = run(repo, fake, "short")
+    assert rec.verdict == "timed-out", rec.reason
+    assert "still waiting for 1 of 2 applications: api-us (" in (rec.reason or ""), rec.reason
+    assert states(rec) == {"api-eu": "succeeded", "api-us": "waiting"}
+
+
+def test_one_read_per_app_per_tick_shared_by_deployments(repo: Repo, fake: ArgoCDFake) -> None:
+    fake.script("api-eu", health_sequence=["Progressing", "Progressing", "Healthy"])
+    sha = repo.commit({FILE: "image:\n  tag: '2'\n"}, "api → 2")
+
+    async def body(h: Harness) -> None:
+        deps = [await h.deployment(env, sha, n) for n in range(1, 4) for env in ("three", "labels")]
+        await h.run()
+        for dep in deps:
+            assert (await h.record(dep)).verdict == "succeeded"
+        polls = sum(1 for t in h.ticks if t in ("waiting", "done", "failed", "unavailable", "missing"))
+        reads = sum(fake.count("GET", f"api-{r}") for r in ("eu", "us", "ap"))
+        assert reads <= polls  # six deployments, yet never more than one read per app per tick
+
+    scenario(repo, fake, body, harness=EstateHarness)
