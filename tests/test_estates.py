@@ -205,3 +205,59 @@ def test_one_read_per_app_per_tick_shared_by_deployments(repo: Repo, fake: ArgoC
         assert reads <= polls  # six deployments, yet never more than one read per app per tick
 
     scenario(repo, fake, body, harness=EstateHarness)
+
+
+# -- pure parts: the routing block, the combined verdict, the describe view ---------------------------------------
+
+
+@pytest.mark.parametrize(("block", "problem"), [
+    ({"project": "p"}, "name the application: `app`, `apps` or `selector`"),
+    ({"apps": ["a", "a"]}, "duplicate application"),
+    ({"apps": ["Not_A_Name"]}, "is not an application name"),
+    ({"selector": " "}, "non-empty label selector"),
+    ({"selector": "a=b,,c=d"}, "non-empty label selector"),
+    ({"app": "a", "min_apps": 0}, "greater than or equal to 1"),
+    ({"app": "a", "suspended": "maybe"}, "'wait', 'succeed' or 'fail'"),
+])
+def test_argocd_block_errors_name_the_field(block: dict[str, Any], problem: str) -> None:
+    from bridge.errors import ConfigError
+    raw = {"repositories": {"g": {"url": "https://x/g.git"}}, "routes": [{
+        "name": "r", "match": {"project": "p", "definition": "d"},
+        "environments": [{"name": "dev", "repository": "g", "file": "v.yaml", "argocd": block}]}]}
+    with pytest.raises(ConfigError) as err:
+        parse_routing(raw)
+    assert "environments[0].argocd" in str(err.value) and problem in str(err.value)
+
+
+def test_argocd_block_forms() -> None:
+    from bridge.routing import ArgoApp
+    one = ArgoApp(app="web")
+    assert (one.names, one.is_estate, one.window) == (["web"], False, 0.0)
+    many = ArgoApp(app="a", apps=["b"], selector="env in (dev,qa),tier")
+    assert (many.names, many.is_estate, many.window) == (["a", "b"], True, 60.0)
+    assert ArgoApp(selector="env=dev", discovery_seconds=5).window == 5
+
+
+def test_combine_never_succeeds_on_an_empty_or_open_set() -> None:
+    from workers.verdict import AppState, Failed, Succeeded, Waiting, combine
+    ok, wait = AppState("succeeded", "fine"), AppState("waiting", "sync running")
+    sha = "a" * 40
+    assert isinstance(combine({}, target=sha, discovering=True, min_apps=1), Waiting)
+    assert isinstance(combine({}, target=sha, discovering=False, min_apps=1), Failed)
+    assert isinstance(combine({"a": ok}, target=sha, discovering=True, min_apps=1), Waiting)
+    assert isinstance(combine({"a": ok}, target=sha, discovering=False, min_apps=1), Succeeded)
+    assert isinstance(combine({"a": ok}, target=sha, discovering=False, min_apps=2), Failed)
+    failed = combine({"a": wait, "b": AppState("failed", "Degraded")}, target=sha, discovering=True, min_apps=1)
+    assert isinstance(failed, Failed) and failed.reason == "b: Degraded"
+    waiting = combine({"a": ok, "b": wait}, target=sha, discovering=False, min_apps=1)
+    assert isinstance(waiting, Waiting) and "b (sync running)" in waiting.reason
+
+
+def test_describe_shows_each_application() -> None:
+    from bridge.output import deployment_detail
+    text = deployment_detail({"id": "1-svc-dev", "details": {"argocd": {"apps": {
+        "api-us": {"state": "failed", "reason": "Degraded"}, "api-eu": {"state": "succeeded", "reason": "ok"}}}}},
+        wide=False)
+    assert "Argo CD applications:" in text
+    assert [line.split() for line in text.splitlines() if line.startswith("  api-")] == [
+        ["api-eu", "succeeded", "ok"], ["api-us", "failed", "Degraded"]]
