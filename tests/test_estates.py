@@ -30,8 +30,14 @@ ESTATES: dict[str, dict[str, Any]] = {  # env name → argocd block (every env d
     "mixed": {"app": "api-eu", "selector": "env=dev", "project": "team-a", "discovery_seconds": 0.5, "min_apps": 3},
     "too-few": {"selector": "app.kubernetes.io/name=api,env=dev", "project": "team-a", "discovery_seconds": 0.5,
                 "min_apps": 5},
+    "canary-wait": {"app": "api-eu", "project": "team-a"},
+    "canary-ok": {"app": "api-eu", "project": "team-a", "suspended": "succeed"},
+    "canary-fail": {"app": "api-eu", "project": "team-a", "suspended": "fail"},
+    "canary-estate": {"apps": ["api-eu", "api-us"], "project": "team-a", "suspended": "succeed",
+                      "discovery_seconds": 0},
     "short": {"apps": ["api-eu", "api-us"], "project": "team-a", "discovery_seconds": 0},
 }
+SHORT_DEADLINE = ("short", "canary-wait")
 DEV = {"app.kubernetes.io/name": "api", "env": "dev"}
 
 
@@ -39,7 +45,9 @@ def estates_routing() -> RoutingConfig:
     envs = [{"name": name, "repository": "gitops", "file": FILE, "keys": [f"tags.{name}"], "argocd": argo,
              "deadline_seconds": 20,
              "degraded_grace_seconds": 0} for name, argo in ESTATES.items()]
-    envs[-1]["deadline_seconds"] = 2
+    for env in envs:
+        if env["name"] in SHORT_DEADLINE:
+            env["deadline_seconds"] = 2
     return parse_routing({"repositories": {"gitops": {"url": "https://example.com/gitops.git"}},
                           "routes": [{"name": "svc", "match": {"project": "p", "definition": "d"},
                                       "environments": envs}]})
@@ -205,6 +213,49 @@ def test_one_read_per_app_per_tick_shared_by_deployments(repo: Repo, fake: ArgoC
         assert reads <= polls  # six deployments, yet never more than one read per app per tick
 
     scenario(repo, fake, body, harness=EstateHarness)
+
+
+# -- Argo Rollouts: Suspended (a paused canary) under each policy, and an aborted rollout ---------------------------
+
+
+def test_paused_canary_waits_and_times_out_naming_the_step(repo: Repo, fake: ArgoCDFake) -> None:
+    fake.script("api-eu", rollout="paused", canary_step=1)
+    rec = run(repo, fake, "canary-wait")
+    assert rec.verdict == "timed-out", rec.reason
+    assert "Rollout api-eu/api-eu (paused at step 2 of 5 of the canary (CanaryPauseStep): Rollout is paused)" \
+        in (rec.reason or ""), rec.reason
+
+
+def test_paused_canary_is_enough_when_the_environment_says_succeed(repo: Repo, fake: ArgoCDFake) -> None:
+    fake.script("api-eu", rollout="paused", canary_step=3)
+    rec = run(repo, fake, "canary-ok")
+    assert rec.verdict == "succeeded", rec.reason
+    assert "Suspended (paused rollout) accepted" in (rec.reason or "") and "step 4 of 5" in (rec.reason or "")
+
+
+def test_paused_canary_fails_when_the_environment_says_fail(repo: Repo, fake: ArgoCDFake) -> None:
+    fake.script("api-eu", rollout="paused")
+    rec = run(repo, fake, "canary-fail")
+    assert rec.verdict == "failed", rec.reason
+    assert "is Suspended: Rollout api-eu/api-eu (paused at step 2 of 5" in (rec.reason or ""), rec.reason
+
+
+def test_paused_canaries_in_an_estate(repo: Repo, fake: ArgoCDFake) -> None:
+    fake.script("api-eu", rollout="paused")
+    fake.script("api-us", rollout="healthy")
+    rec = run(repo, fake, "canary-estate")
+    assert rec.verdict == "succeeded", rec.reason
+    assert states(rec) == {"api-eu": "succeeded", "api-us": "succeeded"}
+    assert "accepted" in rec.details["argocd"]["apps"]["api-eu"]["reason"]
+
+
+def test_aborted_rollout_fails_naming_app_and_rollout(repo: Repo, fake: ArgoCDFake) -> None:
+    fake.script("api-us", rollout="aborted")
+    rec = run(repo, fake, "three")
+    assert rec.verdict == "failed", rec.reason
+    assert (rec.reason or "").startswith("api-us: ")
+    aborted = "Rollout api-us/api-us: Degraded (RolloutAborted: Rollout aborted update to revision 2)"
+    assert aborted in (rec.reason or ""), rec.reason
 
 
 # -- pure parts: the routing block, the combined verdict, the describe view ---------------------------------------

@@ -206,6 +206,20 @@ class ArgoCDClient:
         items = body.get("items") if isinstance(body, dict) else None
         return [i for i in items or [] if isinstance(i, dict)]
 
+    async def live_manifest(self, name: str, project: str | None, namespace: str | None, *, kind: str, group: str,
+                            resource_name: str, resource_namespace: str | None, version: str) -> dict[str, Any]:
+        """A managed resource's live manifest (`GET …/resource`), e.g. a Rollout's status for its canary step."""
+        params = self._params(project, namespace, kind=kind, group=group, resourceName=resource_name,
+                              version=version)
+        if resource_namespace:
+            params["namespace"] = resource_namespace
+        response = await self._request("GET", f"/api/v1/applications/{quote(name, safe='')}/resource",
+                                       what=f"{kind} {resource_name} of application {name}", project=project,
+                                       params=params)
+        body = response.json()
+        manifest = json.loads(body.get("manifest") or "{}") if isinstance(body, dict) else {}
+        return manifest if isinstance(manifest, dict) else {}
+
     async def refresh(self, name: str, project: str | None = None, namespace: str | None = None, *,
                       timeout: float | None = None, hard: bool = False) -> Refreshed:
         """Ask for a refresh and wait (bounded) for the reconcile; on timeout or 5xx fall back to a plain GET."""

@@ -217,6 +217,25 @@ def suspended_resources(app: dict[str, Any]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def paused_rollouts(app: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Argo Rollouts reported Suspended in `status.resources` (whose live manifest tells the canary step)."""
+    return [r for r in (app.get("status") or {}).get("resources") or [] if isinstance(r, dict)
+            and r.get("kind") == "Rollout" and r.get("group") == "argoproj.io"
+            and (r.get("health") or {}).get("status") == "Suspended"]
+
+
+def rollout_pause(manifest: dict[str, Any]) -> str:
+    """'paused at step N of M of the canary (CanaryPauseStep)' from a Rollout's live manifest; '' when unknown."""
+    status = manifest.get("status") or {}
+    steps = (((manifest.get("spec") or {}).get("strategy") or {}).get("canary") or {}).get("steps") or []
+    index = status.get("currentStepIndex")
+    reasons = [str(c.get("reason")) for c in status.get("pauseConditions") or [] if isinstance(c, dict)]
+    why = ", ".join(reasons) or _clip(status.get("message"), 120)
+    if isinstance(index, int) and steps:
+        return f"paused at step {index + 1} of {len(steps)} of the canary" + (f" ({why})" if why else "")
+    return f"paused ({why})" if why else ""
+
+
 def _floor(ts: datetime) -> datetime:
     return ts.replace(microsecond=0)
 

@@ -45,7 +45,9 @@ from workers.verdict import (
     is_auto_sync,
     judge,
     parse_time,
+    paused_rollouts,
     revisions_to_check,
+    rollout_pause,
 )
 
 log = logging.getLogger("gitops_bridge.verify")
@@ -380,6 +382,7 @@ async def _tick(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]]) -> str:
         await _retire(ctx, key)
         return "failed"
     state["failures"] = 0
+    await _describe_pauses(client, name, app, project, namespace)
 
     outcome = await _judge_all(ctx, key, app, waiters, records, state)
     needing = [dep for dep, need in outcome.items() if need]
@@ -484,6 +487,24 @@ async def _unavailable(ctx: Ctx, key: str, state: dict[str, Any], waiters: dict[
     await ctx["redis"].hset(keys(ctx).watched_apps, key, json.dumps(state))
     if await ctx["redis"].hlen(keys(ctx).waiting(key)):
         await schedule_tick(ctx, key, state["backoff_until"])
+
+
+async def _describe_pauses(client: ArgoCDClient, name: str, app: dict[str, Any], project: str | None,
+                           namespace: str | None) -> None:
+    """A paused Argo Rollout: read its live manifest (only while Suspended) so reasons name the canary step."""
+    for res in paused_rollouts(app)[:3]:
+        try:
+            manifest = await client.live_manifest(
+                name, project, namespace, kind="Rollout", group="argoproj.io",
+                resource_name=str(res.get("name")), resource_namespace=res.get("namespace"),
+                version=str(res.get("version") or "v1alpha1"))
+        except (PermanentError, UpstreamUnavailable, ValueError) as exc:  # best effort: the tree's message stays
+            log.info("live manifest of Rollout %s unavailable: %s", res.get("name"), exc)
+            continue
+        pause = rollout_pause(manifest)
+        if pause:
+            health = res.setdefault("health", {})
+            health["message"] = f"{pause}: {health['message']}" if health.get("message") else pause
 
 
 async def _missing(ctx: Ctx, key: str, name: str, waiters: dict[str, dict[str, Any]],

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import re
 import subprocess
 import threading
@@ -70,6 +71,9 @@ class FakeApp:
     repo_url: str = "https://dev.azure.com/org/proj/_git/gitops"
     path: str = "apps"
     labels: dict[str, str] = field(default_factory=dict)
+    rollout: bool = False     # the workload is an Argo Rollout (canary) instead of a Deployment
+    canary_step: int = 1      # status.currentStepIndex while paused
+    rollout_aborted: bool = False
     # live state
     applied_rev: str | None = None
     applied_content: bytes | None = None
@@ -143,6 +147,7 @@ class ArgoCDFake:
             Route("/api/v1/applications", self._list, methods=["GET"]),
             Route("/api/v1/applications/{name}", self._get, methods=["GET"]),
             Route("/api/v1/applications/{name}/sync", self._sync, methods=["POST"]),
+            Route("/api/v1/applications/{name}/resource", self._resource, methods=["GET"]),
             Route("/api/v1/applications/{name}/operation", self._terminate, methods=["DELETE"]),
         ])
         self.asgi.add_middleware(_Gate, fake=self)
@@ -185,10 +190,20 @@ class ArgoCDFake:
                sync_steps: int | None = None, comparison_error: str | None = None, clear_comparison_error: bool = False,
                hang_refresh: bool | None = None, frozen: bool | None = None, forbidden: bool | None = None,
                fail_5xx: int | None = None, fail_429: int | None = None, retry_after: float | None = None,
-               auto_sync: bool | None = None) -> None:
-        """Change how one app behaves from now on (applies to the next sync / passes / requests)."""
+               auto_sync: bool | None = None, rollout: str | None = None, canary_step: int | None = None) -> None:
+        """Change how one app behaves from now on (applies to the next sync / passes / requests).
+
+        `rollout="paused"`: the workload is an Argo Rollout that pauses at canary step `canary_step` (Suspended);
+        `rollout="aborted"`: its update is aborted (Degraded); `rollout="healthy"`: a Rollout that completes."""
         with self._lock:
             app = self.apps[name]
+            if rollout is not None:
+                app.rollout = True
+                app.rollout_aborted = rollout == "aborted"
+                app.health_sequence = {"paused": ["Progressing", "Suspended"], "aborted": ["Progressing", "Degraded"],
+                                       }.get(rollout, ["Progressing", "Healthy"])
+            if canary_step is not None:
+                app.canary_step = canary_step
             if health_sequence is not None:
                 app.health_sequence = list(health_sequence)
             if degrade:
@@ -405,11 +420,7 @@ class ArgoCDFake:
                                     "destination": {"server": "https://kubernetes.default.svc",
                                                     "namespace": app.name}}},
             "health": {"status": app.health, "lastTransitionTime": app.health_changed},
-            "resources": [{"group": "apps", "version": "v1", "kind": "Deployment", "namespace": app.name,
-                           "name": app.name, "status": app.sync_status,
-                           "health": {"status": app.health, **({"message": f'Deployment "{app.name}" exceeded its '
-                                                                           "progress deadline"}
-                                                                if app.health == "Degraded" else {})}}],
+            "resources": [self._workload(app)],
             "reconciledAt": app.reconciled_at,
             "history": app.history[-10:],
             "sourceType": "Helm",
@@ -430,7 +441,48 @@ class ArgoCDFake:
             body["operation"] = app.operation
         return copy.deepcopy(body)
 
+    def _workload(self, app: FakeApp) -> dict[str, Any]:
+        """The app's one workload in `status.resources`, health message as Argo CD's health checks write it."""
+        if app.rollout:
+            message = {"Suspended": "Rollout is paused",
+                       "Degraded": "RolloutAborted: Rollout aborted update to revision 2" if app.rollout_aborted else
+                       "ProgressDeadlineExceeded: ReplicaSet has timed out progressing.",
+                       "Progressing": "more replicas need to be updated"}.get(app.health)
+            return {"group": "argoproj.io", "version": "v1alpha1", "kind": "Rollout", "namespace": app.name,
+                    "name": app.name, "status": app.sync_status,
+                    "health": {"status": app.health, **({"message": message} if message else {})}}
+        return {"group": "apps", "version": "v1", "kind": "Deployment", "namespace": app.name, "name": app.name,
+                "status": app.sync_status,
+                "health": {"status": app.health, **({"message": f'Deployment "{app.name}" exceeded its progress '
+                                                                "deadline"} if app.health == "Degraded" else {})}}
+
+    def _rollout_manifest(self, app: FakeApp) -> dict[str, Any]:
+        steps = [{"setWeight": 20}, {"pause": {}}, {"setWeight": 50}, {"pause": {"duration": "10m"}},
+                 {"setWeight": 100}]
+        status: dict[str, Any] = {"phase": "Healthy", "currentStepIndex": len(steps), "message": ""}
+        if app.health == "Suspended":
+            status = {"phase": "Paused", "currentStepIndex": app.canary_step, "message": "CanaryPauseStep",
+                      "pauseConditions": [{"reason": "CanaryPauseStep", "startTime": app.health_changed}]}
+        elif app.health == "Degraded" and app.rollout_aborted:
+            status = {"phase": "Degraded", "abort": True, "currentStepIndex": 0,
+                      "message": "RolloutAborted: Rollout aborted update to revision 2"}
+        return {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+                "metadata": {"name": app.name, "namespace": app.name},
+                "spec": {"strategy": {"canary": {"steps": steps}}}, "status": status}
+
     # -- HTTP ----------------------------------------------------------------------------------------------------
+
+    async def _resource(self, request: Request) -> Response:
+        """`GET …/resource?kind=&group=&resourceName=&namespace=&version=`: the live manifest as a JSON string."""
+        found = self._lookup(request)
+        if isinstance(found, Response):
+            return found
+        q = request.query_params
+        with self._lock:
+            if not found.rollout or q.get("kind") != "Rollout" or q.get("resourceName") != found.name:
+                return _error(404, 5, f'{q.get("kind")} "{q.get("resourceName")}" not found as part of application '
+                                      f'"{found.name}"')
+            return JSONResponse({"manifest": json.dumps(self._rollout_manifest(found))})
 
     async def _userinfo(self, request: Request) -> Response:
         return JSONResponse({"loggedIn": request.state.authenticated, "username": self.username, "iss": "argocd"})
