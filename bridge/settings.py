@@ -138,6 +138,9 @@ class ArgoCDSettings(_Group):
     request_timeout_seconds: float = 15.0
     deadline_seconds: float = 900.0
     degraded_grace_seconds: float = 60.0
+    webhook_token: SecretStr | None = Field(
+        default=None, description="Enables POST /webhooks/argocd (Argo CD notifications): the token, sent as "
+        "`Authorization: Bearer`, `X-Gitops-Bridge-Token`, or as the password of Basic credentials.")
 
 
 class OrganizationSettings(_Group):

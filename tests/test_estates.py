@@ -69,21 +69,30 @@ class EstateHarness(Harness):
         return dep
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Repo:
+def make_repo(tmp_path: Path) -> Repo:
     r = Repo(tmp_path)
     r.commit({FILE: "image:\n  tag: '1'\n", "README.md": "gitops\n"}, "initial")
     return r
 
 
-@pytest.fixture
-def fake(repo: Repo) -> Iterator[ArgoCDFake]:
+def make_fake(repo: Repo) -> Iterator[ArgoCDFake]:
+    """Three regional apps of `api` (env=dev) and one `web-dev`, every one Synced and Healthy at the head."""
     f = ArgoCDFake(repo.bare)
     for region in ("eu", "us", "ap"):
         f.add_app(f"api-{region}", FILE, project="team-a", labels={**DEV, "region": region})
     f.add_app("web-dev", "README.md", project="team-a", labels={"app.kubernetes.io/name": "web", "env": "dev"})
     with f.serve(reconcile_period=0.05):
         yield f
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repo:
+    return make_repo(tmp_path)
+
+
+@pytest.fixture
+def fake(repo: Repo) -> Iterator[ArgoCDFake]:
+    yield from make_fake(repo)
 
 
 def run(repo: Repo, fake: ArgoCDFake, env: str, body_extra: Any = None) -> DeploymentRecord:

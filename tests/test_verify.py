@@ -90,8 +90,8 @@ class Harness:
         async def promote(ctx: dict[str, Any], *args: Any) -> None:
             return None
 
-        async def watch(ctx: dict[str, Any], key: str) -> str:
-            result = await watch_application(ctx, key)
+        async def watch(ctx: dict[str, Any], key: str, cause: str = "tick") -> str:
+            result = await watch_application(ctx, key, cause)
             self.ticks.append(result)
             return result
 

@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from bridge.argocd_webhook import HINT_INTERVAL_S as HINT_GAP
+from bridge.argocd_webhook import enqueue_hint
 from bridge.errors import NotFound, PermanentError, UpstreamUnavailable
 from bridge.queue import WATCH_APPLICATION, tick_job_id
 from bridge.records import DeploymentRecord
@@ -278,8 +280,12 @@ async def _retire(ctx: Ctx, key: str) -> bool:
             return False
 
 
-async def watch_application(ctx: Ctx, key: str) -> str:
-    """One watcher tick for one application (see module docstring). Returns what it did, for logs and tests."""
+async def watch_application(ctx: Ctx, key: str, cause: str = "tick") -> str:
+    """One watcher tick for one application (see module docstring). Returns what it did, for logs and tests.
+
+    `cause="hint"` (queued by `POST /webhooks/argocd`): read now, unless the app was read in the last second; a
+    hint never forks the tick chain (the next regular tick has the same job id) and is never a verdict by itself."""
+    hint = cause == "hint"
     redis = ctx["redis"]
     k = keys(ctx)
     raw = await redis.hgetall(k.waiting(key))
@@ -290,12 +296,13 @@ async def watch_application(ctx: Ctx, key: str) -> str:
     # A short lease, renewed while the tick runs: a worker that dies mid-tick blocks this app for seconds, not minutes.
     lease = RedisLock(redis, k.lock(f"argocd-watch:{key}"), lease_seconds=max(5.0, 2 * _poll(ctx)))
     if await lease.acquire(0) is not LockOutcome.ACQUIRED:
-        await schedule_tick(ctx, key)
+        if not hint:
+            await schedule_tick(ctx, key)
         return "busy"
     try:
         if key.startswith(SELECTOR_PREFIX):
             return await _discover(ctx, key, waiters)
-        return await _tick(ctx, key, waiters)
+        return await _tick(ctx, key, waiters, hint=hint)
     except Exception:
         # Keep the chain alive without arq retries (which would fork a second chain): try again next interval.
         log.exception("watching Argo CD application %s failed; trying again next interval", key)
@@ -320,7 +327,7 @@ async def _app_state(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]]) -> 
     return state
 
 
-async def _tick(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]]) -> str:
+async def _tick(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]], *, hint: bool = False) -> str:
     redis = ctx["redis"]
     k = keys(ctx)
     interval = _poll(ctx)
@@ -348,7 +355,12 @@ async def _tick(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]]) -> str:
     if state.get("backoff_until", 0) > now:
         await schedule_tick(ctx, key, state["backoff_until"])
         return "backing-off"
-    if now - state.get("polled_at", 0) < interval * 0.5:
+    if hint and now - state.get("polled_at", 0) < HINT_GAP:
+        # read a second after the last read instead: the state the hint announced is not lost
+        await enqueue_hint(ctx["redis"], settings(ctx).queue_name, key,
+                           not_before=state["polled_at"] + HINT_GAP)
+        return "throttled"
+    if not hint and now - state.get("polled_at", 0) < interval * 0.5:
         await schedule_tick(ctx, key)
         return "throttled"
 

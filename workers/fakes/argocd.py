@@ -71,6 +71,7 @@ class FakeApp:
     repo_url: str = "https://dev.azure.com/org/proj/_git/gitops"
     path: str = "apps"
     labels: dict[str, str] = field(default_factory=dict)
+    notify_deployed: bool = False  # on-deployed fires once the synced app turns Healthy
     rollout: bool = False     # the workload is an Argo Rollout (canary) instead of a Deployment
     canary_step: int = 1      # status.currentStepIndex while paused
     rollout_aborted: bool = False
@@ -142,6 +143,13 @@ class ArgoCDFake:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._served: ServedApp | None = None
+        # argocd-notifications: webhook posts on sync succeeded/failed, deployed, health degraded
+        self.notify_url: str | None = None
+        self.notify_headers: dict[str, str] = {}
+        self.notify_duplicates = False
+        self.notify_stale = False
+        self.notifications: list[dict[str, Any]] = []   # what was sent (or attempted: a failed send counts as sent)
+        self._outbox: list[dict[str, Any]] = []
         self.asgi = Starlette(routes=[
             Route("/api/v1/session/userinfo", self._userinfo, methods=["GET"]),
             Route("/api/v1/applications", self._list, methods=["GET"]),
@@ -222,11 +230,44 @@ class ArgoCDFake:
                 app.comparison_error = None
         self._wake.set()
 
+    def notify(self, url: str, headers: Mapping[str, str] | None = None, *, duplicates: bool = False,
+               stale: bool = False) -> None:
+        """Post argocd-notifications webhooks to `url` (triggers on-sync-succeeded, on-sync-failed, on-deployed,
+        on-health-degraded). `duplicates`: every notification twice; `stale`: each followed by an `on-deployed`
+        for the previously deployed revision (out of order)."""
+        self.notify_url, self.notify_headers = url, dict(headers or {})
+        self.notify_duplicates, self.notify_stale = duplicates, stale
+
     def reconcile_now(self, name: str | None = None) -> None:
         """One controller pass: advance each app's operation, or else refresh it from git."""
         with self._lock:
             for app in list(self.apps.values()) if name is None else [self.apps[name]]:
                 self._pass(app)
+            outbox, self._outbox = self._outbox, []
+        self._send(outbox)
+
+    def _notice(self, app: FakeApp, trigger: str, revision: str | None) -> None:
+        if self.notify_url is None:
+            return
+        body = {"app": app.name, "namespace": app.namespace, "project": app.project, "revision": revision or "",
+                "trigger": trigger}
+        self._outbox += [body] * (2 if self.notify_duplicates else 1)
+        if self.notify_stale and len(app.history) >= 2:
+            old = app.history[-2].get("revision") or (app.history[-2].get("revisions") or [""])[-1]
+            self._outbox.append({**body, "revision": old, "trigger": "on-deployed"})
+
+    def _send(self, outbox: list[dict[str, Any]]) -> None:
+        if not outbox or self.notify_url is None:
+            return
+        import httpx
+
+        with httpx.Client(timeout=5.0) as client:
+            for body in outbox:
+                self.notifications.append(body)
+                try:
+                    client.post(self.notify_url, json=body, headers=self.notify_headers)
+                except httpx.HTTPError:
+                    pass  # like Argo CD: recorded as sent anyway
 
     def start_reconciler(self, period: float = 0.05) -> None:
         """A background controller: one pass every `period` seconds, and promptly after a refresh request."""
@@ -358,6 +399,7 @@ class ArgoCDFake:
             state.update(phase="Failed", finishedAt=now,
                          message=f"one or more objects failed to apply, reason: {reason}"
                                  + (f" (retried {tried} times)." if tried else ""))
+            self._notice(app, "on-sync-failed", rev)
             state["syncResult"]["resources"] = self._resources(app, "SyncFailed", f"is invalid: {reason}")
             if rev:
                 app.failed_revs.add(rev)
@@ -369,6 +411,8 @@ class ArgoCDFake:
                                 state["startedAt"], "deployedAt": now,
                                 "initiatedBy": state["operation"].get("initiatedBy", {})})
             app.health_queue = list(app.health_sequence)
+            app.notify_deployed = True
+            self._notice(app, "on-sync-succeeded", rev)
         # terminal: the operation is cleared in the same update; health and reconciledAt stay stale until the
         # next refresh pass (separate reconcilers).
         state["operation"] = copy.deepcopy(app.operation)
@@ -397,6 +441,11 @@ class ArgoCDFake:
             new = app.health_queue.pop(0)
             if new != app.health:
                 app.health, app.health_changed = new, now
+                if new == "Degraded":
+                    self._notice(app, "on-health-degraded", app.compared_rev)
+            if new == "Healthy" and app.notify_deployed:
+                app.notify_deployed = False
+                self._notice(app, "on-deployed", app.applied_rev)
         app.reconciled_at = now
         app.passes += 1
         if app.auto_sync and app.sync_status == "OutOfSync" and app.operation is None:
