@@ -36,8 +36,11 @@ ESTATES: dict[str, dict[str, Any]] = {  # env name → argocd block (every env d
     "canary-estate": {"apps": ["api-eu", "api-us"], "project": "team-a", "suspended": "succeed",
                       "discovery_seconds": 0},
     "short": {"apps": ["api-eu", "api-us"], "project": "team-a", "discovery_seconds": 0},
+    "window-wait": {"app": "api-eu", "project": "team-a"},
+    "window-fail": {"app": "api-eu", "project": "team-a", "sync_window": "fail"},
+    "window-opens": {"app": "api-eu", "project": "team-a"},
 }
-SHORT_DEADLINE = ("short", "canary-wait")
+SHORT_DEADLINE = ("short", "canary-wait", "window-wait")
 DEV = {"app.kubernetes.io/name": "api", "env": "dev"}
 
 
@@ -265,6 +268,49 @@ def test_aborted_rollout_fails_naming_app_and_rollout(repo: Repo, fake: ArgoCDFa
     assert (rec.reason or "").startswith("api-us: ")
     aborted = "Rollout api-us/api-us: Degraded (RolloutAborted: Rollout aborted update to revision 2)"
     assert aborted in (rec.reason or ""), rec.reason
+
+
+# -- sync windows and disabled auto-sync ----------------------------------------------------------------------------
+
+
+def test_sync_window_on_a_manual_app_waits_and_says_so(repo: Repo, fake: ArgoCDFake) -> None:
+    fake.script("api-eu", auto_sync=False, sync_window=True)
+    rec = run(repo, fake, "window-wait")
+    assert rec.verdict == "timed-out", rec.reason
+    assert (rec.reason or "").startswith("Argo CD refused to sync api-eu: cannot sync: blocked by sync window: ")
+
+
+def test_sync_window_fails_when_the_environment_says_fail(repo: Repo, fake: ArgoCDFake) -> None:
+    fake.script("api-eu", auto_sync=False, sync_window=True)
+    rec = run(repo, fake, "window-fail")
+    assert rec.verdict == "failed", rec.reason
+    assert "cannot sync: blocked by sync window" in (rec.reason or "")
+    assert "argocd.sync_window: fail" in (rec.reason or "")
+
+
+def test_sync_window_on_an_auto_sync_app_names_the_window(repo: Repo, fake: ArgoCDFake) -> None:
+    fake.script("api-eu", sync_window=True)  # auto-sync simply stays OutOfSync
+    rec = run(repo, fake, "window-wait")
+    assert rec.verdict == "timed-out", rec.reason
+    assert (rec.reason or "").startswith("auto-sync of api-eu is held by deny window '0 22 * * *' for 10h"), rec.reason
+
+
+def test_deployment_proceeds_when_the_window_opens(repo: Repo, fake: ArgoCDFake) -> None:
+    fake.script("api-eu", auto_sync=False, sync_window=True)
+
+    async def open_window(h: Harness) -> None:
+        await asyncio.sleep(1.0)
+        fake.script("api-eu", sync_window=False)
+
+    rec = run(repo, fake, "window-opens", open_window)
+    assert rec.verdict == "succeeded", rec.reason
+
+
+def test_manual_app_the_bridge_may_not_sync_fails_in_plain_words(repo: Repo, fake: ArgoCDFake) -> None:
+    fake.script("api-eu", auto_sync=False, sync_denied=True)
+    rec = run(repo, fake, "window-wait")
+    assert rec.verdict == "failed", rec.reason
+    assert "auto-sync is off for api-eu and the bridge's Argo CD account may not sync it" in (rec.reason or "")
 
 
 # -- pure parts: the routing block, the combined verdict, the describe view ---------------------------------------

@@ -60,7 +60,14 @@ class SyncBusy:
     message: str
 
 
-SyncOutcome = SyncStarted | SyncBusy
+@dataclass(frozen=True)
+class SyncBlocked:
+    """403 `cannot sync: blocked by sync window` (or an invalid window): not now, maybe later."""
+
+    message: str
+
+
+SyncOutcome = SyncStarted | SyncBusy | SyncBlocked
 
 
 def app_url(base_url: str, name: str, namespace: str | None = None) -> str:
@@ -260,7 +267,20 @@ class ArgoCDClient:
             if exc.code == ANOTHER_OPERATION and "another operation is already in progress" in exc.message:
                 return SyncBusy(exc.message)
             raise
+        except AuthError as exc:
+            if "cannot sync:" in str(exc):  # sync windows are checked before RBAC `sync` (reference README §4.2)
+                return SyncBlocked(str(exc)[str(exc).index("cannot sync:"):].rstrip(")"))
+            raise
         return SyncStarted(response.json())
+
+    async def sync_windows(self, name: str, project: str | None = None,
+                           namespace: str | None = None) -> dict[str, Any]:
+        """`GET …/syncwindows`: `{"activeWindows", "assignedWindows", "canSync"}` for this application."""
+        response = await self._request("GET", f"/api/v1/applications/{quote(name, safe='')}/syncwindows",
+                                       what=f"sync windows of application {name}", project=project,
+                                       params=self._params(project, namespace))
+        body = response.json()
+        return body if isinstance(body, dict) else {}
 
 
 def from_settings(settings: Settings) -> ArgoCDClient | None:

@@ -22,16 +22,17 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from bridge.argocd_webhook import HINT_INTERVAL_S as HINT_GAP
 from bridge.argocd_webhook import enqueue_hint
-from bridge.errors import NotFound, PermanentError, UpstreamUnavailable
+from bridge.errors import AuthError, NotFound, PermanentError, UpstreamUnavailable
 from bridge.queue import WATCH_APPLICATION, tick_job_id
 from bridge.records import DeploymentRecord
 from bridge.routing import ArgoApp, Environment
-from workers.argocd import ArgoCDClient, SyncBusy, SyncStarted
+from workers.argocd import ArgoCDClient, SyncBlocked, SyncBusy, SyncStarted
 from workers.context import Ctx, enqueue, keys, routing, settings, store
 from workers.lock import LockOutcome, RedisLock
 from workers.outcome import finish_deployment
@@ -118,6 +119,7 @@ async def verify_deployment(ctx: Ctx, deployment_id: str) -> str:
         "pushed": pushed.isoformat(), "deadline": deadline, "grace": grace, "source_index": argo.source_index,
         "refreshed": False, "degraded_since": None, "stamped": [], "ancestry": {}, "last": "", "reason": "",
         "window_end": pushed.timestamp() + argo.window, "suspended": argo.suspended, "estate": argo.is_estate,
+        "sync_window": argo.sync_window,
     }
     if argo.is_estate:
         url = client.apps_url(argo.selector, argo.namespace) if argo.selector or not argo.names else \
@@ -400,6 +402,12 @@ async def _tick(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]], *, hint:
     needing = [dep for dep, need in outcome.items() if need]
     if needing and not is_auto_sync(app) and now - state.get("sync_requested_at", 0) >= max(30.0, 6 * interval):
         await _sync(ctx, key, client, state, needing, waiters)
+    auto_waiting = [dep for dep in outcome if dep in waiters and "waiting for auto-sync" in
+                    str(waiters[dep].get("reason"))]
+    if auto_waiting and now - state.get("windows_at", 0) >= max(30.0, 6 * interval):
+        await _auto_sync_windows(ctx, key, client, state, auto_waiting, waiters)
+    elif not auto_waiting and not needing:
+        state.pop("blocked", None)
 
     await redis.hset(k.watched_apps, key, json.dumps(state))
     if await redis.hlen(k.waiting(key)):
@@ -579,6 +587,8 @@ async def _judge_all(ctx: Ctx, key: str, app: dict[str, Any], waiters: dict[str,
             suspended=str(w.get("suspended") or "wait"),
         )
         verdict = judge(app, waiter, contains, now)
+        if state.get("blocked") and isinstance(verdict, Waiting | TimedOut):
+            verdict = replace(verdict, reason=f"{state['blocked']}: {verdict.reason}")
         # One application of many: only "sync started" is true of the deployment; synced/healthy come combined.
         stamps = set(verdict.stamps) & {"sync_started"} if w.get("estate") else set(verdict.stamps)
         new = sorted(stamps - set(w.get("stamped", [])))
@@ -638,15 +648,54 @@ async def _sync(ctx: Ctx, key: str, client: ArgoCDClient, state: dict[str, Any],
         state["backoff_until"] = time.time() + min(delay, MAX_BACKOFF)
         return
     except PermanentError as exc:
+        why = f"Argo CD refused to sync: {exc}"
+        if isinstance(exc, AuthError):
+            why += (f" (auto-sync is off for {state['app']} and the bridge's Argo CD account may not sync it: "
+                    "enable auto-sync or grant `applications, sync` in the project)")
         for dep in needing:
-            await _finish(ctx, key, dep, "failed", f"Argo CD refused to sync: {exc}")
+            await _finish(ctx, key, dep, "failed", why)
+        return
+    if isinstance(outcome, SyncBlocked):
+        await _blocked(ctx, key, state, needing, waiters, f"Argo CD refused to sync {state['app']}: {outcome.message}")
         return
     if isinstance(outcome, SyncBusy):
         log.info("Argo CD %s: %s; waiting for it", key, outcome.message)
         return
     if isinstance(outcome, SyncStarted):
+        state.pop("blocked", None)
         state["sync_requested_at"] = time.time()
         log.info("Argo CD %s: sync requested for %s", key, ", ".join(needing))
+
+
+async def _auto_sync_windows(ctx: Ctx, key: str, client: ArgoCDClient, state: dict[str, Any], deps: list[str],
+                             waiters: dict[str, dict[str, Any]]) -> None:
+    """An auto-sync app stays OutOfSync at our commit: ask whether a sync window holds it (one read, not every tick)."""
+    state["windows_at"] = time.time()
+    try:
+        windows = await client.sync_windows(state["app"], state.get("project"), state.get("namespace"))
+    except (PermanentError, UpstreamUnavailable) as exc:
+        log.info("sync windows of %s unavailable: %s", key, exc)
+        return
+    if windows.get("canSync", True) is not False:
+        state.pop("blocked", None)
+        return
+    active = [w for w in windows.get("activeWindows") or [] if isinstance(w, dict)]
+    which = ", ".join(f"{w.get('kind', '?')} window '{w.get('schedule', '?')}' for {w.get('duration', '?')}"
+                      for w in active) or "a sync window"
+    await _blocked(ctx, key, state, deps, waiters,
+                   f"auto-sync of {state['app']} is held by {which} (Argo CD: canSync false)")
+
+
+async def _blocked(ctx: Ctx, key: str, state: dict[str, Any], deps: list[str], waiters: dict[str, dict[str, Any]],
+                   why: str) -> None:
+    """A sync window blocks the sync: each deployment's `argocd.sync_window` says wait (the reason says so) or fail."""
+    state["blocked"] = why
+    for dep in deps:
+        w = waiters.get(dep) or {}
+        if w.get("sync_window") == "fail":
+            await _finish(ctx, key, dep, "failed", f"{why}; this environment does not wait (argocd.sync_window: fail)")
+        else:
+            log.info("deployment %s: %s; waiting until the window opens or the deadline", dep, why)
 
 
 async def _finish(ctx: Ctx, key: str, dep: str, verdict: Any, reason: str, **changes: Any) -> None:

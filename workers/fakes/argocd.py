@@ -71,6 +71,8 @@ class FakeApp:
     repo_url: str = "https://dev.azure.com/org/proj/_git/gitops"
     path: str = "apps"
     labels: dict[str, str] = field(default_factory=dict)
+    sync_window: bool = False      # a deny window is active: manual syncs get 403, auto-sync waits
+    sync_denied: bool = False      # RBAC: the bridge's account may not `sync` this app
     notify_deployed: bool = False  # on-deployed fires once the synced app turns Healthy
     rollout: bool = False     # the workload is an Argo Rollout (canary) instead of a Deployment
     canary_step: int = 1      # status.currentStepIndex while paused
@@ -156,6 +158,7 @@ class ArgoCDFake:
             Route("/api/v1/applications/{name}", self._get, methods=["GET"]),
             Route("/api/v1/applications/{name}/sync", self._sync, methods=["POST"]),
             Route("/api/v1/applications/{name}/resource", self._resource, methods=["GET"]),
+            Route("/api/v1/applications/{name}/syncwindows", self._syncwindows, methods=["GET"]),
             Route("/api/v1/applications/{name}/operation", self._terminate, methods=["DELETE"]),
         ])
         self.asgi.add_middleware(_Gate, fake=self)
@@ -198,7 +201,8 @@ class ArgoCDFake:
                sync_steps: int | None = None, comparison_error: str | None = None, clear_comparison_error: bool = False,
                hang_refresh: bool | None = None, frozen: bool | None = None, forbidden: bool | None = None,
                fail_5xx: int | None = None, fail_429: int | None = None, retry_after: float | None = None,
-               auto_sync: bool | None = None, rollout: str | None = None, canary_step: int | None = None) -> None:
+               auto_sync: bool | None = None, rollout: str | None = None, canary_step: int | None = None,
+               sync_window: bool | None = None, sync_denied: bool | None = None) -> None:
         """Change how one app behaves from now on (applies to the next sync / passes / requests).
 
         `rollout="paused"`: the workload is an Argo Rollout that pauses at canary step `canary_step` (Suspended);
@@ -221,7 +225,8 @@ class ArgoCDFake:
             for attr, value in (("sync_fails", sync_fails), ("sync_retries", sync_retries),
                                 ("sync_steps", sync_steps), ("hang_refresh", hang_refresh), ("frozen", frozen),
                                 ("forbidden", forbidden), ("fail_5xx", fail_5xx), ("fail_429", fail_429),
-                                ("retry_after", retry_after), ("auto_sync", auto_sync)):
+                                ("retry_after", retry_after), ("auto_sync", auto_sync),
+                                ("sync_window", sync_window), ("sync_denied", sync_denied)):
                 if value is not None:
                     setattr(app, attr, value)
             if comparison_error is not None:
@@ -448,7 +453,7 @@ class ArgoCDFake:
                 self._notice(app, "on-deployed", app.applied_rev)
         app.reconciled_at = now
         app.passes += 1
-        if app.auto_sync and app.sync_status == "OutOfSync" and app.operation is None:
+        if app.auto_sync and app.sync_status == "OutOfSync" and app.operation is None and not app.sync_window:
             if head in app.failed_revs:
                 if not any(c["type"] == "SyncError" for c in app.conditions):
                     msg = (app.op_state or {}).get("message", "")
@@ -520,6 +525,15 @@ class ArgoCDFake:
                 "spec": {"strategy": {"canary": {"steps": steps}}}, "status": status}
 
     # -- HTTP ----------------------------------------------------------------------------------------------------
+
+    async def _syncwindows(self, request: Request) -> Response:
+        found = self._lookup(request)
+        if isinstance(found, Response):
+            return found
+        window = {"kind": "deny", "schedule": "0 22 * * *", "duration": "10h", "manualSync": False}
+        active = [window] if found.sync_window else []
+        return JSONResponse({"activeWindows": active or None, "assignedWindows": [window],
+                             "canSync": not found.sync_window})
 
     async def _resource(self, request: Request) -> Response:
         """`GET …/resource?kind=&group=&resourceName=&namespace=&version=`: the live manifest as a JSON string."""
@@ -618,6 +632,12 @@ class ArgoCDFake:
             return found
         app = found
         with self._lock:
+            # order of AS Sync: sync windows, then RBAC `sync`, then the operation check
+            if app.sync_window:
+                return _error(403, 7, "cannot sync: blocked by sync window")
+            if app.sync_denied:
+                return _error(403, 7, f"permission denied: applications, sync, {app.project}/{app.name}, "
+                                      f"sub: {self.username}, iat: 2026-11-27T00:00:00Z")
             if app.operation is not None:
                 return _error(400, 9, "another operation is already in progress")
             revision = body.get("revision")
