@@ -14,7 +14,8 @@ what Argo CD says, as on any poll. It answers
     503  Redis unavailable
 
 Expected body (the template in docs/operations.md):
-`{"app": "<name>", "namespace": "<app namespace>", "project": "<project>", "revision": "<sync revision>"}`.
+`{"app": "<name>", "namespace": "<app namespace>", "project": "<project>", "revision": "<sync revision>"}`, plus
+`"instance": "<name>"` when several Argo CD instances are configured (each instance's template names itself).
 Needs `request.app.state.settings` and `request.app.state.redis` (an ArqRedis), as `bridge.app.create_app` provides.
 """
 
@@ -116,8 +117,11 @@ async def argocd_webhook(request: Request) -> Response:
     if redis is None:
         return _answer(503, "unavailable", "queue unavailable, retry later")
     keys = Keys(prefix=settings.key_prefix)
-    # The watcher's key is `<namespace>/<app>` when the routing file names a namespace, else the bare name.
-    candidates = [f"{namespace}/{name}", name] if namespace else [name]
+    # The watcher's key is `[<instance>|][<namespace>/]<app>` (see workers.verify.app_key): the namespace part only
+    # when the routing file names one, the instance part only for an instance other than the default.
+    instance = payload.get("instance") if isinstance(payload.get("instance"), str) else None
+    tag = f"{instance}|" if instance and instance != settings.argocd.default_instance() else ""
+    candidates = [f"{tag}{namespace}/{name}", f"{tag}{name}"] if namespace else [f"{tag}{name}"]
     woken: list[str] = []
     throttled: list[str] = []
     try:

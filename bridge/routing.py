@@ -97,6 +97,8 @@ class ArgoApp(_Model):
         "(default 60 with `apps` or `selector`, 0 for the single `app`)")
     suspended: Literal["wait", "succeed", "fail"] = Field(
         default="wait", description="what health Suspended (a paused Argo Rollout) means after our sync")
+    instance: str | None = Field(default=None, description="which Argo CD instance (settings argocd.instances); "
+                                 "unset: the only one")
     sync_window: Literal["wait", "fail"] = Field(
         default="wait", description="a sync window blocks the sync: keep waiting (within the deadline), or fail")
 

@@ -17,7 +17,9 @@ from test_verify import Harness, scenario
 from bridge.queue import VERIFY_DEPLOYMENT
 from bridge.records import DeploymentRecord
 from bridge.routing import RoutingConfig, parse_routing
-from workers.fakes.argocd import ArgoCDFake
+from bridge.settings import Settings
+from workers.argocd import ArgoCDClient
+from workers.fakes.argocd import FAKE_TOKEN, ArgoCDFake
 
 FILE = "api/values.yaml"
 ESTATES: dict[str, dict[str, Any]] = {  # env name → argocd block (every env deploys the same file)
@@ -39,6 +41,8 @@ ESTATES: dict[str, dict[str, Any]] = {  # env name → argocd block (every env d
     "window-wait": {"app": "api-eu", "project": "team-a"},
     "window-fail": {"app": "api-eu", "project": "team-a", "sync_window": "fail"},
     "window-opens": {"app": "api-eu", "project": "team-a"},
+    "inst-eu": {"app": "api-eu", "project": "team-a", "instance": "eu"},
+    "inst-us": {"app": "api-eu", "project": "team-a", "instance": "us"},
 }
 SHORT_DEADLINE = ("short", "canary-wait", "window-wait")
 DEV = {"app.kubernetes.io/name": "api", "env": "dev"}
@@ -311,6 +315,67 @@ def test_manual_app_the_bridge_may_not_sync_fails_in_plain_words(repo: Repo, fak
     rec = run(repo, fake, "window-wait")
     assert rec.verdict == "failed", rec.reason
     assert "auto-sync is off for api-eu and the bridge's Argo CD account may not sync it" in (rec.reason or "")
+
+
+# -- several Argo CD instances --------------------------------------------------------------------------------------
+
+
+def test_two_argocd_instances_each_environment_reads_its_own(repo: Repo, fake: ArgoCDFake) -> None:
+    other = ArgoCDFake(repo.bare)  # another region's Argo CD, with an application of the same name
+    other.add_app("api-eu", FILE, project="team-a")
+    other.script("api-eu", degrade=True)
+    sha = repo.commit({FILE: "image:\n  tag: '2'\n"}, "api → 2")
+
+    async def body(h: Harness) -> None:
+        h.settings = Settings(argocd={"instances": [{"name": "eu", "url": fake.url}, {"name": "us", "url": other.url}],
+                                      "tokens": {"eu": FAKE_TOKEN, "us": FAKE_TOKEN}, "poll_seconds": 0.1,
+                                      "refresh_timeout_seconds": 0.5, "request_timeout_seconds": 3},
+                              queue_name=h.settings.queue_name, key_prefix=h.settings.key_prefix)
+        await h.ctx["argocd"].aclose()
+        client = ArgoCDClient.from_settings(h.settings)
+        assert client is not None and client.default_name is None  # two instances, no default
+        h.ctx = {**h.new_ctx(), "argocd": client}
+        eu, us = await h.deployment("inst-eu", sha, 1), await h.deployment("inst-us", sha, 2)
+        await h.run()
+        rec_eu, rec_us = await h.record(eu), await h.record(us)
+        assert rec_eu.verdict == "succeeded", rec_eu.reason
+        assert rec_us.verdict == "failed" and "Degraded" in (rec_us.reason or "")
+        assert rec_eu.argocd_url == f"{fake.url}/applications/api-eu"
+        assert rec_us.argocd_url == f"{other.url}/applications/api-eu"
+        assert fake.count("GET", "api-eu") > 0 and other.count("GET", "api-eu") > 0
+
+    with other.serve(reconcile_period=0.05):
+        scenario(repo, fake, body, harness=EstateHarness)
+
+
+def test_instances_from_settings() -> None:
+    one = ArgoCDClient.from_settings(Settings(argocd={"url": "https://a.example", "token": FAKE_TOKEN}))
+    assert one is not None and one.instance(None) is one and one.instance("default") is one
+    assert one.instance("eu") is None
+    two = ArgoCDClient.from_settings(Settings(argocd={
+        "url": "https://a.example", "instances": [{"name": "eu", "url": "https://eu.example"}]}))
+    assert two is not None and two.instance(None) is two and two.base_url == "https://a.example"
+    eu = two.instance("eu")
+    assert eu is not None and eu.base_url == "https://eu.example"
+    only = ArgoCDClient.from_settings(Settings(argocd={"instances": [{"name": "eu", "url": "https://eu.example"}]}))
+    assert only is not None and only.instance(None) is only and only.name == "eu"
+    for client in (one, two, only):
+        asyncio.run(client.aclose())
+
+
+def test_config_check_names_unknown_and_ambiguous_instances(tmp_path: Path) -> None:
+    from bridge.config_check import _argocd_named_without_url
+    settings = Settings(argocd={"instances": [{"name": "eu", "url": "https://eu"}, {"name": "us", "url": "https://us"}]})
+    found = _argocd_named_without_url(settings, parse_routing({
+        "repositories": {"g": {"url": "https://x/g.git"}},
+        "routes": [{"name": "r", "match": {"project": "p", "definition": "d"}, "environments": [
+            {"name": "a", "repository": "g", "file": "a.yaml", "argocd": {"app": "a", "instance": "ap"}},
+            {"name": "b", "repository": "g", "file": "b.yaml", "argocd": {"app": "b"}},
+            {"name": "c", "repository": "g", "file": "c.yaml", "argocd": {"app": "c", "instance": "us"}}]}]}))
+    assert len(found) == 2
+    assert "environments.a.argocd.instance: 'ap' is not a configured Argo CD instance (BRIDGE_ARGOCD__INSTANCES: " \
+        "eu, us)" in found[0]
+    assert "environments.b.argocd: several Argo CD instances are configured (eu, us); name one" in found[1]
 
 
 # -- pure parts: the routing block, the combined verdict, the describe view ---------------------------------------

@@ -25,7 +25,7 @@ import httpx
 
 from bridge import metrics
 from bridge.errors import AuthError, NotFound, PermanentError, UpstreamUnavailable
-from bridge.settings import Settings
+from bridge.settings import DEFAULT_ARGOCD, Settings
 
 log = logging.getLogger("gitops_bridge.argocd")
 SYSTEM = "Argo CD"
@@ -112,7 +112,11 @@ class ArgoCDClient:
         request_timeout: float = 15.0,
         refresh_timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        name: str = DEFAULT_ARGOCD,
     ) -> None:
+        self.name = name
+        self.default_name: str | None = name
+        self.siblings: dict[str, ArgoCDClient] = {}  # every configured instance, when built from settings
         self.base_url = base_url.rstrip("/")
         self.request_timeout = request_timeout
         self.refresh_timeout = refresh_timeout
@@ -126,15 +130,36 @@ class ArgoCDClient:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ArgoCDClient | None:
+        """The client of the default instance, knowing every other configured instance (`instance(name)`)."""
         cfg = settings.argocd
-        if not cfg.url:
+        urls = cfg.instance_urls()
+        if not urls:
             return None
-        return cls(
-            cfg.url, cfg.token.get_secret_value() if cfg.token else None, verify_tls=cfg.verify_tls,
-            request_timeout=cfg.request_timeout_seconds, refresh_timeout=cfg.refresh_timeout_seconds,
-        )
+        tokens = {name.lower(): value for name, value in cfg.tokens.items()}
+        verify = {i.name: i.verify_tls for i in cfg.instances}
+        clients: dict[str, ArgoCDClient] = {}
+        for name, url in urls.items():
+            token = tokens.get(name) or (cfg.token if name == DEFAULT_ARGOCD or len(urls) == 1 else None)
+            tls = verify.get(name)
+            clients[name] = cls(
+                url, token.get_secret_value() if token else None, verify_tls=cfg.verify_tls if tls is None else tls,
+                request_timeout=cfg.request_timeout_seconds, refresh_timeout=cfg.refresh_timeout_seconds, name=name,
+            )
+        default = cfg.default_instance()
+        head = clients[default] if default else clients[sorted(clients)[0]]
+        head.siblings, head.default_name = clients, default
+        return head
+
+    def instance(self, name: str | None) -> ArgoCDClient | None:
+        """The client of instance `name` (None: the default instance); None when no such instance is configured."""
+        if name is None:
+            return self if self.default_name is not None else None
+        return self.siblings.get(name) or (self if name == self.name else None)
 
     async def aclose(self) -> None:
+        for sibling in self.siblings.values():
+            if sibling is not self:
+                await sibling.aclose()
         await self._http.aclose()
 
     def app_url(self, name: str, namespace: str | None = None) -> str:

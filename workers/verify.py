@@ -62,9 +62,24 @@ NO_ARGOCD_REASON = "cannot verify Argo CD application {app}: no Argo CD URL is c
 MAX_INFOS = 10
 
 
-def app_key(argo: ArgoApp, name: str | None = None) -> str:
+def app_key(argo: ArgoApp, name: str | None = None, instance: str | None = None) -> str:
+    """The watcher's key: `[<instance>|][<namespace>/]<app>` (no instance part for the default instance)."""
     app = name or argo.names[0]
-    return f"{argo.namespace}/{app}" if argo.namespace else app
+    key = f"{argo.namespace}/{app}" if argo.namespace else app
+    return f"{instance}|{key}" if instance else key
+
+
+def _instance_tag(ctx: Ctx, argo: ArgoApp) -> str | None:
+    """The instance part of the keys: None for the default instance (so both spellings share one watcher)."""
+    root: ArgoCDClient | None = ctx.get("argocd")
+    if argo.instance is None or (root is not None and argo.instance == root.default_name):
+        return None
+    return argo.instance
+
+
+def _client(ctx: Ctx, instance: str | None) -> ArgoCDClient | None:
+    root: ArgoCDClient | None = ctx.get("argocd")
+    return root.instance(instance) if root is not None else None
 
 
 def _environment(ctx: Ctx, record: DeploymentRecord) -> Environment | None:
@@ -94,7 +109,7 @@ async def verify_deployment(ctx: Ctx, deployment_id: str) -> str:
     if record is None or record.verdict is not None or record.state != "verifying":
         return "done"
     env = _environment(ctx, record)
-    client: ArgoCDClient | None = ctx.get("argocd")
+    client = _client(ctx, env.argocd.instance) if env is not None and env.argocd is not None else None
     if env is None:
         await finish_deployment(ctx, deployment_id, "failed",
                                 f"environment {record.environment} of route {record.route} is no longer configured")
@@ -103,7 +118,10 @@ async def verify_deployment(ctx: Ctx, deployment_id: str) -> str:
         await finish_deployment(ctx, deployment_id, "pushed", PUSHED_REASON)
         return "pushed"
     if client is None:
-        await finish_deployment(ctx, deployment_id, "failed", NO_ARGOCD_REASON.format(app=env.argocd.describe()))
+        reason = NO_ARGOCD_REASON.format(app=env.argocd.describe()) if env.argocd.instance is None else \
+            f"cannot verify Argo CD application {env.argocd.describe()}: no Argo CD instance " \
+            f"{env.argocd.instance!r} is configured (BRIDGE_ARGOCD__INSTANCES)"
+        await finish_deployment(ctx, deployment_id, "failed", reason)
         return "failed"
     if not record.commit_sha:
         await finish_deployment(ctx, deployment_id, "failed", "no commit to verify in Argo CD")
@@ -114,12 +132,13 @@ async def verify_deployment(ctx: Ctx, deployment_id: str) -> str:
     pushed = parse_time(record.timeline.get("pushed") or record.timeline.get("merged")) or datetime.now(UTC)
     deadline = pushed.timestamp() + (env.deadline_seconds or cfg.deadline_seconds)
     grace = env.degraded_grace_seconds if env.degraded_grace_seconds is not None else cfg.degraded_grace_seconds
+    inst = _instance_tag(ctx, argo)
     waiter = {
         "dep": deployment_id, "repository": record.repository, "target": record.commit_sha,
         "pushed": pushed.isoformat(), "deadline": deadline, "grace": grace, "source_index": argo.source_index,
         "refreshed": False, "degraded_since": None, "stamped": [], "ancestry": {}, "last": "", "reason": "",
         "window_end": pushed.timestamp() + argo.window, "suspended": argo.suspended, "estate": argo.is_estate,
-        "sync_window": argo.sync_window,
+        "sync_window": argo.sync_window, "instance": inst,
     }
     if argo.is_estate:
         url = client.apps_url(argo.selector, argo.namespace) if argo.selector or not argo.names else \
@@ -134,10 +153,11 @@ async def verify_deployment(ctx: Ctx, deployment_id: str) -> str:
         for field, value in fields.items():
             await redis.hsetnx(estate_key(ctx, deployment_id), field, value)
     if argo.selector:
-        skey = selector_key(argo)
+        skey = selector_key(argo, inst)
         await redis.hsetnx(keys(ctx).waiting(skey), deployment_id, json.dumps(waiter))
         await redis.hsetnx(keys(ctx).watched_apps, skey, json.dumps(
-            {"selector": argo.selector, "project": argo.project, "namespace": argo.namespace}))
+            {"selector": argo.selector, "project": argo.project, "namespace": argo.namespace,
+             "instance": inst}))
         await schedule_tick(ctx, skey)
     for name in argo.names:
         await _register(ctx, deployment_id, name, argo, waiter)
@@ -146,11 +166,11 @@ async def verify_deployment(ctx: Ctx, deployment_id: str) -> str:
 
 async def _register(ctx: Ctx, dep: str, name: str, argo: ArgoApp, waiter: dict[str, Any]) -> None:
     """Make `dep` a waiter on application `name` (idempotent: a re-run keeps the first registration)."""
-    key = app_key(argo, name)
+    key = app_key(argo, name, waiter.get("instance"))
     redis = ctx["redis"]
     await redis.hsetnx(keys(ctx).waiting(key), dep, json.dumps({**waiter, "app": name}))
-    await redis.hsetnx(keys(ctx).watched_apps, key,
-                       json.dumps({"app": name, "project": argo.project, "namespace": argo.namespace}))
+    await redis.hsetnx(keys(ctx).watched_apps, key, json.dumps(
+        {"app": name, "project": argo.project, "namespace": argo.namespace, "instance": waiter.get("instance")}))
     await schedule_tick(ctx, key)
 
 
@@ -168,8 +188,8 @@ def estate_field(name: str) -> str:
     return name
 
 
-def selector_key(argo: ArgoApp) -> str:
-    return f"{SELECTOR_PREFIX}{argo.namespace or ''}:{argo.project}:{argo.selector}"
+def selector_key(argo: ArgoApp, instance: str | None = None) -> str:
+    return f"{SELECTOR_PREFIX}{instance or ''}:{argo.namespace or ''}:{argo.project}:{argo.selector}"
 
 
 async def estate(ctx: Ctx, dep: str) -> tuple[dict[str, AppState], bool]:
@@ -324,7 +344,7 @@ async def _app_state(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]]) -> 
             env = _environment(ctx, record) if record else None
             if env is not None and env.argocd is not None:
                 state.update(app=waiters[dep].get("app") or env.argocd.names[0], project=env.argocd.project,
-                             namespace=env.argocd.namespace)
+                             namespace=env.argocd.namespace, instance=waiters[dep].get("instance"))
                 break
     return state
 
@@ -335,7 +355,7 @@ async def _tick(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]], *, hint:
     interval = _poll(ctx)
     now = time.time()
     state = await _app_state(ctx, key, waiters)
-    client: ArgoCDClient | None = ctx.get("argocd")
+    client = _client(ctx, state.get("instance"))
 
     # Drop waiters whose deployment is gone or already decided.
     records: dict[str, DeploymentRecord] = {}
@@ -425,7 +445,6 @@ async def _discover(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]]) -> s
     now = time.time()
     raw = await redis.hget(k.watched_apps, key)
     state: dict[str, Any] = json.loads(raw) if raw else {}
-    client: ArgoCDClient | None = ctx.get("argocd")
     records: dict[str, DeploymentRecord] = {}
     for dep in list(waiters):
         record = await store(ctx).get(dep)
@@ -437,10 +456,11 @@ async def _discover(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]]) -> s
             records[dep] = record
             if not state.get("selector"):  # coordinates lost in a retire race: the environment has them
                 state.update(selector=env.argocd.selector, project=env.argocd.project,
-                             namespace=env.argocd.namespace)
+                             namespace=env.argocd.namespace, instance=waiters[dep].get("instance"))
     if not waiters:
         await _retire(ctx, key)
         return "idle"
+    client = _client(ctx, state.get("instance"))
     if client is None:
         for dep in waiters:
             await _finish(ctx, key, dep, "failed", NO_ARGOCD_REASON.format(app=f"selector {state.get('selector')}"))
