@@ -143,7 +143,9 @@ def hinted_run(repo: Repo, fake: ArgoCDFake, serve: Callable[[Any], Any], env: s
         await h.ctx["argocd"].aclose()
         h.ctx = h.new_ctx()
         bridge = Settings(redis_url=REDIS_URL, queue_name=h.settings.queue_name, key_prefix=h.settings.key_prefix,
-                          webhook={"tokens": ["t0k3n-intake"]}, argocd={"url": fake.url, "webhook_token": TOKEN})
+                          webhook={"tokens": ["t0k3n-intake"]},
+                          argocd={"url": fake.url, "webhook_token": TOKEN,
+                                  "instances": [{"name": n, "url": fake.url} for n in ("eu", "us")]})
         served = serve(create_app(bridge, h.ctx["routing"]))
         fake.notify(f"{served.url}/webhooks/argocd", {"Authorization": f"Bearer {TOKEN}"}, duplicates=duplicates,
                     stale=stale)

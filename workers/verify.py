@@ -215,14 +215,15 @@ def _details(records: dict[str, DeploymentRecord] | DeploymentRecord, dep: str,
 
 
 async def _set_member(ctx: Ctx, dep: str, name: str, state: str, reason: str) -> bool:
-    """Record one application's state for `dep`; True when it changed (a succeeded/failed state is final)."""
+    """Record one application's state for `dep`; True when the state changed (then the record is rewritten; a new
+    reason alone only updates the estate hash, which the verdict reads). Succeeded and failed are final."""
     redis = ctx["redis"]
     raw = await redis.hget(estate_key(ctx, dep), estate_field(name))
     old = json.loads(raw) if raw else {}
     if old.get("state") in ("succeeded", "failed") or (old.get("state"), old.get("reason")) == (state, reason):
         return False
     await redis.hset(estate_key(ctx, dep), estate_field(name), json.dumps({"state": state, "reason": reason}))
-    return True
+    return old.get("state") != state
 
 
 async def _settle(ctx: Ctx, dep: str, record: DeploymentRecord | None = None, *, now: float | None = None) -> str:
@@ -318,7 +319,9 @@ async def watch_application(ctx: Ctx, key: str, cause: str = "tick") -> str:
     # A short lease, renewed while the tick runs: a worker that dies mid-tick blocks this app for seconds, not minutes.
     lease = RedisLock(redis, k.lock(f"argocd-watch:{key}"), lease_seconds=max(5.0, 2 * _poll(ctx)))
     if await lease.acquire(0) is not LockOutcome.ACQUIRED:
-        if not hint:
+        if hint:  # the read in progress may predate what the hint announced: read again a second later
+            await enqueue_hint(redis, settings(ctx).queue_name, key, not_before=time.time() + HINT_GAP)
+        else:
             await schedule_tick(ctx, key)
         return "busy"
     try:

@@ -268,11 +268,13 @@ class ArgoCDFake:
 
         with httpx.Client(timeout=5.0) as client:
             for body in outbox:
-                self.notifications.append(body)
+                entry = dict(body)
+                self.notifications.append(entry)
                 try:
-                    client.post(self.notify_url, json=body, headers=self.notify_headers)
-                except httpx.HTTPError:
-                    pass  # like Argo CD: recorded as sent anyway
+                    response = client.post(self.notify_url, json=body, headers=self.notify_headers)
+                    entry["_status"] = f"{response.status_code} {response.text[:200]}"
+                except httpx.HTTPError as exc:
+                    entry["_status"] = type(exc).__name__  # like Argo CD: recorded as sent anyway
 
     def start_reconciler(self, period: float = 0.05) -> None:
         """A background controller: one pass every `period` seconds, and promptly after a refresh request."""
