@@ -246,7 +246,8 @@ async def _settle(ctx: Ctx, dep: str, record: DeploymentRecord | None = None, *,
         out = estate_timed_out(members, target=record.commit_sha or "", discovering=discovering)
         await finish_deployment(ctx, dep, "timed-out", out.reason, details=_details(record, dep, members))
         return "timed-out"
-    await store(ctx).update(dep, details=_details(record, dep, members))
+    # only while still verifying: a watcher of another application may have finished it meanwhile (its details win)
+    await store(ctx).advance(dep, ["verifying"], "verifying", details=_details(record, dep, members))
     return "waiting"
 
 
