@@ -128,7 +128,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             if env.branches:
                 extra.append(f"branches {','.join(env.branches)}")
             if env.argocd:
-                extra.append(f"argocd {env.argocd.project}/{env.argocd.app}")
+                extra.append(f"argocd {env.argocd.describe()}")
             print(f"    {env.name:<10} {env.promotion:<12} {env.repository}:{env.file} keys={','.join(env.keys)}"
                   + (f" ({'; '.join(extra)})" if extra else ""))
     for warning in found.warnings:

@@ -49,6 +49,8 @@ WEBHOOK_OUTCOMES = (
 EVENT_TYPES = ("build.complete", "ms.vss-pipelines.run-state-changed-event", "other", "unknown")
 GITHUB_WEBHOOK_OUTCOMES = ("queued", "ignored", "pong", "unauthorized", "invalid", "too_large", "disabled",
                            "unavailable")
+ARGOCD_HINT_OUTCOMES = ("queued", "ignored", "throttled", "unauthorized", "invalid", "too_large", "timeout",
+                        "disabled", "unavailable")
 API_ENDPOINTS = ("deployments", "deployment", "holds", "promotions", "builds")
 API_OUTCOMES = ("ok", "unauthorized", "forbidden", "error")
 GATE_KINDS = ("gate", "check")
@@ -85,6 +87,8 @@ QUEUE_OLDEST_READY = Gauge("bridge_queue_oldest_ready_age_seconds",
                            registry=REGISTRY)
 GITHUB_WEBHOOKS = Counter("bridge_github_webhook_requests_total", "GitHub webhook requests by outcome.",
                           ["outcome"], registry=REGISTRY)
+ARGOCD_HINTS = Counter("bridge_argocd_hints_total", "Argo CD notifications (push hints) received, by outcome.",
+                       ["outcome"], registry=REGISTRY)
 API_REQUESTS = Counter("bridge_api_requests_total", "Operator API requests by endpoint and outcome.",
                        ["endpoint", "outcome"], registry=REGISTRY)
 GATE_CALLS = Counter("bridge_gate_calls_total", "Pipeline gate and check calls by kind and outcome.",
@@ -163,6 +167,8 @@ def init(routing: RoutingConfig, role: Role) -> None:
             WEBHOOK_REQUESTS.labels(event_type=event_type, outcome=outcome)
     for outcome in GITHUB_WEBHOOK_OUTCOMES:
         GITHUB_WEBHOOKS.labels(outcome=outcome)
+    for outcome in ARGOCD_HINT_OUTCOMES:
+        ARGOCD_HINTS.labels(outcome=outcome)
     for endpoint in API_ENDPOINTS:
         for outcome in API_OUTCOMES:
             API_REQUESTS.labels(endpoint=endpoint, outcome=outcome)

@@ -78,11 +78,73 @@ class Match(_Model):
     _globs = field_validator("branches")(_check_globs)
 
 
+APP_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+DISCOVERY_SECONDS = 60.0
+
+
 class ArgoApp(_Model):
-    app: str
+    """The Argo CD applications of an environment: one `app`, a list `apps`, a label `selector`, or a mix."""
+
+    app: str | None = Field(default=None, description="the only application (the one-element case of `apps`)")
+    apps: list[str] = Field(default_factory=list, description="applications by name, all of which must deploy")
+    selector: str | None = Field(default=None, description="label selector (Argo CD list endpoint), e.g. 'env=dev'")
     project: str = "default"
     namespace: str | None = Field(default=None, description="appNamespace, for apps outside argocd's namespace")
     source_index: int | None = Field(default=None, ge=0, description="multi-source apps: the source with the file")
+    min_apps: int = Field(default=1, ge=1, description="fewer applications when discovery ends: failed")
+    discovery_seconds: float | None = Field(
+        default=None, ge=0, description="how long after the push new or missing applications may still appear "
+        "(default 60 with `apps` or `selector`, 0 for the single `app`)")
+    suspended: Literal["wait", "succeed", "fail"] = Field(
+        default="wait", description="what health Suspended (a paused Argo Rollout) means after our sync")
+    instance: str | None = Field(default=None, description="which Argo CD instance (settings argocd.instances); "
+                                 "unset: the only one")
+    sync_window: Literal["wait", "fail"] = Field(
+        default="wait", description="a sync window blocks the sync: keep waiting (within the deadline), or fail")
+
+    @field_validator("apps")
+    @classmethod
+    def _app_names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not APP_NAME.match(name):
+                raise ValueError(f"{name!r} is not an application name")
+        if len(set(v)) != len(v):
+            raise ValueError("duplicate application")
+        return v
+
+    @field_validator("selector")
+    @classmethod
+    def _selector(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or any(not part.strip() for part in re.split(r",(?![^(]*\))", v))):
+            raise ValueError("must be a non-empty label selector such as 'app.kubernetes.io/name=api,env=dev'")
+        return v
+
+    @model_validator(mode="after")
+    def _something(self) -> ArgoApp:
+        if self.app is None and not self.apps and self.selector is None:
+            raise ValueError("name the application: `app`, `apps` or `selector`")
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        """The applications named explicitly (`app` first, then `apps`)."""
+        return ([self.app] if self.app else []) + [a for a in self.apps if a != self.app]
+
+    @property
+    def is_estate(self) -> bool:
+        """More than the single-application form: judged per application and combined."""
+        return self.selector is not None or len(self.names) > 1 or bool(self.apps)
+
+    @property
+    def window(self) -> float:
+        if self.discovery_seconds is not None:
+            return self.discovery_seconds
+        return DISCOVERY_SECONDS if self.is_estate else 0.0
+
+    def describe(self) -> str:
+        """`project/app`, or the list and selector, for humans."""
+        parts = list(self.names) + ([f"selector {self.selector}"] if self.selector else [])
+        return f"{self.project}/" + ", ".join(parts)
 
 
 class Environment(_Model):

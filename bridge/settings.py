@@ -129,15 +129,44 @@ class GitHubSettings(_Group):
     _split = field_validator("labels", mode="before")(_split_list)
 
 
+DEFAULT_ARGOCD = "default"
+
+
+class ArgoCDInstanceSettings(_Group):
+    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", description="What environments call it.")
+    url: str = Field(description="e.g. https://argocd.eu.example.com")
+    verify_tls: bool | None = Field(default=None, description="unset: argocd.verify_tls")
+
+
 class ArgoCDSettings(_Group):
     url: str | None = None
     token: SecretStr | None = None
+    instances: list[ArgoCDInstanceSettings] = Field(
+        default_factory=list, description="Several Argo CD instances (JSON list of name, url); the routing file's "
+        "`argocd.instance` picks one. `url`/`token`, when set, are the instance named `default`.")
+    tokens: dict[str, SecretStr] = Field(
+        default_factory=dict, description="One token per instance name (BRIDGE_ARGOCD__TOKENS__<NAME>).")
     verify_tls: bool = True
     poll_seconds: float = 5.0
     refresh_timeout_seconds: float = 10.0
     request_timeout_seconds: float = 15.0
     deadline_seconds: float = 900.0
     degraded_grace_seconds: float = 60.0
+    def instance_urls(self) -> dict[str, str]:
+        """Every configured instance by name (`default` for the single `url`)."""
+        found = {i.name: i.url for i in self.instances}
+        if self.url:
+            found.setdefault(DEFAULT_ARGOCD, self.url)
+        return found
+
+    def default_instance(self) -> str | None:
+        """The instance an environment without `argocd.instance` uses: `url`'s, else the only one, else none."""
+        names = list(self.instance_urls())
+        return DEFAULT_ARGOCD if self.url else names[0] if len(names) == 1 else None
+
+    webhook_token: SecretStr | None = Field(
+        default=None, description="Enables POST /webhooks/argocd (Argo CD notifications): the token, sent as "
+        "`Authorization: Bearer`, `X-Gitops-Bridge-Token`, or as the password of Basic credentials.")
 
 
 class OrganizationSettings(_Group):
