@@ -49,7 +49,7 @@ WEBHOOK_OUTCOMES = (
 EVENT_TYPES = ("build.complete", "ms.vss-pipelines.run-state-changed-event", "other", "unknown")
 GITHUB_WEBHOOK_OUTCOMES = ("queued", "ignored", "pong", "unauthorized", "invalid", "too_large", "disabled",
                            "unavailable")
-API_ENDPOINTS = ("deployments", "deployment", "holds", "promotions")
+API_ENDPOINTS = ("deployments", "deployment", "holds", "promotions", "rollbacks")
 API_OUTCOMES = ("ok", "unauthorized", "forbidden", "error")
 STAGES = ("queue", "write", "review", "sync", "health")
 SPANS = ("build_to_commit", "commit_to_synced", "build_to_healthy")
@@ -58,7 +58,8 @@ ARGOCD_OUTCOMES = ("ok", "timeout", "unavailable", "error")
 ADO_OPERATIONS = ("get_build", "list_builds", "tags", "properties", "definitions", "projects", "commit_status",
                   "hooks")
 CLIENT_OUTCOMES = ("ok", "auth", "not_found", "unavailable", "error")  # Azure DevOps and GitHub
-REPORT_KINDS = ("tags", "properties", "commit_status", "record")
+REPORT_KINDS = ("tags", "properties", "commit_status", "record", "rolled_back")
+ROLLBACK_CAUSES = ("manual", "automatic")
 
 # -- intake ------------------------------------------------------------------------------------------------------
 WEBHOOK_REQUESTS = Counter(
@@ -123,6 +124,13 @@ REPORTS_FAILED = Counter("bridge_reports_failed_total", "Report-backs to Azure D
 SWEEP_REPAIRS = Counter("bridge_sweeper_repairs_total",
                         "Deployments whose next step was missing and that the sweeper handed back to it, by state.",
                         ["state"], registry=REGISTRY)
+ROLLBACKS = Counter("bridge_rollbacks_total", "Rollbacks started, by environment and cause (manual, automatic).",
+                    ["environment", "cause"], registry=REGISTRY)
+TIME_TO_RESTORE = Histogram(
+    "bridge_time_to_restore_seconds",
+    "From the verdict of the deployment a rollback undid to the rollback's success (DORA time to restore).",
+    ["environment"], buckets=(5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400), registry=REGISTRY,
+)
 RECONCILED_BUILDS = Counter("bridge_reconciled_builds_total", "Builds queued by the reconciler, not the webhook.",
                             registry=REGISTRY)
 
@@ -172,6 +180,10 @@ def init(routing: RoutingConfig, role: Role) -> None:
         GITHUB_REQUESTS.labels(outcome=outcome)
     for kind in REPORT_KINDS:
         REPORTS_FAILED.labels(kind=kind)
+    for env in environments(routing):
+        for cause in ROLLBACK_CAUSES:
+            ROLLBACKS.labels(environment=env, cause=cause)
+        TIME_TO_RESTORE.labels(environment=env)
     for state in ACTIVE_STATES:
         SWEEP_REPAIRS.labels(state=state)
         IN_STATE.labels(state=state)

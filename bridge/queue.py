@@ -134,6 +134,13 @@ class Keys:
     def pending(self, repository: str) -> str:
         return f"{self.prefix}:pending:{repository}"
 
+    def last_succeeded(self, route: str, environment: str) -> str:
+        """The deployment that last succeeded in an environment (written with its verdict; rollbacks read it)."""
+        return f"{self.prefix}:last-ok:{route}:{environment}"
+
+    def rollback_sequence(self, route: str, environment: str) -> str:
+        return f"{self.prefix}:rollback-seq:{route}:{environment}"
+
     def lock(self, repository: str) -> str:
         return f"{self.prefix}:lock:{repository}"
 

@@ -9,7 +9,7 @@ from datetime import datetime
 from bridge import metrics
 from bridge.lifecycle import is_success
 from bridge.queue import PROMOTE_BUILD, REPORT_DEPLOYMENT, report_job_id
-from bridge.records import DeploymentRecord, JobSpec, Verdict
+from bridge.records import DeploymentRecord, Effect, JobSpec, Verdict
 from workers import faults
 from workers.context import Ctx, enqueue, routing, store
 
@@ -77,10 +77,19 @@ async def finish_deployment(ctx: Ctx, deployment_id: str, verdict: Verdict, reas
 
     Returns False when the deployment already had a verdict: a re-run job then does nothing more.
     """
-    record = await store(ctx).finish(deployment_id, verdict, reason, then=[final_report(deployment_id)], **changes)
+    then: list[Effect] = [final_report(deployment_id)]
+    if is_success(verdict):  # the environment's "last succeeded" pointer moves with the verdict (rollbacks read it)
+        before = await store(ctx).get(deployment_id)
+        if before is not None and before.verdict is None:
+            then.append(store(ctx).last_succeeded_effect(before.model_copy(update=changes)))
+    record = await store(ctx).finish(deployment_id, verdict, reason, then=then, **changes)
     if record is None:
         return False
     metrics.DEPLOYMENTS.labels(environment=record.environment, verdict=verdict).inc()
+    if record.kind == "rollback" and is_success(verdict):
+        from workers.rollback import observe_restore
+
+        await observe_restore(ctx, record)
     observe_lead_times(record)
     log.info("deployment %s: %s (%s)", deployment_id, verdict, reason,
              extra={"deployment": deployment_id, "verdict": verdict})

@@ -95,8 +95,9 @@ def setter_of(record: DeploymentRecord, commit: str | None = None) -> Setter:
 
 
 def forced(record: DeploymentRecord) -> bool:
-    """A forced promotion skips the ordering checks (deploy.py writes `forced`; the writer reads `force`)."""
-    return bool(record.details.get("forced") or record.details.get("force"))
+    """A forced promotion skips the ordering checks (deploy.py writes `forced`; the writer reads `force`); so does a
+    rollback, which opens a pull request for an older tag on purpose."""
+    return record.kind == "rollback" or bool(record.details.get("forced") or record.details.get("force"))
 
 
 def blocks(newer: DeploymentRecord | None, candidate: DeploymentRecord, policy: Policy) -> bool:
@@ -213,7 +214,7 @@ async def open_pull_request(ctx: Ctx, dep_id: str) -> dict[str, Any]:
         await finish_deployment(ctx, dep_id, "failed", reason)
         return {"status": "failed"}
     hold = await store(ctx).get_hold(record.route, record.environment)
-    if hold is not None:
+    if hold is not None and record.kind != "rollback":  # a rollback passes the hold it set
         await finish_deployment(ctx, dep_id, "held", f"{record.route}/{record.environment} is held: "
                                                      f"{hold.get('reason', '')}")
         return {"status": "held"}

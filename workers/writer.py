@@ -56,13 +56,16 @@ class Bump:
     build_number: str | None = None
     build_url: str | None = None
     source_commit: str | None = None
+    rollback_of: int | None = None  # a rollback: the build it undoes (trailer `Rollback-Of:`)
 
     @classmethod
     def from_record(cls, record: DeploymentRecord, *, create_missing: bool = False) -> Bump:
         if not record.tag:
             raise PermanentError(f"deployment {record.id} has no tag")
+        rollback_of = (record.details.get("rollback_of") or {}).get("build_id") if record.kind == "rollback" else None
         return cls(record.id, record.route, record.environment, record.file, tuple(record.keys), record.tag,
-                   create_missing, record.build_id, record.build_number, record.build_url, record.source_commit)
+                   create_missing, record.build_id, record.build_number, record.build_url, record.source_commit,
+                   rollback_of if isinstance(rollback_of, int) else (0 if record.kind == "rollback" else None))
 
 
 Status = Literal["changed", "unchanged", "already-pushed", "failed"]
@@ -96,6 +99,8 @@ def _one_line(value: object) -> str:
 
 
 def render_subject(template: str, bump: Bump) -> str:
+    if bump.rollback_of is not None:
+        return _one_line(f"rollback: {bump.route} {bump.environment} to {bump.tag} (build {bump.build_id})")
     fields = _SafeFormat(app=bump.route, route=bump.route, tag=bump.tag, env=bump.environment,
                          environment=bump.environment, build_id=bump.build_id, build_number=bump.build_number or "",
                          file=bump.file)
@@ -106,7 +111,8 @@ def render_subject(template: str, bump: Bump) -> str:
 
 
 def trailers(bump: Bump) -> list[str]:
-    lines = [f"Build-Id: {bump.build_id}"]
+    lines = [f"Rollback-Of: {bump.rollback_of}"] if bump.rollback_of is not None else []
+    lines.append(f"Build-Id: {bump.build_id}")
     if bump.build_url:
         lines.append(f"Build-Url: {_one_line(bump.build_url)}")
     if bump.source_commit:
@@ -346,7 +352,7 @@ async def _flush_batch(ctx: Ctx, repository: str, lock: RedisLock, ids: list[str
         if pair not in holds:
             holds[pair] = await store(ctx).get_hold(*pair)
         hold = holds[pair]
-        if hold is not None:
+        if hold is not None and record.kind != "rollback":  # a rollback passes the hold it set
             await finish_deployment(ctx, dep_id, "held", f"held by {hold.get('by', 'operator')}: "
                                                          f"{hold.get('reason', '')}".rstrip(": "))
             done.append(dep_id)
@@ -370,7 +376,7 @@ async def _flush_batch(ctx: Ctx, repository: str, lock: RedisLock, ids: list[str
     decision = decide(
         (Candidate(r.id, (r.route, r.environment), tuple((r.file, key) for key in r.keys),
                    Setter(r.build_id, r.build_finished, r.id, r.tag), route.ordering, r.created,
-                   bool(r.details.get("force"))) for r, route, _ in live),
+                   bool(r.details.get("force")), r.kind == "rollback") for r, route, _ in live),
         setters,
     )
     for candidate, reason in decision.superseded:

@@ -1,0 +1,104 @@
+"""Rollbacks end to end: the manual one (API), the refusals, the hold that stops newer builds, and release."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .conftest import READ_TOKEN, Stack, StackFactory
+
+
+def _deployed(s: Stack, build_id: int, app: str) -> dict[str, Any]:
+    assert s.post(s.build(build_id, app)).status_code == 202
+    record = s.wait_finished(build_id, "dev")
+    assert record["verdict"] == "succeeded", record
+    return record
+
+
+def _wait_rollback(s: Stack, rollback_id: str) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        record: dict[str, Any] = s.api("GET", f"/api/deployments/{rollback_id}", token=READ_TOKEN).json()
+        return record if record.get("state") == "done" else None
+
+    return s.wait(f"rollback {rollback_id} done", probe)
+
+
+def test_manual_rollback_restores_the_last_good_build_holds_and_reports_both(stack: StackFactory) -> None:
+    s = stack()
+    _deployed(s, 200, "cart")
+    bad = _deployed(s, 201, "cart")
+
+    answer = s.api("POST", "/api/rollbacks", json={"route": "cart", "environment": "dev", "reason": "500s in cart"})
+
+    assert answer.status_code == 202, answer.text
+    rollback = answer.json()
+    assert (rollback["kind"], rollback["build_id"], rollback["tag"]) == ("rollback", 200, "200")
+    assert rollback["id"] not in (bad["id"],) and rollback["id"].startswith("rollback-")
+    done = _wait_rollback(s, rollback["id"])
+    assert done["verdict"] == "succeeded", done
+    assert s.values_tag("cart", "dev") == "200"
+    # one commit, format-exact, carrying the three trailers
+    sha, message = s.commits_since(bad["commit_sha"])[0]
+    assert len(s.commits_since(bad["commit_sha"])) == 1 and done["commit_sha"] == sha
+    lines = message.splitlines()
+    assert {"Rollback-Of: 201", "Build-Id: 200", f"Deployment-Id: {rollback['id']}"} <= set(lines)
+    assert s.argocd.application("cart-dev")["status"]["sync"]["revision"] == sha
+    # reported to both builds: the restored one gets the rollback's verdict, the undone one `rolled-back-dev`
+    assert s.tags(200) == ["deployed-dev"]
+    assert s.ado.properties(200)["gitops-bridge.dev.deployment"] == rollback["id"]
+    assert sorted(s.tags(201)) == ["deployed-dev", "rolled-back-dev"]
+    assert s.tag_patches(201, "rolled-back-dev") == 1
+
+    # the environment is held, naming the rollback and who asked (the write token's name)
+    holds = s.api("GET", "/api/holds", token=READ_TOKEN).json()["items"]
+    assert [(h["route"], h["environment"], h["rollback"], h["by"]) for h in holds] == [
+        ("cart", "dev", rollback["id"], "release-bot")]
+    assert "rolled back to build 200" in holds[0]["reason"]
+
+    # a newer build does not undo the rollback: it ends `held`, and says why
+    assert s.post(s.build(202, "cart")).status_code == 202
+    held = s.wait_finished(202, "dev")
+    assert held["verdict"] == "held" and "rolled back to build 200" in held["reason"]
+    assert s.values_tag("cart", "dev") == "200"
+
+    # release lifts the hold: the next build deploys again, over the rollback
+    assert s.api("DELETE", "/api/holds/cart/dev").json()["released"] is True
+    _deployed(s, 203, "cart")
+    assert s.values_tag("cart", "dev") == "203"
+
+
+def test_rollback_to_a_named_build_and_the_refusals(stack: StackFactory) -> None:
+    s = stack()
+    assert s.api("POST", "/api/rollbacks", token=READ_TOKEN,
+                 json={"route": "cart", "environment": "dev"}).status_code == 403
+    unknown = s.api("POST", "/api/rollbacks", json={"route": "nope", "environment": "dev"})
+    assert unknown.status_code == 404 and "no route" in unknown.json()["error"]
+    nothing = s.api("POST", "/api/rollbacks", json={"route": "cart", "environment": "dev"})
+    assert nothing.status_code == 409 and "nothing to roll back to" in nothing.json()["error"]
+
+    _deployed(s, 210, "cart")
+    only_one = s.api("POST", "/api/rollbacks", json={"route": "cart", "environment": "dev"})
+    assert only_one.status_code == 409 and "nothing succeeded" in only_one.json()["error"]
+    _deployed(s, 211, "cart")
+    _deployed(s, 212, "cart")
+    never = s.api("POST", "/api/rollbacks", json={"route": "cart", "environment": "dev", "to_build": 999})
+    assert never.status_code == 409 and "never succeeded" in never.json()["error"]
+    same = s.api("POST", "/api/rollbacks", json={"route": "cart", "environment": "dev", "to_build": 212})
+    assert same.status_code == 409 and "already" in same.json()["error"]
+    bad = s.api("POST", "/api/rollbacks", json={"route": "cart", "environment": "dev", "force": "yes"})
+    assert bad.status_code == 400
+
+    # a newer deployment still in flight: refused, unless forced
+    s.argocd.script("cart-dev", frozen=True)
+    assert s.post(s.build(213, "cart")).status_code == 202
+    s.wait_record(213, "dev", "verifying", lambda r: r["state"] == "verifying")
+    busy = s.api("POST", "/api/rollbacks", json={"route": "cart", "environment": "dev", "to_build": 210})
+    assert busy.status_code == 409 and "still in flight" in busy.json()["error"]
+    s.argocd.script("cart-dev", frozen=False)
+    s.wait_finished(213, "dev")
+
+    named = s.api("POST", "/api/rollbacks", json={"route": "cart", "environment": "dev", "to_build": 210})
+    assert named.status_code == 202, named.text
+    done = _wait_rollback(s, named.json()["id"])
+    assert (done["verdict"], done["tag"], done["build_id"]) == ("succeeded", "210", 210)
+    assert s.values_tag("cart", "dev") == "210"
+    assert "rolled-back-dev" in s.tags(213)
