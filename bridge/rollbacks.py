@@ -2,6 +2,8 @@
 
     POST /api/rollbacks {"route", "environment", "to_build"?, "reason"?, "force"?}   (write token)
         → 202 with the rollback's deployment record; 409 with the reason when refused; 404 for an unknown target
+    POST /api/releases {"route", "environment", "deploy_latest"?}                     (write token)
+        → the hold lifted; with deploy_latest, the newest build the hold stopped is deployed (a new deployment)
 
 `plan_rollback` decides (reads Redis, writes nothing): what runs now (the writer's last setter of the environment's
 first key), what to restore (the environment's "last succeeded" list, written with each success verdict: the newest
@@ -157,7 +159,41 @@ async def start_rollback(store: DeploymentStore, plan: Plan) -> DeploymentRecord
     return r
 
 
-# -- the API endpoint ------------------------------------------------------------------------------------------------
+async def deploy_latest_held(store: DeploymentStore, routing: RoutingConfig, route_name: str,
+                             environment: str, by: str) -> DeploymentRecord | None:
+    """After a release: deploy the newest build that the hold stopped, as a new deployment of that build (its held
+    deployment keeps its verdict). None when no build was held."""
+    held, _ = await store.list(route=route_name, environment=environment, verdict="held", limit=100)
+    builds = [r for r in held if r.kind == "build"]
+    if not builds:
+        return None
+    newest = max(builds, key=lambda r: (r.build_id, r.created))
+    env = routing.route(route_name).environment(environment)
+    seq = int(await store.redis.incr(store.keys.rollback_sequence(route_name, environment)))
+    record = DeploymentRecord(
+        id=f"{newest.id}-release-{seq}",
+        state="queued",
+        route=route_name,
+        environment=environment,
+        repository=env.repository,
+        file=env.file,
+        keys=list(env.keys),
+        promotion=env.promotion,
+        argocd_app=env.argocd.app if env.argocd else None,
+        details={"redeploy_of": newest.id, "released_by": by},
+        **{name: getattr(newest, name) for name in BUILD_FIELDS},
+    )
+    record.stamp("received", "queued")
+    await store.create(record, then=[JobSpec(ADVANCE_DEPLOYMENT, (record.id,), advance_job_id(record.id))])
+    return record
+
+
+# -- the API endpoints -----------------------------------------------------------------------------------------------
+
+def _store(request: Request) -> DeploymentStore:
+    settings: Settings = request.app.state.settings
+    return DeploymentStore(request.app.state.redis, Keys(prefix=settings.key_prefix),
+                           retention_seconds=settings.retention_days * 86400, queue_name=settings.queue_name)
 
 async def post_rollback(request: Request) -> JSONResponse:
     if not _token_ok(request, _writers(request)):
@@ -175,10 +211,8 @@ async def post_rollback(request: Request) -> JSONResponse:
         return _error("rollbacks", 400, "'reason' must be text")
     if not isinstance(force, bool):
         return _error("rollbacks", 400, "'force' must be true or false")
-    settings: Settings = request.app.state.settings
     routing: RoutingConfig = request.app.state.routing
-    store = DeploymentStore(request.app.state.redis, Keys(prefix=settings.key_prefix),
-                            retention_seconds=settings.retention_days * 86400, queue_name=settings.queue_name)
+    store = _store(request)
     try:
         plan = await plan_rollback(store, routing, route, environment, to_build=to_build, force=force,
                                    reason=reason, by=_who(request, write=True) or "unknown")
@@ -189,4 +223,32 @@ async def post_rollback(request: Request) -> JSONResponse:
     return JSONResponse(record_json(record), status_code=202)
 
 
-routes = [Route("/api/rollbacks", post_rollback, methods=["POST"])]
+async def post_release(request: Request) -> JSONResponse:
+    """POST {"route", "environment", "deploy_latest"?} → the hold lifted and, with deploy_latest, the newest build it
+    stopped deployed again: {"released", "route", "environment", "deployment"}."""
+    if not _token_ok(request, _writers(request)):
+        return _deny_writer(request, "holds")
+    body = await _json_body(request, "holds")
+    if isinstance(body, JSONResponse):
+        return body
+    route, environment, latest = body.get("route"), body.get("environment"), body.get("deploy_latest", False)
+    if not isinstance(route, str) or not isinstance(environment, str) or not isinstance(latest, bool):
+        return _error("holds", 400, "'route' and 'environment' (names) are required; 'deploy_latest' is true or false")
+    routing: RoutingConfig = request.app.state.routing
+    try:
+        routing.route(route).environment(environment)
+    except KeyError:
+        return _error("holds", 404, f"no environment {environment!r} in a route {route!r}")
+    store = _store(request)
+    released = await store.release_hold(route, environment)
+    record = await deploy_latest_held(store, routing, route, environment,
+                                      _who(request, write=True) or "unknown") if latest else None
+    metrics.API_REQUESTS.labels(endpoint="holds", outcome="ok").inc()
+    return JSONResponse({"released": released, "route": route, "environment": environment,
+                         "deployment": record.id if record else None})
+
+
+routes = [
+    Route("/api/rollbacks", post_rollback, methods=["POST"]),
+    Route("/api/releases", post_release, methods=["POST"]),
+]

@@ -14,7 +14,7 @@ def _deployed(s: Stack, build_id: int, app: str) -> dict[str, Any]:
     return record
 
 
-def _wait_rollback(s: Stack, rollback_id: str) -> dict[str, Any]:
+def _wait_done(s: Stack, rollback_id: str) -> dict[str, Any]:
     def probe() -> dict[str, Any] | None:
         record: dict[str, Any] = s.api("GET", f"/api/deployments/{rollback_id}", token=READ_TOKEN).json()
         return record if record.get("state") == "done" else None
@@ -33,7 +33,7 @@ def test_manual_rollback_restores_the_last_good_build_holds_and_reports_both(sta
     rollback = answer.json()
     assert (rollback["kind"], rollback["build_id"], rollback["tag"]) == ("rollback", 200, "200")
     assert rollback["id"] not in (bad["id"],) and rollback["id"].startswith("rollback-")
-    done = _wait_rollback(s, rollback["id"])
+    done = _wait_done(s, rollback["id"])
     assert done["verdict"] == "succeeded", done
     assert s.values_tag("cart", "dev") == "200"
     # one commit, format-exact, carrying the three trailers
@@ -60,10 +60,14 @@ def test_manual_rollback_restores_the_last_good_build_holds_and_reports_both(sta
     assert held["verdict"] == "held" and "rolled back to build 200" in held["reason"]
     assert s.values_tag("cart", "dev") == "200"
 
-    # release lifts the hold: the next build deploys again, over the rollback
-    assert s.api("DELETE", "/api/holds/cart/dev").json()["released"] is True
-    _deployed(s, 203, "cart")
-    assert s.values_tag("cart", "dev") == "203"
+    # release --deploy-latest lifts the hold and deploys the newest held build, over the rollback
+    released = s.api("POST", "/api/releases", json={"route": "cart", "environment": "dev", "deploy_latest": True})
+    assert released.status_code == 200, released.text
+    assert released.json()["released"] is True and released.json()["deployment"].startswith(held["id"])
+    again = _wait_done(s, released.json()["deployment"])
+    assert (again["kind"], again["build_id"], again["verdict"]) == ("build", 202, "succeeded")
+    assert s.values_tag("cart", "dev") == "202"
+    assert s.api("GET", "/api/holds", token=READ_TOKEN).json()["items"] == []
 
 
 def test_rollback_to_a_named_build_and_the_refusals(stack: StackFactory) -> None:
@@ -98,7 +102,7 @@ def test_rollback_to_a_named_build_and_the_refusals(stack: StackFactory) -> None
 
     named = s.api("POST", "/api/rollbacks", json={"route": "cart", "environment": "dev", "to_build": 210})
     assert named.status_code == 202, named.text
-    done = _wait_rollback(s, named.json()["id"])
+    done = _wait_done(s, named.json()["id"])
     assert (done["verdict"], done["tag"], done["build_id"]) == ("succeeded", "210", 210)
     assert s.values_tag("cart", "dev") == "210"
     assert "rolled-back-dev" in s.tags(213)
