@@ -131,6 +131,9 @@ TIME_TO_RESTORE = Histogram(
     "From the verdict of the deployment a rollback undid to the rollback's success (DORA time to restore).",
     ["environment"], buckets=(5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400), registry=REGISTRY,
 )
+MANUAL_CHANGES = Counter("bridge_manual_changes_total",
+                         "Managed keys found changed by a person in Git (the environment is then held).",
+                         ["environment"], registry=REGISTRY)
 RECONCILED_BUILDS = Counter("bridge_reconciled_builds_total", "Builds queued by the reconciler, not the webhook.",
                             registry=REGISTRY)
 
@@ -184,6 +187,7 @@ def init(routing: RoutingConfig, role: Role) -> None:
         for cause in ROLLBACK_CAUSES:
             ROLLBACKS.labels(environment=env, cause=cause)
         TIME_TO_RESTORE.labels(environment=env)
+        MANUAL_CHANGES.labels(environment=env)
     for state in ACTIVE_STATES:
         SWEEP_REPAIRS.labels(state=state)
         IN_STATE.labels(state=state)

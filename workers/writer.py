@@ -26,6 +26,7 @@ from bridge import metrics
 from bridge.errors import BridgeError, PermanentError, PushRejected, is_transient, retry_delay
 from bridge.queue import FLUSH_REPOSITORY, VERIFY_DEPLOYMENT, tick_job_id, unique_job_id, verify_job_id
 from bridge.records import DeploymentRecord, JobSpec
+from bridge.routing import Environment
 from workers import faults
 from workers.context import Ctx, enqueue, keys, routing, settings, store
 from workers.gitrepo import RepoCache
@@ -57,6 +58,9 @@ class Bump:
     build_url: str | None = None
     source_commit: str | None = None
     rollback_of: int | None = None  # a rollback: the build it undoes (trailer `Rollback-Of:`)
+    # (key, value the bridge last wrote there): a key holding something else was changed by a person, and the bump
+    # is left out as "manual-change" (routing `on_manual_change: hold`)
+    expect: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_record(cls, record: DeploymentRecord, *, create_missing: bool = False) -> Bump:
@@ -68,7 +72,7 @@ class Bump:
                    rollback_of if isinstance(rollback_of, int) else (0 if record.kind == "rollback" else None))
 
 
-Status = Literal["changed", "unchanged", "already-pushed", "failed"]
+Status = Literal["changed", "unchanged", "already-pushed", "failed", "manual-change"]
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,13 @@ def _edit_files(repos: RepoCache, repository: str, bumps: Sequence[Bump]) -> tup
                 results.append(BumpResult(b, "failed", error=str(exc)))
                 continue
             olds = {c.key: c.old for c in edit.changes}
+            manual = [(key, olds.get(key, b.tag), wrote) for key, wrote in b.expect if olds.get(key, b.tag) != wrote]
+            if manual:
+                key, found, wrote = manual[0]
+                results.append(BumpResult(b, "manual-change", {k: olds.get(k, b.tag) for k in b.keys},
+                                          error=f"{file}:{key} is {found!r} in Git, not {wrote!r} that gitops-bridge "
+                                                f"wrote there last: a person changed it"))
+                continue
             if edit.changed:
                 text = edit.text
                 results.append(BumpResult(b, "changed", {k: olds.get(k, b.tag) for k in b.keys}))
@@ -223,8 +234,8 @@ async def apply_bumps(
         metrics.GIT_COMMITS.inc()
         metrics.BUMPS_PER_COMMIT.observe(len(changed))
         faults.reached("after-push")
-        results += [replace(r, commit_sha=sha if r.status == "changed" else synced.head) if r.status != "failed"
-                    else r for r in edited]
+        results += [replace(r, commit_sha=sha if r.status == "changed" else synced.head)
+                    if r.status not in ("failed", "manual-change") else r for r in edited]
         return ApplyResult(target, tuple(results), sha, sha, retries)
     raise PushRejected(f"{repository}: push to {target} rejected {attempts} times")  # pragma: no cover
 
@@ -385,7 +396,8 @@ async def _flush_batch(ctx: Ctx, repository: str, lock: RedisLock, ids: list[str
 
     if decision.apply:
         await lock.ensure_held()
-        bumps = [Bump.from_record(rec, create_missing=env.create_missing_keys)
+        bumps = [replace(Bump.from_record(rec, create_missing=env.create_missing_keys),
+                         expect=expected(rec, env, setters))
                  for rec, env in (by_id[c.deployment_id] for c in decision.apply)]
         result = await apply_bumps(ctx["repos"], repository, bumps, before_push=lock.ensure_held)
         await lock.ensure_held()
@@ -394,11 +406,45 @@ async def _flush_batch(ctx: Ctx, repository: str, lock: RedisLock, ids: list[str
             if r.status == "failed":
                 await finish_deployment(ctx, record.id, "failed", r.error or "values edit failed")
                 continue
+            if r.status == "manual-change":
+                await hold_for_manual_change(ctx, repository, record, r.error or "a person changed the value in Git",
+                                             r.old)
+                continue
             await _record(ctx, repository, record, r)
         faults.reached("after-record")
         done += [r.bump.deployment_id for r in result.results]
     if done:
         await redis.zrem(pending, *done)
+
+
+def expected(record: DeploymentRecord, env: Environment,
+             setters: dict[tuple[str, str], Setter]) -> tuple[tuple[str, str], ...]:
+    """What the bridge last wrote to the record's keys, to notice a person's change (never for a rollback, which
+    overrides on purpose, nor with `on_manual_change: follow`)."""
+    if record.kind == "rollback" or env.on_manual_change != "hold":
+        return ()
+    out = []
+    for key in record.keys:
+        setter = setters.get((record.file, key))
+        if setter is not None and setter.tag:
+            out.append((key, setter.tag))
+    return tuple(out)
+
+
+async def hold_for_manual_change(ctx: Ctx, repository: str, record: DeploymentRecord, reason: str,
+                                 found: dict[str, str | None]) -> None:
+    """A person's value is in Git: hold the environment (so no later build undoes it either) and end this one held.
+    The person's value becomes what the bridge expects there, so once the hold is released builds deploy again."""
+    k = keys(ctx)
+    for key in record.keys:
+        setter = Setter.from_json(await ctx["redis"].get(k.last_setter(repository, record.file, key)))
+        if setter is not None and found.get(key) is not None:
+            await ctx["redis"].set(k.last_setter(repository, record.file, key),
+                                   replace(setter, tag=found[key]).to_json(), keepttl=True)
+    await store(ctx).set_hold(record.route, record.environment, reason, by="gitops-bridge", cause="manual-change")
+    details = {**record.details, "manual_change": {"found": found, "reason": reason}}
+    await finish_deployment(ctx, record.id, "held", f"held: {reason}", details=details)
+    metrics.MANUAL_CHANGES.labels(environment=record.environment).inc()
 
 
 async def _record(ctx: Ctx, repository: str, record: DeploymentRecord, result: BumpResult) -> None:

@@ -106,3 +106,32 @@ def test_rollback_to_a_named_build_and_the_refusals(stack: StackFactory) -> None
     assert (done["verdict"], done["tag"], done["build_id"]) == ("succeeded", "210", 210)
     assert s.values_tag("cart", "dev") == "210"
     assert "rolled-back-dev" in s.tags(213)
+
+
+def test_a_persons_revert_in_git_is_noticed_and_holds_the_environment(stack: StackFactory) -> None:
+    s = stack()
+    _deployed(s, 220, "cart")
+    path = "helm/cart/values-dev.yaml"
+    text = s.git("show", f"main:{path}") + "\n"
+    assert 'tag: "220"' in text
+    s.push_human_commit(path, text.replace('tag: "220"', 'tag: "219"'), "revert cart to 219: checkout broken")
+
+    assert s.post(s.build(221, "cart")).status_code == 202
+    held = s.wait_finished(221, "dev")
+
+    assert held["verdict"] == "held", held
+    assert "a person changed it" in held["reason"] and "'219'" in held["reason"]
+    assert held["details"]["manual_change"]["found"] == {"image.tag": "219"}
+    assert s.values_tag("cart", "dev") == "219"  # the person's value stays
+    assert s.tags(221) == ["deploy-held-dev"]
+    assert "a person changed it" in s.ado.properties(221)["gitops-bridge.dev.reason"]
+    holds = s.api("GET", "/api/holds", token=READ_TOKEN).json()["items"]
+    assert [(h["route"], h["environment"], h["cause"], h["by"]) for h in holds] == [
+        ("cart", "dev", "manual-change", "gitops-bridge")]
+
+    # the next build is held by the same hold, until someone releases it
+    assert s.post(s.build(222, "cart")).status_code == 202
+    assert s.wait_finished(222, "dev")["verdict"] == "held"
+    assert s.api("DELETE", "/api/holds/cart/dev").json()["released"] is True
+    _deployed(s, 223, "cart")  # released: the person's value was recorded, so the next build writes over it
+    assert s.values_tag("cart", "dev") == "223"
