@@ -131,6 +131,9 @@ TIME_TO_RESTORE = Histogram(
     "From the verdict of the deployment a rollback undid to the rollback's success (DORA time to restore).",
     ["environment"], buckets=(5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400), registry=REGISTRY,
 )
+ROLLBACKS_FAILED = Counter("bridge_rollbacks_failed_total",
+                           "Rollbacks that did not restore the environment (it stays held; never another rollback).",
+                           ["environment"], registry=REGISTRY)
 MANUAL_CHANGES = Counter("bridge_manual_changes_total",
                          "Managed keys found changed by a person in Git (the environment is then held).",
                          ["environment"], registry=REGISTRY)
@@ -188,6 +191,7 @@ def init(routing: RoutingConfig, role: Role) -> None:
             ROLLBACKS.labels(environment=env, cause=cause)
         TIME_TO_RESTORE.labels(environment=env)
         MANUAL_CHANGES.labels(environment=env)
+        ROLLBACKS_FAILED.labels(environment=env)
     for state in ACTIVE_STATES:
         SWEEP_REPAIRS.labels(state=state)
         IN_STATE.labels(state=state)

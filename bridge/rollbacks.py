@@ -9,7 +9,7 @@
 first key), what to restore (the environment's "last succeeded" list, written with each success verdict: the newest
 entry whose tag is not what runs now, or the named build, which must have succeeded there), and whether to refuse
 (nothing succeeded before; a deployment or a rollback still in flight, unless forced — a rollback in flight is never
-overridden). `start_rollback` holds the environment (the hold names the rollback and who asked), then stores the
+overridden). `launch_rollback` holds the environment (the hold names the rollback and who asked), then stores the
 record (`queued`, its tag set) with its `advance_deployment` job in one transaction. The rest is the ordinary life
 of a deployment (`bridge.lifecycle`): the writer lets a rollback write an older tag and pass the hold, and commits it
 with `Rollback-Of`, `Build-Id` and `Deployment-Id` trailers; Argo CD verifies it; the report goes to both builds.
@@ -69,7 +69,7 @@ async def _running(store: DeploymentStore, repository: str, file: str, key: str)
 
 async def plan_rollback(store: DeploymentStore, routing: RoutingConfig, route_name: str, environment: str, *,
                         to_build: int | None = None, force: bool = False, reason: str | None = None,
-                        by: str = "unknown", cause: str = "manual") -> Plan:
+                        by: str = "unknown", cause: str = "manual", rollback_id: str | None = None) -> Plan:
     """Decide the rollback of `route_name/environment` (RollbackRefused with a reason when it must not start)."""
     try:
         route = routing.route(route_name)
@@ -114,9 +114,11 @@ async def plan_rollback(store: DeploymentStore, routing: RoutingConfig, route_na
         "build_key": str(entry["build_key"]), "build_id": int(entry["build_id"])}
     rolled_back = int(running["build_id"]) if running and running.get("build_id") is not None else None
     rolled_back_id = str(running.get("deployment_id") or "") if running else ""
-    seq = int(await store.redis.incr(store.keys.rollback_sequence(route_name, environment)))
+    if rollback_id is None:
+        seq = int(await store.redis.incr(store.keys.rollback_sequence(route_name, environment)))
+        rollback_id = f"rollback-{seq}-{route_name}-{environment}"
     record = DeploymentRecord(
-        id=f"rollback-{seq}-{route_name}-{environment}",
+        id=rollback_id,
         kind="rollback",
         state="queued",
         tag=str(entry["tag"]),
@@ -146,7 +148,7 @@ def hold_reason(plan: Plan) -> str:
     return f"rolled back to build {plan.restored_build}{of} by rollback {plan.record.id}"
 
 
-async def start_rollback(store: DeploymentStore, plan: Plan) -> DeploymentRecord:
+async def launch_rollback(store: DeploymentStore, plan: Plan) -> DeploymentRecord:
     """Hold the environment, then store the rollback with its first job (the store needs a queue name)."""
     r = plan.record
     details = r.details
@@ -216,7 +218,7 @@ async def post_rollback(request: Request) -> JSONResponse:
     try:
         plan = await plan_rollback(store, routing, route, environment, to_build=to_build, force=force,
                                    reason=reason, by=_who(request, write=True) or "unknown")
-        record = await start_rollback(store, plan)
+        record = await launch_rollback(store, plan)
     except RollbackRefused as refused:
         return _error("rollbacks", refused.status, refused.reason)
     metrics.API_REQUESTS.labels(endpoint="rollbacks", outcome="ok").inc()

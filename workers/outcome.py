@@ -78,6 +78,10 @@ async def finish_deployment(ctx: Ctx, deployment_id: str, verdict: Verdict, reas
     Returns False when the deployment already had a verdict: a re-run job then does nothing more.
     """
     then: list[Effect] = [final_report(deployment_id)]
+    if verdict in ("failed", "timed-out"):  # `on_failure: rollback`: the rollback job rides with the verdict
+        from workers.rollback import rollback_on_failure
+
+        reason, then = await rollback_on_failure(ctx, deployment_id, verdict, reason, then)
     if is_success(verdict):  # the environment's "last succeeded" pointer moves with the verdict (rollbacks read it)
         before = await store(ctx).get(deployment_id)
         if before is not None and before.verdict is None:
@@ -86,10 +90,10 @@ async def finish_deployment(ctx: Ctx, deployment_id: str, verdict: Verdict, reas
     if record is None:
         return False
     metrics.DEPLOYMENTS.labels(environment=record.environment, verdict=verdict).inc()
-    if record.kind == "rollback" and is_success(verdict):
-        from workers.rollback import observe_restore
+    if record.kind == "rollback":
+        from workers.rollback import rollback_finished
 
-        await observe_restore(ctx, record)
+        await rollback_finished(ctx, record)
     observe_lead_times(record)
     log.info("deployment %s: %s (%s)", deployment_id, verdict, reason,
              extra={"deployment": deployment_id, "verdict": verdict})

@@ -135,3 +135,58 @@ def test_a_persons_revert_in_git_is_noticed_and_holds_the_environment(stack: Sta
     assert s.api("DELETE", "/api/holds/cart/dev").json()["released"] is True
     _deployed(s, 223, "cart")  # released: the person's value was recorded, so the next build writes over it
     assert s.values_tag("cart", "dev") == "223"
+
+
+def test_automatic_rollback_after_a_degraded_rollout_is_verified_healthy(stack: StackFactory) -> None:
+    s = stack(environments={"search/dev": {"on_failure": "rollback"}})
+    _deployed(s, 300, "search")
+    s.argocd.script("search-dev", degrade=True)
+    assert s.post(s.build(301, "search")).status_code == 202
+    # Argo CD synced 301 (its health is set at the sync): the next sync, the rollback's, will be healthy
+    s.wait_record(301, "dev", "synced", lambda r: "synced" in r["timeline"])
+    s.argocd.script("search-dev", health_sequence=["Progressing", "Healthy"])
+    failed = s.wait_finished(301, "dev")
+    assert failed["verdict"] == "failed" and "Degraded" in failed["reason"]
+    assert "rolled back to build 300" in failed["reason"]
+    assert "rolled back to build 300" in s.ado.properties(301)["gitops-bridge.dev.reason"]
+
+    rollback = _wait_done(s, f"rollback-auto-{failed['id']}")
+
+    assert (rollback["kind"], rollback["verdict"], rollback["tag"]) == ("rollback", "succeeded", "300")
+    assert rollback["details"]["cause"] == "automatic" and rollback["details"]["by"] == "gitops-bridge"
+    assert s.values_tag("search", "dev") == "300"
+    assert s.argocd.application("search-dev")["status"]["health"]["status"] == "Healthy"
+    assert s.argocd.application("search-dev")["status"]["sync"]["revision"] == rollback["commit_sha"]
+    commits = s.commits_since(failed["commit_sha"])
+    assert len(commits) == 1 and "Rollback-Of: 301" in commits[0][1].splitlines()
+    assert sorted(s.tags(301)) == ["deploy-failed-dev", "rolled-back-dev"]
+    assert s.tags(300) == ["deployed-dev"]
+    holds = s.api("GET", "/api/holds", token=READ_TOKEN).json()["items"]
+    assert [(h["environment"], h["cause"], h["rollback"]) for h in holds] == [
+        ("dev", "rollback-automatic", rollback["id"])]
+    metrics = s.http.get(f"{s.url}/metrics").text
+    assert 'bridge_rollbacks_total{cause="automatic",environment="dev"} 1.0' in metrics
+
+
+def test_a_failing_rollback_ends_held_and_never_rolls_back_again(stack: StackFactory) -> None:
+    s = stack(environments={"search/dev": {"on_failure": "rollback"}})
+    _deployed(s, 310, "search")
+    _deployed(s, 311, "search")
+    s.argocd.script("search-dev", degrade=True)  # every rollout degrades from now on, the rollback's too
+    assert s.post(s.build(312, "search")).status_code == 202
+    failed = s.wait_finished(312, "dev")
+    assert "rolled back to build 311" in failed["reason"]
+
+    rollback = _wait_done(s, f"rollback-auto-{failed['id']}")
+
+    assert rollback["verdict"] == "failed" and rollback["tag"] == "311"
+    holds = s.api("GET", "/api/holds", token=READ_TOKEN).json()["items"]
+    assert [(h["cause"], h["rollback"]) for h in holds] == [("rollback-failed", rollback["id"])]
+    assert "failed" in holds[0]["reason"]
+    # no second rollback: exactly one rollback record and one rollback commit
+    rollbacks = [r for r in s.records() if r["kind"] == "rollback"]
+    assert [r["id"] for r in rollbacks] == [rollback["id"]]
+    assert [m for _, m in s.commits_since(failed["commit_sha"])] and len(s.commits_since(failed["commit_sha"])) == 1
+    assert s.values_tag("search", "dev") == "311"
+    metrics = s.http.get(f"{s.url}/metrics").text
+    assert 'bridge_rollbacks_failed_total{environment="dev"} 1.0' in metrics
