@@ -67,6 +67,8 @@ def deployment_from_body(body: str | None) -> str | None:
 
 
 def pull_title(record: DeploymentRecord) -> str:
+    if record.kind == "rollback":
+        return f"Roll back {record.route} in {record.environment} to {record.tag} (build {record.build_id})"
     return f"Deploy {record.route} {record.tag} to {record.environment}"
 
 
@@ -251,7 +253,8 @@ async def _open_locked(
     ttl = int(settings(ctx).retention_days * 86400)
     latest_key = keys(ctx).pull_latest(record.route, record.environment)
 
-    branch = branch_name(record.environment, record.route, record.tag)
+    # a rollback's branch must not be the (merged) branch that once deployed the same tag
+    branch = branch_name(record.environment, record.route, record.tag if record.kind != "rollback" else record.id)
     outcome = await prepare_branch(ctx, record, branch, create_missing)
     if outcome.already_on_base:
         await _supersede(ctx, latest, record, client, None)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from workers.demo import GITHUB_REPO
+
 from .conftest import READ_TOKEN, Stack, StackFactory
 
 
@@ -190,3 +192,36 @@ def test_a_failing_rollback_ends_held_and_never_rolls_back_again(stack: StackFac
     assert s.values_tag("search", "dev") == "311"
     metrics = s.http.get(f"{s.url}/metrics").text
     assert 'bridge_rollbacks_failed_total{environment="dev"} 1.0' in metrics
+
+
+def test_rollback_in_a_pull_request_environment_opens_the_rollback_pull_request(stack: StackFactory) -> None:
+    s = stack()
+    for build_id in (140, 141):
+        assert s.post(s.build(build_id, "shop")).status_code == 202
+        staging = s.wait_record(build_id, "staging", "a pull request",
+                                lambda r: r["state"] == "awaiting-merge" and r["pr_number"] is not None)
+        s.github.merge(GITHUB_REPO, staging["pr_number"])
+        assert s.wait_finished(build_id, "staging")["verdict"] == "succeeded"
+    before = s.head()
+
+    answer = s.api("POST", "/api/rollbacks", json={"route": "shop", "environment": "staging"})
+
+    assert answer.status_code == 202, answer.text
+    rollback_id = answer.json()["id"]
+
+    def pull_open() -> Any:
+        record = s.api("GET", f"/api/deployments/{rollback_id}", token=READ_TOKEN).json()
+        return record if record["state"] == "awaiting-merge" and record["pr_number"] else None
+
+    record = s.wait("the rollback's pull request", pull_open)
+    pull = s.open_pull(record["pr_number"])
+    assert pull is not None and pull.title == "Roll back shop in staging to 140 (build 140)"
+    assert s.head() == before and s.values_tag("shop", "staging") == "141"  # nothing on main before the merge
+    merge = s.github.merge(GITHUB_REPO, pull.number)
+    done = _wait_done(s, rollback_id)
+    assert done["verdict"] == "succeeded" and done["commit_sha"] == merge
+    assert s.values_tag("shop", "staging") == "140"
+    messages = [m for _, m in s.commits_since(before)]
+    assert sum(f"Deployment-Id: {rollback_id}" in m.splitlines() and "Rollback-Of: 141" in m.splitlines()
+               for m in messages) == 1
+    assert "rolled-back-staging" in s.tags(141)
