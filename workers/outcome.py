@@ -104,7 +104,7 @@ async def finish_deployment(ctx: Ctx, deployment_id: str, verdict: Verdict, reas
 async def start_followers(ctx: Ctx, record: DeploymentRecord) -> None:
     """Environments declaring `after: <this environment>` start once this one succeeded (or was pushed).
     Idempotent: one promote job per (deployment, environment), and a promotion that finds its record does nothing."""
-    if not is_success(record.verdict):
+    if not is_success(record.verdict) or record.kind == "rollback":  # a rollback restores one environment only
         return
     try:
         route = routing(ctx).route(record.route)

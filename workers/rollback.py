@@ -71,10 +71,12 @@ def rolled_back_tag(record: DeploymentRecord) -> tuple[int, str] | None:
 
 
 async def observe_restore(ctx: Ctx, record: DeploymentRecord) -> None:
-    """Time to restore: from the verdict of the deployment the rollback undid to the rollback's success."""
+    """Time to restore: from the failed verdict of the deployment the rollback undid to the rollback's success (not
+    observed when the undone deployment had not failed: then nothing was being restored)."""
     of = str((record.details.get("rollback_of") or {}).get("deployment_id") or "")
     undone = await store(ctx).get(of) if of else None
-    start = parse_time(undone.timeline.get("finished")) if undone else None
+    failed = undone is not None and undone.verdict in ("failed", "timed-out")
+    start = parse_time(undone.timeline.get("finished")) if undone is not None and failed else None
     end = parse_time(record.timeline.get("finished"))
     if start is not None and end is not None:
         metrics.TIME_TO_RESTORE.labels(environment=record.environment).observe(max(0.0, (end - start).total_seconds()))

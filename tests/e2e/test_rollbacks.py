@@ -49,6 +49,9 @@ def test_manual_rollback_restores_the_last_good_build_holds_and_reports_both(sta
     assert s.ado.properties(200)["gitops-bridge.dev.deployment"] == rollback["id"]
     assert sorted(s.tags(201)) == ["deployed-dev", "rolled-back-dev"]
     assert s.tag_patches(201, "rolled-back-dev") == 1
+    metrics = s.http.get(f"{s.url}/metrics").text
+    assert 'bridge_rollbacks_total{cause="manual",environment="dev"} 1.0' in metrics
+    assert 'bridge_time_to_restore_seconds_count{environment="dev"} 0.0' in metrics  # 201 had not failed
 
     # the environment is held, naming the rollback and who asked (the write token's name)
     holds = s.api("GET", "/api/holds", token=READ_TOKEN).json()["items"]
@@ -168,6 +171,7 @@ def test_automatic_rollback_after_a_degraded_rollout_is_verified_healthy(stack: 
         ("dev", "rollback-automatic", rollback["id"])]
     metrics = s.http.get(f"{s.url}/metrics").text
     assert 'bridge_rollbacks_total{cause="automatic",environment="dev"} 1.0' in metrics
+    assert 'bridge_time_to_restore_seconds_count{environment="dev"} 1.0' in metrics  # failure → rollback healthy
 
 
 def test_a_failing_rollback_ends_held_and_never_rolls_back_again(stack: StackFactory) -> None:
