@@ -16,6 +16,20 @@ def _deployed(s: Stack, build_id: int, app: str) -> dict[str, Any]:
     return record
 
 
+def _metric(s: Stack, series: str) -> float:
+    """One series' value on /metrics (the registry is the test process's: compare before and after)."""
+    for line in s.http.get(f"{s.url}/metrics").text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{series} is not exported")
+
+
+MANUAL = 'bridge_rollbacks_total{cause="manual",environment="dev"}'
+AUTOMATIC = 'bridge_rollbacks_total{cause="automatic",environment="dev"}'
+RESTORED = 'bridge_time_to_restore_seconds_count{environment="dev"}'
+FAILED = 'bridge_rollbacks_failed_total{environment="dev"}'
+
+
 def _wait_done(s: Stack, rollback_id: str) -> dict[str, Any]:
     def probe() -> dict[str, Any] | None:
         record: dict[str, Any] = s.api("GET", f"/api/deployments/{rollback_id}", token=READ_TOKEN).json()
@@ -28,6 +42,7 @@ def test_manual_rollback_restores_the_last_good_build_holds_and_reports_both(sta
     s = stack()
     _deployed(s, 200, "cart")
     bad = _deployed(s, 201, "cart")
+    manual, restored = _metric(s, MANUAL), _metric(s, RESTORED)
 
     answer = s.api("POST", "/api/rollbacks", json={"route": "cart", "environment": "dev", "reason": "500s in cart"})
 
@@ -49,9 +64,8 @@ def test_manual_rollback_restores_the_last_good_build_holds_and_reports_both(sta
     assert s.ado.properties(200)["gitops-bridge.dev.deployment"] == rollback["id"]
     assert sorted(s.tags(201)) == ["deployed-dev", "rolled-back-dev"]
     assert s.tag_patches(201, "rolled-back-dev") == 1
-    metrics = s.http.get(f"{s.url}/metrics").text
-    assert 'bridge_rollbacks_total{cause="manual",environment="dev"} 1.0' in metrics
-    assert 'bridge_time_to_restore_seconds_count{environment="dev"} 0.0' in metrics  # 201 had not failed
+    assert _metric(s, MANUAL) == manual + 1
+    assert _metric(s, RESTORED) == restored  # 201 had not failed: nothing was restored
 
     # the environment is held, naming the rollback and who asked (the write token's name)
     holds = s.api("GET", "/api/holds", token=READ_TOKEN).json()["items"]
@@ -145,6 +159,7 @@ def test_a_persons_revert_in_git_is_noticed_and_holds_the_environment(stack: Sta
 def test_automatic_rollback_after_a_degraded_rollout_is_verified_healthy(stack: StackFactory) -> None:
     s = stack(environments={"search/dev": {"on_failure": "rollback"}})
     _deployed(s, 300, "search")
+    automatic, restored = _metric(s, AUTOMATIC), _metric(s, RESTORED)
     s.argocd.script("search-dev", degrade=True)
     assert s.post(s.build(301, "search")).status_code == 202
     # Argo CD synced 301 (its health is set at the sync): the next sync, the rollback's, will be healthy
@@ -169,15 +184,15 @@ def test_automatic_rollback_after_a_degraded_rollout_is_verified_healthy(stack: 
     holds = s.api("GET", "/api/holds", token=READ_TOKEN).json()["items"]
     assert [(h["environment"], h["cause"], h["rollback"]) for h in holds] == [
         ("dev", "rollback-automatic", rollback["id"])]
-    metrics = s.http.get(f"{s.url}/metrics").text
-    assert 'bridge_rollbacks_total{cause="automatic",environment="dev"} 1.0' in metrics
-    assert 'bridge_time_to_restore_seconds_count{environment="dev"} 1.0' in metrics  # failure → rollback healthy
+    assert _metric(s, AUTOMATIC) == automatic + 1
+    assert _metric(s, RESTORED) == restored + 1  # from the failure to the rollback healthy
 
 
 def test_a_failing_rollback_ends_held_and_never_rolls_back_again(stack: StackFactory) -> None:
     s = stack(environments={"search/dev": {"on_failure": "rollback"}})
     _deployed(s, 310, "search")
     _deployed(s, 311, "search")
+    failures = _metric(s, FAILED)
     s.argocd.script("search-dev", degrade=True)  # every rollout degrades from now on, the rollback's too
     assert s.post(s.build(312, "search")).status_code == 202
     failed = s.wait_finished(312, "dev")
@@ -194,8 +209,7 @@ def test_a_failing_rollback_ends_held_and_never_rolls_back_again(stack: StackFac
     assert [r["id"] for r in rollbacks] == [rollback["id"]]
     assert [m for _, m in s.commits_since(failed["commit_sha"])] and len(s.commits_since(failed["commit_sha"])) == 1
     assert s.values_tag("search", "dev") == "311"
-    metrics = s.http.get(f"{s.url}/metrics").text
-    assert 'bridge_rollbacks_failed_total{environment="dev"} 1.0' in metrics
+    assert _metric(s, FAILED) == failures + 1
 
 
 def test_rollback_in_a_pull_request_environment_opens_the_rollback_pull_request(stack: StackFactory) -> None:
