@@ -135,6 +135,11 @@ class Keys:
     def pending(self, repository: str) -> str:
         return f"{self.prefix}:pending:{repository}"
 
+    def written(self, repository: str, file: str, key: str) -> str:
+        """Values the writer pushed to a target since it last recorded a setter there (to tell its own writes from a
+        person's change)."""
+        return f"{self.prefix}:written:{repository}:{file}:{key}"
+
     def last_succeeded(self, route: str, environment: str) -> str:
         """The deployment that last succeeded in an environment (written with its verdict; rollbacks read it)."""
         return f"{self.prefix}:last-ok:{route}:{environment}"

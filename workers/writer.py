@@ -58,8 +58,8 @@ class Bump:
     build_url: str | None = None
     source_commit: str | None = None
     rollback_of: int | None = None  # a rollback: the build it undoes (trailer `Rollback-Of:`)
-    # (key, value the bridge last wrote there): a key holding something else was changed by a person, and the bump
-    # is left out as "manual-change" (routing `on_manual_change: hold`)
+    # (key, a value the bridge wrote there): a key holding none of its values was changed by a person, and the bump
+    # is left out as "manual-change" (routing `on_manual_change: hold`). Keys without a pair are not checked.
     expect: tuple[tuple[str, str], ...] = ()
 
     @classmethod
@@ -159,7 +159,11 @@ def _edit_files(repos: RepoCache, repository: str, bumps: Sequence[Bump]) -> tup
                 results.append(BumpResult(b, "failed", error=str(exc)))
                 continue
             olds = {c.key: c.old for c in edit.changes}
-            manual = [(key, olds.get(key, b.tag), wrote) for key, wrote in b.expect if olds.get(key, b.tag) != wrote]
+            allowed: dict[str, set[str]] = {}
+            for key, wrote in b.expect:
+                allowed.setdefault(key, set()).add(wrote)
+            manual = [(key, olds.get(key, b.tag), min(values)) for key, values in allowed.items()
+                      if olds.get(key, b.tag) not in values]
             if manual:
                 key, found, wrote = manual[0]
                 results.append(BumpResult(b, "manual-change", {k: olds.get(k, b.tag) for k in b.keys},
@@ -396,10 +400,17 @@ async def _flush_batch(ctx: Ctx, repository: str, lock: RedisLock, ids: list[str
 
     if decision.apply:
         await lock.ensure_held()
+        applying = [by_id[c.deployment_id] for c in decision.apply]
+        written = await _written(ctx, repository, applying)
         bumps = [replace(Bump.from_record(rec, create_missing=env.create_missing_keys),
-                         expect=expected(rec, env, setters))
-                 for rec, env in (by_id[c.deployment_id] for c in decision.apply)]
-        result = await apply_bumps(ctx["repos"], repository, bumps, before_push=lock.ensure_held)
+                         expect=expected(rec, env, setters, written))
+                 for rec, env in applying]
+
+        async def before_push() -> None:
+            await lock.ensure_held()
+            await _remember_written(ctx, repository, bumps)
+
+        result = await apply_bumps(ctx["repos"], repository, bumps, before_push=before_push)
         await lock.ensure_held()
         for r in result.results:
             record = by_id[r.bump.deployment_id][0]
@@ -417,10 +428,11 @@ async def _flush_batch(ctx: Ctx, repository: str, lock: RedisLock, ids: list[str
         await redis.zrem(pending, *done)
 
 
-def expected(record: DeploymentRecord, env: Environment,
-             setters: dict[tuple[str, str], Setter]) -> tuple[tuple[str, str], ...]:
-    """What the bridge last wrote to the record's keys, to notice a person's change (never for a rollback, which
-    overrides on purpose, nor with `on_manual_change: follow`)."""
+def expected(record: DeploymentRecord, env: Environment, setters: dict[tuple[str, str], Setter],
+             written: dict[tuple[str, str], set[str]]) -> tuple[tuple[str, str], ...]:
+    """The values the bridge may have left in the record's keys, to notice a person's change: what it last recorded
+    writing there, and what it pushed there since (a run that died, or lost Redis, between its push and recording
+    it). Nothing for a rollback (it overrides on purpose) or with `on_manual_change: follow`."""
     if record.kind == "rollback" or env.on_manual_change != "hold":
         return ()
     out = []
@@ -428,7 +440,35 @@ def expected(record: DeploymentRecord, env: Environment,
         setter = setters.get((record.file, key))
         if setter is not None and setter.tag:
             out.append((key, setter.tag))
+            out += sorted((key, tag) for tag in written.get((record.file, key), set()))
     return tuple(out)
+
+
+def _decode(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def _written(ctx: Ctx, repository: str, applying: list[tuple[DeploymentRecord, Environment]]
+                   ) -> dict[tuple[str, str], set[str]]:
+    targets = sorted({(r.file, key) for r, _ in applying for key in r.keys})
+    if not targets:
+        return {}
+    async with ctx["redis"].pipeline(transaction=False) as pipe:
+        for file, key in targets:
+            pipe.smembers(keys(ctx).written(repository, file, key))
+        answers = await pipe.execute()
+    return {target: {_decode(v) for v in members} for target, members in zip(targets, answers, strict=True)}
+
+
+async def _remember_written(ctx: Ctx, repository: str, bumps: Sequence[Bump]) -> None:
+    """Before a push: the values it may write count as the bridge's until a setter is recorded for them."""
+    ttl = max(1, int(settings(ctx).retention_days * 86400))
+    async with ctx["redis"].pipeline(transaction=False) as pipe:
+        for b in bumps:
+            for key in b.keys:
+                pipe.sadd(keys(ctx).written(repository, b.file, key), b.tag)
+                pipe.expire(keys(ctx).written(repository, b.file, key), ttl)
+        await pipe.execute()
 
 
 async def hold_for_manual_change(ctx: Ctx, repository: str, record: DeploymentRecord, reason: str,
@@ -438,9 +478,13 @@ async def hold_for_manual_change(ctx: Ctx, repository: str, record: DeploymentRe
     k = keys(ctx)
     for key in record.keys:
         setter = Setter.from_json(await ctx["redis"].get(k.last_setter(repository, record.file, key)))
-        if setter is not None and found.get(key) is not None:
-            await ctx["redis"].set(k.last_setter(repository, record.file, key),
-                                   replace(setter, tag=found[key]).to_json(), keepttl=True)
+        value = found.get(key)
+        if setter is not None and value is not None:
+            async with ctx["redis"].pipeline(transaction=True) as pipe:
+                pipe.set(k.last_setter(repository, record.file, key), replace(setter, tag=value).to_json(),
+                         keepttl=True)
+                pipe.delete(k.written(repository, record.file, key))
+                await pipe.execute()
     await store(ctx).set_hold(record.route, record.environment, reason, by="gitops-bridge", cause="manual-change")
     details = {**record.details, "manual_change": {"found": found, "reason": reason}}
     await finish_deployment(ctx, record.id, "held", f"held: {reason}", details=details)
@@ -454,6 +498,7 @@ async def _record(ctx: Ctx, repository: str, record: DeploymentRecord, result: B
     async with ctx["redis"].pipeline(transaction=True) as pipe:
         for key in record.keys:
             pipe.set(k.last_setter(repository, record.file, key), setter.to_json(), ex=ttl)
+            pipe.delete(k.written(repository, record.file, key))  # the setter says what is there now
         await pipe.execute()
     stamps = ("committed", "pushed") if result.status != "unchanged" else ()
     details = dict(record.details)
