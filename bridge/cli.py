@@ -328,8 +328,30 @@ def cmd_hold(args: argparse.Namespace) -> int:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    body = _api(args, "DELETE", f"/api/holds/{args.route}/{args.env}", write=True)
+    if getattr(args, "deploy_latest", False):
+        body = _api(args, "POST", "/api/releases", write=True,
+                    json={"route": args.route, "environment": args.env, "deploy_latest": True})
+    else:
+        body = _api(args, "DELETE", f"/api/holds/{args.route}/{args.env}", write=True)
     print(f"released {args.route}/{args.env}" if body["released"] else f"{args.route}/{args.env} was not held")
+    if body.get("deployment"):
+        print(f"queued: deployment {body['deployment']}")
+    elif getattr(args, "deploy_latest", False):
+        print("no held build to deploy")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    payload: dict[str, Any] = {"route": args.route, "environment": args.env, "force": args.force}
+    if args.to is not None:
+        payload["to_build"] = args.to
+    if args.reason:
+        payload["reason"] = args.reason
+    body = _api(args, "POST", "/api/rollbacks", write=True, json=payload)
+    of = (body.get("details") or {}).get("rollback_of") or {}
+    undone = f" (from build {of['build_id']})" if of.get("build_id") is not None else ""
+    print(f"queued: rollback {body['id']} of {args.route}/{args.env} to build {body['build_id']}, tag {body['tag']}"
+          f"{undone}; the environment is held until `gitops-bridge release {args.route} {args.env}`")
     return 0
 
 
@@ -526,6 +548,17 @@ def parser() -> argparse.ArgumentParser:
     sp = with_api(command("release", cmd_release, "release a hold", "gitops-bridge release shop prod"))
     sp.add_argument("route", help="route name (from the routing file)")
     sp.add_argument("env", help="environment name in that route")
+    sp.add_argument("--deploy-latest", action="store_true",
+                    help="also deploy the newest build the hold stopped (a rollback's hold, for instance)")
+
+    sp = with_api(command("rollback", cmd_rollback, "put an environment back on a build that succeeded there",
+                          "gitops-bridge rollback shop prod --reason 'checkout errors since 4711'"))
+    sp.add_argument("route", help="route name (from the routing file)")
+    sp.add_argument("env", help="environment name in that route")
+    sp.add_argument("--to", type=int, metavar="BUILD_ID",
+                    help="the build to restore (default: the last one that succeeded there before what runs now)")
+    sp.add_argument("--reason", help="why; kept on the rollback and its hold")
+    sp.add_argument("--force", action="store_true", help="even while a newer deployment is in flight")
 
     sp = command("version", cmd_version, "print the version", "gitops-bridge version -o json")
     sp.add_argument("-o", "--output", choices=("text", "json", "yaml"), default="text",

@@ -51,7 +51,7 @@ GITHUB_WEBHOOK_OUTCOMES = ("queued", "ignored", "pong", "unauthorized", "invalid
                            "unavailable")
 ARGOCD_HINT_OUTCOMES = ("queued", "ignored", "throttled", "unauthorized", "invalid", "too_large", "timeout",
                         "disabled", "unavailable")
-API_ENDPOINTS = ("deployments", "deployment", "holds", "promotions", "builds")
+API_ENDPOINTS = ("deployments", "deployment", "holds", "promotions", "builds", "rollbacks")
 API_OUTCOMES = ("ok", "unauthorized", "forbidden", "error")
 GATE_KINDS = ("gate", "check")
 GATE_CALL_OUTCOMES = ("accepted", "attached", "unauthorized", "invalid", "foreign", "unavailable")
@@ -65,7 +65,8 @@ ARGOCD_OUTCOMES = ("ok", "timeout", "unavailable", "error")
 ADO_OPERATIONS = ("get_build", "list_builds", "tags", "properties", "definitions", "projects", "commit_status",
                   "hooks")
 CLIENT_OUTCOMES = ("ok", "auth", "not_found", "unavailable", "error")  # Azure DevOps and GitHub
-REPORT_KINDS = ("tags", "properties", "commit_status", "record")
+REPORT_KINDS = ("tags", "properties", "commit_status", "record", "rolled_back")
+ROLLBACK_CAUSES = ("manual", "automatic")
 
 # -- intake ------------------------------------------------------------------------------------------------------
 WEBHOOK_REQUESTS = Counter(
@@ -136,6 +137,19 @@ REPORTS_FAILED = Counter("bridge_reports_failed_total", "Report-backs to Azure D
 SWEEP_REPAIRS = Counter("bridge_sweeper_repairs_total",
                         "Deployments whose next step was missing and that the sweeper handed back to it, by state.",
                         ["state"], registry=REGISTRY)
+ROLLBACKS = Counter("bridge_rollbacks_total", "Rollbacks started, by environment and cause (manual, automatic).",
+                    ["environment", "cause"], registry=REGISTRY)
+TIME_TO_RESTORE = Histogram(
+    "bridge_time_to_restore_seconds",
+    "From the verdict of the deployment a rollback undid to the rollback's success (DORA time to restore).",
+    ["environment"], buckets=(5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400), registry=REGISTRY,
+)
+ROLLBACKS_FAILED = Counter("bridge_rollbacks_failed_total",
+                           "Rollbacks that did not restore the environment (it stays held; never another rollback).",
+                           ["environment"], registry=REGISTRY)
+MANUAL_CHANGES = Counter("bridge_manual_changes_total",
+                         "Managed keys found changed by a person in Git (the environment is then held).",
+                         ["environment"], registry=REGISTRY)
 RECONCILED_BUILDS = Counter("bridge_reconciled_builds_total", "Builds queued by the reconciler, not the webhook.",
                             registry=REGISTRY)
 
@@ -193,6 +207,12 @@ def init(routing: RoutingConfig, role: Role) -> None:
         GITHUB_REQUESTS.labels(outcome=outcome)
     for kind in REPORT_KINDS:
         REPORTS_FAILED.labels(kind=kind)
+    for env in environments(routing):
+        for cause in ROLLBACK_CAUSES:
+            ROLLBACKS.labels(environment=env, cause=cause)
+        TIME_TO_RESTORE.labels(environment=env)
+        MANUAL_CHANGES.labels(environment=env)
+        ROLLBACKS_FAILED.labels(environment=env)
     for state in ACTIVE_STATES:
         SWEEP_REPAIRS.labels(state=state)
         IN_STATE.labels(state=state)

@@ -162,6 +162,13 @@ class Environment(_Model):
     create_missing_keys: bool = False
     deadline_seconds: float | None = Field(default=None, gt=0)
     degraded_grace_seconds: float | None = Field(default=None, ge=0)
+    on_failure: Literal["none", "rollback"] = Field(
+        default="none", description="'rollback': after a failed deployment, roll back to the last succeeded build"
+    )
+    rollback_on_timeout: bool = Field(default=False, description="on_failure also after timed-out")
+    on_manual_change: Literal["hold", "follow"] = Field(
+        default="hold", description="a person's value in Git: hold the environment, or write over it"
+    )
 
     _name = field_validator("name")(_check_name)
 

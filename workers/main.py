@@ -27,6 +27,7 @@ from bridge.queue import (
     PROMOTE_BUILD,
     RECONCILE_BUILDS,
     REPORT_DEPLOYMENT,
+    ROLLBACK_AFTER_FAILURE,
     SWEEP_DEPLOYMENTS,
     VERIFY_DEPLOYMENT,
     WATCH_APPLICATION,
@@ -54,6 +55,7 @@ def job_functions(settings: Settings) -> list[Any]:
     from workers.lifecycle import advance_deployment
     from workers.pullrequest import check_pull_request, open_pull_request
     from workers.report import report_deployment
+    from workers.rollback import rollback_after_failure
     from workers.runtime import step
     from workers.verify import verify_deployment, watch_application
     from workers.writer import flush_repository
@@ -72,6 +74,7 @@ def job_functions(settings: Settings) -> list[Any]:
         func(step(promote_build), name=PROMOTE_BUILD, max_tries=STEP_TRIES, keep_result=86400),
         func(step(gate_deployment), name=GATE_DEPLOYMENT, max_tries=STEP_TRIES, keep_result=0),
         func(step(watch_gate), name=WATCH_GATE, max_tries=STEP_TRIES, keep_result=0),
+        func(step(rollback_after_failure), name=ROLLBACK_AFTER_FAILURE, max_tries=STEP_TRIES, keep_result=86400),
     ]
 
 

@@ -52,6 +52,7 @@ from workers.context import Ctx, keys, settings, store
 from workers.gate import settle_gates
 from workers.lock import RedisLock, locked
 from workers.outcome import FINAL, start_followers
+from workers.rollback import rolled_back_tag
 from workers.verdict import parse_time
 
 log = logging.getLogger(__name__)
@@ -185,6 +186,9 @@ async def _write(ctx: Ctx, ado: AzureDevOpsClient, org: Organization, record: De
                 await ado.create_commit_status(org, project, repo, commit, **status)
 
         await deliver("commit_status", post_status)
+    undone = rolled_back_tag(record)
+    if undone is not None:  # a rollback's final report also marks the build it undid
+        await deliver("rolled_back", lambda: ado.update_build_tags(org, project, undone[0], add=[undone[1]], remove=[]))
     return failures
 
 
