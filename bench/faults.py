@@ -131,10 +131,31 @@ def one_run(builds: int, apps: int, kills: int, drops: int, seed: int) -> dict[s
                         break
                 time.sleep(0.2)
             settled = time.time()
-            return measure(stack, sent, fault_times, last, settled)
+            result = measure(stack, sent, fault_times, last, settled)
+            if result["lost"] or result["unreported"]:
+                describe(stack, sent)
+            return result
         finally:
             stack.stop()
             redis.stop()
+
+
+def describe(stack: WideStack, sent: list[Any]) -> None:
+    """What a run that lost or left unreported builds looked like, for whoever investigates."""
+    records = {r["build_id"]: r for r in stack.records_all()}
+    for b in sent:
+        r = records.get(b.build_id)
+        if r is None or r["state"] != "done":
+            print(f"  build {b.build_id} ({b.app}): " + (f"state={r['state']} verdict={r['verdict']} "
+                                                         f"timeline={sorted(r['timeline'])} reason={r['reason']!r}"
+                                                         if r else "no record"), file=sys.stderr)
+    with stack.redis_client() as client:
+        for state in ACTIVE_STATES:
+            print(f"  {state}: {client.zrange(f'{KEY_PREFIX}:state:{state}', 0, -1, withscores=True)}",
+                  file=sys.stderr)
+        print(f"  queue: {client.zrange(stack.settings.queue_name, 0, 20, withscores=True)}", file=sys.stderr)
+    for worker in stack.workers:
+        print(f"  {worker.log_path.name}:\n{worker.output()[-3000:]}", file=sys.stderr)
 
 
 def measure(stack: WideStack, sent: list[Any], fault_times: list[float], last: float,
@@ -170,6 +191,7 @@ def main() -> None:
     parser.add_argument("--apps", type=int, default=20)
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--drops", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1, help="seed of the first run (run n uses seed + n - 1)")
     args = parser.parse_args()
     load = os.getloadavg()
     print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {os.cpu_count()} cores")
@@ -178,7 +200,7 @@ def main() -> None:
           f"unreported {anchor['unreported']:.0f}")
     runs = []
     for n in range(args.runs):
-        result = one_run(args.builds, args.apps, args.kills, args.drops, seed=n + 1)
+        result = one_run(args.builds, args.apps, args.kills, args.drops, seed=args.seed + n)
         runs.append(result)
         print(f"run {n + 1}: " + ", ".join(f"{k} {v:.1f}" if k.endswith("_s") else f"{k} {v:.0f}"
                                             for k, v in result.items()))

@@ -193,3 +193,20 @@ async def test_liveness_survives_a_redis_outage_while_readiness_follows_it(tmp_p
     finally:
         await worker.close()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_redis_failure_while_starting_a_job_gives_its_slot_back(tmp_path: Path, private_redis: Any) -> None:
+    """arq takes a slot before marking a job in progress; a Redis error there must not leak it (ten such outages
+    would leave a worker that never takes a job again)."""
+    settings = make_settings(tmp_path, private_redis.url, worker_max_jobs=2)
+    worker = build_worker(settings, RoutingConfig(repositories={}, routes=[]))
+    free = worker.sem._value
+    private_redis.stop()
+    try:
+        for _ in range(5):
+            with pytest.raises(redis.exceptions.ConnectionError):
+                await worker.start_jobs([b"some-job"])
+        assert worker.job_counter == 0
+        assert worker.sem._value == free  # every slot is free again
+    finally:
+        await worker.pool.aclose()

@@ -133,6 +133,17 @@ class BridgeWorker(Worker):
             except Exception as exc:  # noqa: BLE001 - a missed renewal only lets another worker re-run the job
                 log.debug("in-progress heartbeat failed: %s", exc)
 
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """arq takes a job slot (its semaphore and counter) before it marks a job in progress; when Redis fails right
+        there, the exception skips the release and the slot is gone for good — enough outages and the worker takes
+        no job at all. Give the slot of the job that was being started back."""
+        try:
+            await super().start_jobs(job_ids)
+        except Exception:
+            self.job_counter -= 1
+            self.sem.release()
+            raise
+
     async def finish_job(self, *args: Any, **kwargs: Any) -> None:
         await self._retrying("finishing a job", functools.partial(super().finish_job, *args, **kwargs))
 
