@@ -309,9 +309,19 @@ class RepoCache:
         self._remove_stale_locks(path)
         self._fetch(name, path, cfg.branch, required=True)
         exists = True if target == cfg.branch else self._fetch(name, path, target, required=False)
-        _, head, _ = self._run(path, "rev-parse", "--verify", "--end-of-options",
-                               f"refs/remotes/origin/{target if exists else cfg.branch}^{{commit}}")
-        return SyncResult(head.strip(), target, exists)
+        head = self._resolve(path, f"refs/remotes/origin/{target if exists else cfg.branch}")
+        return SyncResult(head, target, exists)
+
+    def _resolve(self, path: Path, ref: str) -> str:
+        """The commit a ref points to: the loose ref file fetch just wrote (no process), else `git rev-parse`."""
+        try:
+            value = (path / ref).read_text(encoding="ascii").strip()
+            if re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", value):
+                return value
+        except (OSError, UnicodeDecodeError):
+            pass
+        _, head, _ = self._run(path, "rev-parse", "--verify", "--end-of-options", f"{ref}^{{commit}}")
+        return head.strip()
 
     def _sync(self, name: str, branch: str | None) -> SyncResult:
         try:
