@@ -428,8 +428,8 @@ class RepoCache:
             marks.unlink(missing_ok=True)
         # The commit must change exactly the intended files, to exactly the intended content.
         fields = diff.decode(errors="surrogateescape").split("\0")
-        got = {fields[i + 1]: fields[i].split()[3] for i in range(0, len(fields) - 1, 2)}
-        want = {b.path: object_id("blob", b.data, sha) for b in blobs}
+        got = {fields[i + 1]: tuple(fields[i].split()[1:4:2]) for i in range(0, len(fields) - 1, 2)}
+        want = {b.path: (b.mode, object_id("blob", b.data, sha)) for b in blobs}
         if got != want:
             raise UnsafeWrite(f"{name}: the new commit does not change exactly {sorted(want)}; nothing was pushed")
         return sha
