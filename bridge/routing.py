@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from bridge.errors import ConfigError
 from bridge.events import BuildEvent
 from bridge.keypath import parse_key
-from bridge.tags import unknown_placeholders
+from bridge.tags import template_problem
 
 RESULTS = ("succeeded", "partiallySucceeded", "failed", "canceled")
 NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -69,6 +69,9 @@ def _default_results() -> list[Result]:
 class Match(_Model):
     project: str
     definition: str
+    organization: str | None = Field(
+        default=None, description="name of a configured Azure DevOps organization; unset: any configured one"
+    )
     branches: list[str] = Field(default_factory=lambda: ["*"])
     results: list[Result] = Field(default_factory=_default_results)
 
@@ -138,9 +141,9 @@ class Route(_Model):
     @field_validator("tag")
     @classmethod
     def _tag(cls, v: str) -> str:
-        unknown = unknown_placeholders(v)
-        if unknown:
-            raise ValueError(f"unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)} in {v!r}")
+        problem = template_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     @model_validator(mode="after")
@@ -273,8 +276,20 @@ def load_routing(path: Path) -> RoutingConfig:
     try:
         raw = safe_load(text)
     except YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        raise ConfigError(_yaml_error(path, exc)) from None
     return parse_routing(raw, str(path))
+
+
+def _yaml_error(path: Path, exc: Exception) -> str:
+    """`file:line:column: invalid YAML: problem (context at line:column)`, as compilers and editors expect."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is None or not problem:
+        return f"{path}: invalid YAML: {exc}"
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}"
+    context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and start is not None:
+        return f"{where}: invalid YAML: {problem} ({context} at {start.line + 1}:{start.column + 1})"
+    return f"{where}: invalid YAML: {problem}"
 
 
 _ID_SHAPED = re.compile(r"[0-9]+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -304,15 +319,20 @@ def match_build(
     definition_name: str | None,
     branch: str | None,
     result: str,
+    organization: str | None = None,
 ) -> list[Target]:
     """Every (route, environment) this build deploys to. `branch=None` (not known yet) skips branch checks, and an
     unknown project or definition name (None) only rules out routes that name a different id.
 
     Environments with `after:` are not started by the build itself; they follow a successful predecessor.
+    A route that names an organization takes only that organization's builds (`organization=None`: a job queued
+    before organizations were configuration, not checked).
     """
     targets: list[Target] = []
     for route in cfg.routes:
         m = route.match
+        if m.organization is not None and organization is not None and m.organization.lower() != organization:
+            continue
         if not _id_or_name(m.project, project_id, project_name):
             continue
         if not _id_or_name(m.definition, definition_id, definition_name):
@@ -340,4 +360,5 @@ def match_event(cfg: RoutingConfig, event: BuildEvent) -> list[Target]:
         definition_name=event.definition_name,
         branch=event.source_branch,
         result=event.result,
+        organization=event.organization,
     )

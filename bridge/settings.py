@@ -39,6 +39,12 @@ def _split_list(value: Any) -> Any:
     return value
 
 
+def _xdg_data_home() -> Path:
+    """$XDG_DATA_HOME, else ~/.local/share (the XDG base directory default)."""
+    value = os.environ.get("XDG_DATA_HOME", "")
+    return Path(value) if Path(value).is_absolute() else Path.home() / ".local" / "share"
+
+
 class _Group(BaseModel):
     model_config = {"extra": "forbid"}
 
@@ -47,7 +53,11 @@ class WebhookSettings(_Group):
     header_name: str = "X-Bridge-Token"
     tokens: SecretList = Field(default_factory=list, description="Accepted values of the secret header (rotation).")
     basic: SecretList = Field(default_factory=list, description="Accepted `user:password` pairs for HTTP Basic.")
-    max_body_bytes: int = 2 * 1024 * 1024
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, gt=0, description="Largest body any endpoint reads.")
+    max_json_depth: int = Field(default=64, ge=2, le=1000, description="Deepest JSON nesting any endpoint accepts.")
+    body_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Time a client has to send the whole body, on every endpoint (then 408)."
+    )
     allow_unauthenticated: bool = Field(
         default=False, description="Accept webhooks without credentials; the app refuses to start otherwise."
     )
@@ -55,11 +65,39 @@ class WebhookSettings(_Group):
     _split = field_validator("tokens", "basic", mode="before")(_split_list)
 
 
+UNNAMED = "unnamed-token"
+
+
+def named_token(entry: SecretStr) -> tuple[str, SecretStr]:
+    """`name:token` → (name, token); a bare token is `unnamed-token` (so holds still say something honest)."""
+    value = entry.get_secret_value()
+    name, sep, token = value.partition(":")
+    return (name, SecretStr(token)) if sep else (UNNAMED, entry)
+
+
 class ApiSettings(_Group):
-    read_tokens: SecretList = Field(default_factory=list, description="Bearer tokens that may read /api/*.")
-    write_tokens: SecretList = Field(default_factory=list, description="Bearer tokens that may hold/release/promote.")
+    read_tokens: SecretList = Field(
+        default_factory=list, description="Bearer tokens that may read /api/*: `name:token` pairs (or bare tokens)."
+    )
+    write_tokens: SecretList = Field(
+        default_factory=list,
+        description="Bearer tokens that may hold/release/promote: `name:token` pairs; the name is recorded as `by`.",
+    )
 
     _split = field_validator("read_tokens", "write_tokens", mode="before")(_split_list)
+
+    @field_validator("read_tokens", "write_tokens")
+    @classmethod
+    def _names(cls, v: list[SecretStr]) -> list[SecretStr]:
+        for entry in v:
+            name, token = named_token(entry)
+            if not name.strip() or not token.get_secret_value():
+                raise ValueError("each entry is `name:token` (or a bare token); a name or token is empty")
+        return v
+
+    def named(self, *, write: bool) -> list[tuple[str, SecretStr]]:
+        """(name, token) of the tokens that may write, or of all that may read (write tokens read too)."""
+        return [named_token(t) for t in (self.write_tokens if write else [*self.read_tokens, *self.write_tokens])]
 
 
 class GitSettings(_Group):
@@ -102,8 +140,23 @@ class ArgoCDSettings(_Group):
     degraded_grace_seconds: float = 60.0
 
 
+class OrganizationSettings(_Group):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", description="Identity of the organization.")
+    url: str = Field(description="https://dev.azure.com/<org>/ or an Azure DevOps Server collection URL.")
+    id: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$",
+                           description="The collection GUID; events must then carry it.")
+
+
 class AzureDevOpsSettings(_Group):
-    token: SecretStr | None = None
+    organizations: list[OrganizationSettings] = Field(
+        default_factory=list, description="The organizations served (JSON list); events from others are ignored."
+    )
+    tokens: dict[str, SecretStr] = Field(
+        default_factory=dict, description="One credential per organization name (BRIDGE_AZURE_DEVOPS__TOKENS__<NAME>)."
+    )
+    token: SecretStr | None = Field(
+        default=None, description="The credential of the only organization (organization_url, or a one-entry list)."
+    )
     auth: str = Field(default="pat", pattern="^(pat|bearer)$")
     api_version: str = "7.1"
     timeout_seconds: float = 15.0
@@ -114,7 +167,7 @@ class AzureDevOpsSettings(_Group):
     reconcile_seconds: float = 300.0
     reconcile_lookback_seconds: float = 6 * 3600.0
     organization_url: str | None = Field(
-        default=None, description="e.g. https://dev.azure.com/org/ — used by the reconciler and `subscribe`."
+        default=None, description="e.g. https://dev.azure.com/org/ — the only organization, without `organizations`."
     )
 
 
@@ -153,19 +206,28 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = None
     redis_sentinels: StrList = Field(default_factory=list, description="host:port of each Sentinel")
     redis_sentinel_master: str = "mymaster"
-    redis_data_dir: Path = Path("var/redis")
+    redis_data_dir: Path = Field(
+        default_factory=lambda: _xdg_data_home() / "gitops-bridge" / "redis",
+        description="The embedded Redis's data (serve without BRIDGE_REDIS_URL): under the user's XDG data dir.",
+    )
     queue_name: str = "gitops-bridge:queue"
     key_prefix: str = "gitops-bridge"
-    host: str = "0.0.0.0"
+    host: str = Field(default="127.0.0.1", description="Where web/serve listen; the image and chart set 0.0.0.0.")
     port: int = 8080
     worker_metrics_port: int = 9090
     worker_max_jobs: int = 10
+    job_lease_seconds: float = Field(
+        default=15.0, description="How long a running job stays claimed without its worker's heartbeat: a killed "
+                                  "worker's jobs move to another worker after at most this long.")
     sweep_seconds: float = Field(default=10.0, description="How often a worker sweeps for deployments whose next step "
                                                            "is missing (0: never).")
     log_level: str = "INFO"
     log_json: bool = False
     retention_days: float = 30.0
     public_url: str | None = None
+    allow_insecure_http: bool = Field(
+        default=False, description="Allow http:// for credentialed remotes and APIs (tests and the demo only)."
+    )
 
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
@@ -208,9 +270,42 @@ class Settings(BaseSettings):
             elif isinstance(obj, list | tuple):
                 for item in obj:
                     walk(item)
+            elif isinstance(obj, dict):
+                for item in obj.values():
+                    walk(item)
 
         walk(self)
         return [s for s in found if len(s) >= 4]
+
+
+def _known_names(model: type[BaseModel], prefix: str) -> set[str]:
+    names = set()
+    for name, field in model.model_fields.items():
+        names.add(prefix + name.upper())
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, _Group):
+            names |= _known_names(kind, f"{prefix}{name.upper()}__")
+    return names
+
+
+def unknown_variables() -> list[tuple[str, str | None]]:
+    """`BRIDGE_*` variables in the environment that name no setting, each with the closest real name (or None).
+
+    Nested groups reject unknown keys themselves; a top-level typo such as `BRIDGE_ARGOCD_URL` (one underscore)
+    would otherwise be ignored without a word."""
+    import difflib
+
+    known = _known_names(Settings, "BRIDGE_") | {"BRIDGE_SECRETS_DIR"}
+    groups = {f"BRIDGE_{name.upper()}__" for name, f in Settings.model_fields.items()
+              if isinstance(f.annotation, type) and issubclass(f.annotation, _Group)}  # they reject typos themselves
+    found = []
+    for name in sorted(os.environ):
+        upper = name.upper()
+        group = upper.removeprefix("BRIDGE_").partition("__")[0]
+        if upper.startswith("BRIDGE_") and upper not in known and f"BRIDGE_{group}__" not in groups:
+            close = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.8)
+            found.append((name, close[0] if close else None))
+    return found
 
 
 def load_settings(**overrides: Any) -> Settings:

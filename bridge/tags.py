@@ -32,6 +32,37 @@ def unknown_placeholders(template: str) -> list[str]:
     return [name for name in template_fields(template) if name not in PLACEHOLDERS]
 
 
+# A valid value of each placeholder's kind: what a real build renders (a branch slug has no '/').
+SAMPLES = {
+    "build.id": "4711",
+    "build.number": "20261127.3",
+    "commit": "6e12f614c0b5e4b33d4a8f0a9c3b2d1e0f9a8b7c",
+    "commit7": "6e12f61",
+    "branch": "release-1.2",
+    "definition.id": "42",
+}
+
+
+def template_problem(template: str) -> str | None:
+    """Why the template can never render a valid OCI tag, checked with every placeholder replaced by a valid sample
+    of its kind (so the fixed text is what is judged); None when it can."""
+    try:
+        unknown = unknown_placeholders(template)
+    except ValueError as exc:
+        return str(exc)
+    if unknown:
+        return f"unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)} in {template!r}"
+    try:
+        render_tag(template, SAMPLES)
+    except InvalidBuild:
+        sample = "".join(literal + (SAMPLES[name] if name else "")
+                         for literal, name, _, _ in string.Formatter().parse(template))
+        shown = repr(sample) if len(sample) <= 60 else repr(sample[:60]) + f"... ({len(sample)} characters)"
+        return (f"cannot form a valid OCI tag: with sample values it renders {shown}; a tag is 1 to 128 of "
+                "[A-Za-z0-9_.-], not starting with '.' or '-'")
+    return None
+
+
 def branch_slug(ref: str | None) -> str:
     """`refs/heads/release/1.2` → `release-1.2`."""
     if not ref:

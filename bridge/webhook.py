@@ -3,14 +3,17 @@
 Status policy (Azure DevOps puts a subscription that gets any 4xx/5xx other than 408/502/503/504 on probation, and
 drops new events while it is there):
 
-    202  queued | duplicate | ignored (valid but unwanted: other event types, legacy shape, test button, no route)
-    400  not JSON, or JSON that is not a service-hook envelope (the reason names the problem)
+    202  queued | duplicate | ignored (valid but unwanted: other event types, legacy shape, test button, no route,
+         an organization that is not configured)
+    400  not JSON, JSON nested too deep, or JSON that is not a service-hook envelope (the reason names the problem)
     401  no accepted credential (the body names the expected scheme, never which part was wrong)
+    408  the body did not arrive within webhook.body_timeout_seconds (Azure DevOps retries 408)
     413  body over webhook.max_body_bytes (2 MiB, Azure DevOps' own limit), refused without reading the rest
     415  not JSON content
     503  Redis unavailable, with Retry-After (Azure DevOps retries 503 for about three minutes)
 
-A 2xx `queued`/`duplicate` is only sent once the job is in Redis. No git, no outbound HTTP here.
+A 2xx `queued`/`duplicate` is only sent once the job is in Redis. No git, no outbound HTTP here: the event's
+organization is matched against the configured ones without any network call (`bridge.organizations`).
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from typing import Any
 
 import orjson
 from redis.exceptions import RedisError
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
-from bridge import metrics
+from bridge import metrics, organizations
 from bridge.auth import WebhookAuth
+from bridge.body import BodyError, BodyLimits, read_json
 from bridge.events import BuildEvent, Ignored, InvalidEvent, parse_event
 from bridge.logs import SecretFilter
 from bridge.queue import Keys, deployment_id, enqueue_build
@@ -63,7 +67,8 @@ class Intake:
         self.auth = WebhookAuth(settings.webhook)
         self.keys = Keys(prefix=settings.key_prefix)
         self.queue_name = settings.queue_name
-        self.max_body = settings.webhook.max_body_bytes
+        self.limits = BodyLimits.from_settings(settings)
+        self.organizations = organizations.configured(settings.azure_devops)
         self.retention_s = max(settings.retention_days * 86400, 3600.0)
         self.scrubber = SecretFilter(settings.secret_values())  # reasons may quote the body
 
@@ -73,21 +78,6 @@ def _json_media(content_type: str | None) -> bool:
         return False
     media = content_type.partition(";")[0].strip().lower()
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
-
-
-async def read_body(request: Request, limit: int) -> bytes | None:
-    """The body, or None as soon as it is over `limit` (declared or counted while streaming)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _event_type(body: Any) -> str:
@@ -102,15 +92,10 @@ async def handle(intake: Intake, request: Request) -> Answer:
     if not _json_media(request.headers.get("content-type")):
         return Answer(415, "unsupported_media", "expected Content-Type: application/json")
     try:
-        raw = await read_body(request, intake.max_body)
-    except ClientDisconnect:
-        return Answer(400, "invalid", "client disconnected before the body was complete")
-    if raw is None:
-        return Answer(413, "too_large", f"body over {intake.max_body} bytes", headers=[("connection", "close")])
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return Answer(400, "invalid", f"invalid JSON: {exc}")
+        body = await read_json(request, intake.limits)
+    except BodyError as exc:
+        outcome = exc.outcome if exc.outcome in metrics.WEBHOOK_OUTCOMES else "invalid"
+        return Answer(exc.status, outcome, exc.reason, headers=list(exc.headers.items()))
     event_type = _event_type(body)
     event_id = body.get("id") if isinstance(body, dict) and isinstance(body.get("id"), str) else None
     try:
@@ -119,7 +104,9 @@ async def handle(intake: Intake, request: Request) -> Answer:
         return Answer(400, "invalid", str(exc), event_type, event_id=event_id)
     if isinstance(parsed, Ignored):
         return Answer(202, "ignored", parsed.reason, event_type, event_id=event_id)
-    event = parsed
+    event = organizations.assign(intake.organizations, parsed)
+    if event is None:
+        return Answer(202, "ignored", "unknown organization", event_type, event=parsed, event_id=event_id)
     targets = match_event(intake.routing, event)
     if not targets:
         return Answer(202, "ignored", "no route", event_type, event=event, event_id=event_id)
@@ -171,6 +158,8 @@ async def azure_devops(request: Request) -> Response:
             "event_id": answer.event_id,
             "build_id": event.build_id if event else None,
             "build_key": event.build_key if event else None,
+            # configured name, or (unknown organization) the normalised URL the payload claims
+            "organization": (event.organization or organizations.url_key(event.base_url)) if event else None,
             "reason": answer.reason,
         },
     )

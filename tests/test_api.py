@@ -52,7 +52,7 @@ ROUTING: dict[str, Any] = {
 
 def make_settings(url: str, **api: Any) -> Settings:
     return Settings(redis_url=url, queue_name=QUEUE, key_prefix=PREFIX, webhook={"tokens": ["hook-tok-1234"]},
-                    api=api if api else {"read_tokens": [READ], "write_tokens": [WRITE]})
+                    api=api if api else {"read_tokens": [READ], "write_tokens": [f"deployer:{WRITE}"]})
 
 
 def auth(token: str) -> dict[str, str]:
@@ -236,8 +236,10 @@ async def test_hold_list_release(bridge: Bridge) -> None:
         r = await c.put("/api/holds/api/prod", json={"reason": "  release freeze ", "by": "alice"})
         assert r.status_code == 201
         assert r.json()["reason"] == "release freeze"
-        assert r.json()["by"] == "alice"
-        assert (await c.put("/api/holds/web/dev", json={"reason": "broken", "by": 7})).json()["by"] == "api"
+        # Who: the name of the token (the server's word); the client's `by` is only a note.
+        assert (r.json()["by"], r.json()["note"]) == ("deployer", "alice")
+        other = (await c.put("/api/holds/web/dev", json={"reason": "broken", "by": 7})).json()
+        assert other["by"] == "deployer" and "note" not in other
 
         assert await bridge.store.get_hold("api", "prod") is not None  # the workers see it
         items = (await c.get("/api/holds")).json()["items"]
@@ -282,7 +284,7 @@ async def test_promotion_after_success_is_queued(bridge: Bridge) -> None:
     assert r.status_code == 202, r.text
     target = deployment_id(dev.build_key, "api", "staging")
     assert r.json() == {"status": "queued", "deployment": target, "from": dev.id}
-    assert bridge.queued() == [(PROMOTE_BUILD, (dev.id, "staging", False, "alice"))]
+    assert bridge.queued() == [(PROMOTE_BUILD, (dev.id, "staging", False, "deployer (alice)"))]
 
 
 @pytest.mark.parametrize(("verdict", "state"), [("failed", "failed"), (None, "still in flight"),
@@ -297,7 +299,7 @@ async def test_promotion_needs_the_previous_environment_to_succeed(bridge: Bridg
 
     r = await promote(bridge, {"build_id": 10, "to": "staging", "force": True})
     assert r.status_code == 202
-    assert bridge.queued() == [(PROMOTE_BUILD, (dev.id, "staging", True, "api"))]
+    assert bridge.queued() == [(PROMOTE_BUILD, (dev.id, "staging", True, "deployer"))]
 
 
 async def test_after_names_the_previous_environment(bridge: Bridge) -> None:
@@ -347,8 +349,8 @@ async def test_promotion_respects_the_target_branches(bridge: Bridge) -> None:
 
     assert (await promote(bridge, {"build_id": 21, "to": "prod"})).status_code == 202
     assert (await promote(bridge, {"build_id": 20, "to": "prod", "force": True})).status_code == 202
-    assert sorted(bridge.queued()) == sorted([(PROMOTE_BUILD, (release.id, "prod", False, "api")),
-                                              (PROMOTE_BUILD, (feature.id, "prod", True, "api"))])
+    assert sorted(bridge.queued()) == sorted([(PROMOTE_BUILD, (release.id, "prod", False, "deployer")),
+                                              (PROMOTE_BUILD, (feature.id, "prod", True, "deployer"))])
 
 
 @pytest.mark.parametrize(("body", "status"), [
@@ -372,5 +374,8 @@ async def test_bad_promotions_are_refused(bridge: Bridge, body: Any, status: int
 async def test_promotion_body_must_be_json(bridge: Bridge) -> None:
     async with bridge.client(WRITE) as c:
         r = await c.post("/api/promotions", content=b"build_id=10&to=staging")
+        assert r.status_code == 400
+        assert r.json()["error"].startswith("invalid JSON: ")  # names the problem
+        r = await c.post("/api/promotions", json=[10, "staging"])
     assert r.status_code == 400
     assert r.json() == {"error": "body must be a JSON object"}

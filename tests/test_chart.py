@@ -1,20 +1,16 @@
 """The Helm chart: values vs schema vs templates, and Helm's own lint and rendering through helm-sdkpy.
 
-helm-sdkpy bundles Helm's Go library but needs Python >= 3.12, so the Helm half runs in a cached python3.12 venv
-(`.cache/helm-venv/`, made on first use) through a subprocess: one run lints and renders every value set.
+helm-sdkpy bundles Helm's Go library but needs Python >= 3.12, so the Helm half runs in its own venv
+(`.cache/helm-venv/`, made by `make install`) through a subprocess: one run lints and renders every value set.
 """
 
 from __future__ import annotations
 
 import copy
-import fcntl
-import glob
 import json
 import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +33,12 @@ CI_FILES = sorted((CHART / "ci").glob("*.yaml"))
 # Schema objects deliberately left open: Kubernetes or app-owned structures passed through as they are.
 PASSTHROUGH = {("global",), ("config", "routing")} | {
     (role, *path) for role in ("web", "worker")
-    for path in [("affinity",), ("topologySpreadConstraints", "[]"), ("extraEnv", "[]", "valueFrom")]
-}
+    for path in [("affinity",), ("topologySpreadConstraints", "[]"), ("extraEnv", "[]", "valueFrom"),
+                 ("envFrom", "[]"), ("extraVolumes", "[]"), ("extraVolumeMounts", "[]"), ("extraContainers", "[]"),
+                 ("initContainers", "[]"), ("dnsConfig",)]
+} | {("metrics", "serviceMonitor", key) for key in ("tlsConfig",)} | {
+    ("metrics", "serviceMonitor", key, "[]") for key in ("relabelings", "metricRelabelings")
+} | {("networkPolicy", key, "[]") for key in ("extraIngress", "extraEgress")}
 # Schema properties without a default in values.yaml (optional hardening knobs and Helm's `global`).
 OPTIONAL = {
     ("global",), ("podSecurityContext", "supplementalGroups"),
@@ -78,6 +78,7 @@ API_GROUPS: dict[str, dict[str, list[tuple[str, str, bool]]]] = {
                 ("serviceaccounts", "ServiceAccount", True), ("persistentvolumeclaims", "PersistentVolumeClaim", True),
                 ("namespaces", "Namespace", False)]},
     "apps": {"v1": [("deployments", "Deployment", True), ("statefulsets", "StatefulSet", True)]},
+    "batch": {"v1": [("jobs", "Job", True)]},
     "policy": {"v1": [("poddisruptionbudgets", "PodDisruptionBudget", True)]},
     "autoscaling": {"v2": [("horizontalpodautoscalers", "HorizontalPodAutoscaler", True)]},
     "networking.k8s.io": {"v1": [("ingresses", "Ingress", True), ("networkpolicies", "NetworkPolicy", True)]},
@@ -152,9 +153,19 @@ async def run_case(
                           "errors": len(lint.get("Errors") or [])}
     except Exception as exc:  # noqa: BLE001 - reported to the test, which asserts on it
         result["lint"] = {"failed": f"{type(exc).__name__}: {exc}"}
+    # Hooks would run against the fake API (and wait for their Job): render them as plain resources instead, with
+    # the hook annotations renamed so the tests still see which resources are hooks.
+    rendered = os.path.join(work, "render-" + case["name"], os.path.basename(request["chart"]))
+    shutil.copytree(request["chart"], rendered)
+    for name in os.listdir(os.path.join(rendered, "templates")):
+        path = os.path.join(rendered, "templates", name)
+        with open(path) as fh:
+            text = fh.read()
+        with open(path, "w") as fh:
+            fh.write(text.replace('"helm.sh/hook', '"test.invalid/hook'))
     config = helm.Configuration(namespace=request["namespace"], kubeconfig=kubeconfig)
     try:
-        release = await helm.Install(config).run(request["release"], request["chart"], values=case["values"] or None,
+        release = await helm.Install(config).run(request["release"], rendered, values=case["values"] or None,
                                                  wait=False, timeout=30)
         result["manifest"] = release.get("manifest", "")
         result["notes"] = (release.get("info") or {}).get("notes", "")
@@ -389,37 +400,12 @@ def _is_setting(name: str) -> bool:
 # --- helm-sdkpy: Helm's own lint and rendering ----------------------------------------------------------------------
 
 
-def _python312() -> str:
-    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
-    candidates = [sys.executable] if sys.version_info >= (3, 12) else []
-    for root in dict.fromkeys([pyenv, Path("/root/.pyenv")]):
-        candidates += sorted(glob.glob(str(root / "versions" / "3.1[2-9]*" / "bin" / "python3.1[2-9]")), reverse=True)
-    candidates += [found for name in ("python3.12", "python3.13", "python3") if (found := shutil.which(name))]
-    for candidate in candidates:
-        probe = subprocess.run([candidate, "-c", "import sys, venv; sys.exit(sys.version_info < (3, 12))"],
-                               capture_output=True, timeout=30)
-        if probe.returncode == 0:
-            return candidate
-    pytest.fail(f"helm-sdkpy needs Python >= 3.12 and none was found (tried {candidates or 'nothing'}); "
-                "install one, e.g. `pyenv install 3.12`, or put python3.12 on PATH")
-
-
 def _helm_python() -> Path:
-    """The python of `.cache/helm-venv` with helm-sdkpy, made once (under a lock) and reused."""
-    CACHE.mkdir(exist_ok=True)
-    (CACHE / ".gitignore").write_text("*\n")
+    """The python of `.cache/helm-venv` with helm-sdkpy, which `make install` makes (the tests never download)."""
     python, stamp = HELM_VENV / "bin" / "python", HELM_VENV / ".installed"
-    with open(CACHE / "helm-venv.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if stamp.exists() and stamp.read_text() == HELM_SDKPY and python.exists():
-            return python
-        shutil.rmtree(HELM_VENV, ignore_errors=True)
-        for step in ([_python312(), "-m", "venv", str(HELM_VENV)],
-                     [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", HELM_SDKPY]):
-            proc = subprocess.run(step, capture_output=True, text=True, timeout=100)
-            if proc.returncode != 0:
-                pytest.fail(f"making the helm-sdkpy venv failed: {' '.join(step)}\n{proc.stdout}{proc.stderr}")
-        stamp.write_text(HELM_SDKPY)
+    if not (python.exists() and stamp.exists() and stamp.read_text().strip() == HELM_SDKPY):
+        pytest.fail(f"{HELM_SDKPY} is not installed in {HELM_VENV.relative_to(ROOT)}: run `make install` "
+                    "(it needs Python >= 3.12: python3.13, python3.12 or python3 on PATH, or HELM_PY=...)")
     return python
 
 
@@ -463,6 +449,7 @@ def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 CASES = [p.stem for p in CI_FILES]
+OURS = ("web", "worker", "check-config")  # the chart's own containers (extraContainers are the user's)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -485,14 +472,14 @@ def test_helm_rejects_broken_values(helm: dict[str, dict[str, Any]], case: str) 
 def test_rendered_pods_are_hardened(helm: dict[str, dict[str, Any]], case: str) -> None:
     deployments = _kind(helm[case]["docs"], "Deployment")
     assert len(deployments) == 2
-    for deployment in deployments:
-        pod = deployment["spec"]["template"]["spec"]
+    for workload in deployments + _kind(helm[case]["docs"], "Job"):
+        pod = workload["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] > 0
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert pod["automountServiceAccountToken"] is False
         volumes = {v["name"]: v for v in pod["volumes"]}
-        for container in pod["containers"]:
+        for container in [c for c in pod["containers"] if c["name"] in OURS]:  # not the user's sidecars
             sc = container["securityContext"]
             assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
             assert sc["capabilities"] == {"drop": ["ALL"]} and sc["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -509,7 +496,7 @@ def test_rendered_pods_are_hardened(helm: dict[str, dict[str, Any]], case: str) 
 def test_probes_hit_the_health_endpoints(helm: dict[str, dict[str, Any]], case: str) -> None:
     docs = helm[case]["docs"]
     for deployment in _kind(docs, "Deployment"):
-        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        (container,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] in OURS]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         live, ready = container["livenessProbe"]["httpGet"], container["readinessProbe"]["httpGet"]
         assert live["port"] in ports and ready["port"] in ports
@@ -546,8 +533,8 @@ def test_environment_names_real_settings(helm: dict[str, dict[str, Any]], case: 
 def test_default_release(helm: dict[str, dict[str, Any]]) -> None:
     docs = helm["default-values"]["docs"]
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ConfigMap", "Deployment", "Deployment", "PodDisruptionBudget", "PodDisruptionBudget",
-                     "Service", "Service", "ServiceAccount"]
+    assert kinds == ["ConfigMap", "ConfigMap", "Deployment", "Deployment", "Job", "PodDisruptionBudget",
+                     "PodDisruptionBudget", "Service", "Service", "ServiceAccount"]  # a ConfigMap + Job: the check hook
     web = _one(docs, "Deployment", f"{RELEASE}-web")["spec"]
     worker = _one(docs, "Deployment", f"{RELEASE}-worker")["spec"]
     assert web["replicas"] == 2 and worker["replicas"] == 1
@@ -604,7 +591,7 @@ def test_full_release(helm: dict[str, dict[str, Any]]) -> None:
 
 def test_existing_config_release(helm: dict[str, dict[str, Any]]) -> None:
     docs = helm["existing-config-values"]["docs"]
-    assert sorted(d["kind"] for d in docs) == ["Deployment", "Deployment", "Service"]
+    assert sorted(d["kind"] for d in docs) == ["Deployment", "Deployment", "Job", "Service"]
     for deployment in _kind(docs, "Deployment"):
         pod = deployment["spec"]["template"]["spec"]
         assert pod["serviceAccountName"] == "bridge"
@@ -614,6 +601,9 @@ def test_existing_config_release(helm: dict[str, dict[str, Any]]) -> None:
         assert _env(container)["BRIDGE_CONFIG"]["value"] == "/etc/gitops-bridge/routing.yaml"
         assert _env(container)["BRIDGE_LOG_JSON"]["value"] == "false"
         assert deployment["metadata"]["name"].startswith("bridge-")
+    # The check hook reads the existing ConfigMap too (there is no copy of a routing file the chart does not own).
+    job = _one(docs, "Job", "bridge-config-check")["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in job["volumes"]}["config"]["configMap"]["name"] == "gitops-bridge-routing"
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -623,7 +613,7 @@ def test_services_reach_their_pods(helm: dict[str, dict[str, Any]], case: str) -
     for service in _kind(docs, "Service"):
         selector = service["spec"]["selector"]
         (pod,) = [p for p in pods if selector.items() <= p["metadata"]["labels"].items()]
-        names = {port["name"] for c in pod["spec"]["containers"] for port in c["ports"]}
+        names = {port["name"] for c in pod["spec"]["containers"] for port in c.get("ports", [])}
         assert {port["targetPort"] for port in service["spec"]["ports"]} <= names
 
 
@@ -696,3 +686,168 @@ def test_grafana_dashboard_for_the_sidecar(helm: dict[str, dict[str, Any]]) -> N
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     assert "grafana_dashboard" not in str(helm["default-values"]["docs"])
+
+
+# --- hooks, rollouts, extension points, policies ---------------------------------------------------------------------
+
+
+def _pod(docs: list[dict[str, Any]], role: str) -> dict[str, Any]:
+    pod: dict[str, Any] = _one(docs, "Deployment", f"{RELEASE}-{role}")["spec"]["template"]
+    return pod
+
+
+def _ours(pod: dict[str, Any]) -> dict[str, Any]:
+    (container,) = [c for c in pod["spec"]["containers"] if c["name"] in OURS]
+    return container
+
+
+@pytest.mark.parametrize("case", ["default-values", "full-values", "routing-text-values"])
+def test_config_check_hook_validates_the_new_values_first(helm: dict[str, dict[str, Any]], case: str) -> None:
+    docs = helm[case]["docs"]
+    hook_cm = _one(docs, "ConfigMap", f"{RELEASE}-config-check")
+    job = _one(docs, "Job", f"{RELEASE}-config-check")
+    for resource in (hook_cm, job):  # rendered with the hook annotations renamed (see DRIVER)
+        annotations = resource["metadata"]["annotations"]
+        assert annotations["test.invalid/hook"] == "pre-install,pre-upgrade"
+        assert annotations["test.invalid/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    assert int(hook_cm["metadata"]["annotations"]["test.invalid/hook-weight"]) < int(
+        job["metadata"]["annotations"]["test.invalid/hook-weight"])  # the routing file exists before the Job
+    # The check reads exactly the routing file the pods will get, with the same settings and secrets.
+    assert hook_cm["data"] == _one(docs, "ConfigMap", f"{RELEASE}-config")["data"]
+    spec = job["spec"]
+    assert spec["backoffLimit"] == 0 and spec["template"]["spec"]["restartPolicy"] == "Never"
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["args"] == ["check-config"]
+    web = _ours(_pod(docs, "web"))
+    assert container["env"] == [e for e in web["env"] if e["name"] != "BRIDGE_PORT" and e not in
+                                (_ci_values(CHART / "ci" / f"{case}.yaml").get("web", {}).get("extraEnv") or [])]
+    volumes = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == f"{RELEASE}-config-check"
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {m["mountPath"] for m in web["volumeMounts"]}
+
+
+def test_config_check_can_be_switched_off(helm: dict[str, dict[str, Any]]) -> None:
+    docs = helm["extension-points-values"]["docs"]
+    assert _kind(docs, "Job") == [] and [c["metadata"]["name"] for c in _kind(docs, "ConfigMap")] == [
+        f"{RELEASE}-config"]
+
+
+@pytest.mark.parametrize("case", ["default-values", "full-values", "routing-text-values"])
+def test_pods_roll_when_the_routing_file_changes(helm: dict[str, dict[str, Any]], case: str) -> None:
+    import hashlib
+
+    docs = helm[case]["docs"]
+    routing = _one(docs, "ConfigMap", f"{RELEASE}-config")["data"]["bridge.yaml"]
+    for role in ("web", "worker"):
+        annotations = _pod(docs, role)["metadata"]["annotations"]
+        assert annotations["checksum/routing"] == hashlib.sha256(routing.rstrip("\n").encode()).hexdigest()
+
+
+def test_set_file_replaces_no_table() -> None:
+    """`--set-file config.routing=bridge.yaml` sets a string: Helm warns when a default table is replaced by a
+    string (or a default string by a table), but not when the default is null."""
+    assert _defaults()["config"]["routing"] is None
+    assert isinstance(_ci_values(CHART / "ci" / "routing-text-values.yaml")["config"]["routing"], str)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_processes_listen_on_every_interface_in_the_pod(helm: dict[str, dict[str, Any]], case: str) -> None:
+    for deployment in _kind(helm[case]["docs"], "Deployment"):
+        (container,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] in OURS]
+        assert _env(container)["BRIDGE_HOST"]["value"] == "0.0.0.0"  # the bridge's own default is 127.0.0.1
+
+
+def test_web_spreads_over_nodes_by_default(helm: dict[str, dict[str, Any]]) -> None:
+    docs = helm["default-values"]["docs"]
+    web = _pod(docs, "web")
+    (term,) = web["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    selector = term["podAffinityTerm"]["labelSelector"]["matchLabels"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert selector.items() <= web["metadata"]["labels"].items() and selector["app.kubernetes.io/component"] == "web"
+    assert "affinity" not in _pod(docs, "worker")["spec"]
+    hard = _pod(helm["extension-points-values"]["docs"], "web")["spec"]["affinity"]["podAntiAffinity"]
+    assert list(hard) == ["requiredDuringSchedulingIgnoredDuringExecution"]
+    # An explicit affinity wins over the preset.
+    assert _pod(helm["full-values"]["docs"], "worker")["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]["labelSelector"] == {
+        "matchLabels": {"app.kubernetes.io/component": "worker"}}
+
+
+def test_web_has_a_startup_probe(helm: dict[str, dict[str, Any]]) -> None:
+    default = _ours(_pod(helm["default-values"]["docs"], "web"))["startupProbe"]
+    assert default == {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 2, "timeoutSeconds": 3,
+                       "failureThreshold": 30}
+    assert _ours(_pod(helm["extension-points-values"]["docs"], "web"))["startupProbe"]["failureThreshold"] == 60
+
+
+def test_extension_points_reach_the_pods(helm: dict[str, dict[str, Any]]) -> None:
+    docs = helm["extension-points-values"]["docs"]
+    values = _ci_values(CHART / "ci" / "extension-points-values.yaml")
+    for role in ("web", "worker"):
+        given = values[role]
+        deployment = _one(docs, "Deployment", f"{RELEASE}-{role}")
+        pod = deployment["spec"]["template"]["spec"]
+        container = _ours(deployment["spec"]["template"])
+        assert deployment["metadata"]["annotations"] == given["deploymentAnnotations"]
+        assert deployment["spec"]["revisionHistoryLimit"] == given["revisionHistoryLimit"]
+        assert container["envFrom"] == given["envFrom"]
+        assert given["extraVolumes"][0] in pod["volumes"]
+        assert given["extraVolumeMounts"][0] in container["volumeMounts"]
+        assert [c["name"] for c in pod["containers"]] == [role, given["extraContainers"][0]["name"]]
+        assert pod["initContainers"] == given["initContainers"]
+        assert pod["dnsConfig"] == given["dnsConfig"] and pod["hostAliases"] == given["hostAliases"]
+    default = _one(helm["default-values"]["docs"], "Deployment", f"{RELEASE}-web")
+    assert default["spec"]["revisionHistoryLimit"] == 5 and "annotations" not in default["metadata"]
+
+
+def test_service_monitor_options(helm: dict[str, dict[str, Any]]) -> None:
+    monitor = _one(helm["extension-points-values"]["docs"], "ServiceMonitor", RELEASE)
+    values = _ci_values(CHART / "ci" / "extension-points-values.yaml")["metrics"]["serviceMonitor"]
+    assert monitor["metadata"]["namespace"] == "monitoring"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}  # still scrapes the release's pods
+    for endpoint in monitor["spec"]["endpoints"]:
+        assert endpoint["honorLabels"] is True and endpoint["scheme"] == "https"
+        assert endpoint["relabelings"] == values["relabelings"]
+        assert endpoint["metricRelabelings"] == values["metricRelabelings"]
+        assert endpoint["tlsConfig"] == values["tlsConfig"]
+    plain = _one(helm["full-values"]["docs"], "ServiceMonitor", RELEASE)
+    assert plain["metadata"]["namespace"] == NAMESPACE
+    assert all(set(e) == {"port", "path", "interval", "scrapeTimeout"} for e in plain["spec"]["endpoints"])
+
+
+def test_network_policies(helm: dict[str, dict[str, Any]]) -> None:
+    assert _kind(helm["default-values"]["docs"], "NetworkPolicy") == []
+    docs = helm["extension-points-values"]["docs"]
+    policies = {p["metadata"]["name"]: p["spec"] for p in _kind(docs, "NetworkPolicy")}
+    assert set(policies) == {f"{RELEASE}-web", f"{RELEASE}-worker"}
+    for role, spec in (("web", policies[f"{RELEASE}-web"]), ("worker", policies[f"{RELEASE}-worker"])):
+        pod = _pod(docs, role)
+        assert spec["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+        assert spec["policyTypes"] == ["Ingress", "Egress"]
+        ports = {p["name"]: p["containerPort"] for p in _ours(pod)["ports"]}
+        ingress = {(tuple(sorted(rule["from"][0]["namespaceSelector"]["matchLabels"].values())),
+                    rule["ports"][0]["port"]) for rule in spec["ingress"]}
+        if role == "web":
+            assert (("ingress",), ports["http"]) in ingress
+            assert spec["ingress"][0]["from"][0]["podSelector"] == {
+                "matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}}
+            assert ingress == {(("ingress",), ports["http"]), (("monitoring",), ports["http"])}
+        else:
+            assert ingress == {(("monitoring",), ports["metrics"])}  # nothing else may reach the worker
+        egress = spec["egress"]
+        assert {(p["port"], p["protocol"]) for p in egress[0]["ports"]} == {(53, "UDP"), (53, "TCP")}
+        assert egress[1] == {"to": [{"namespaceSelector": {}}],
+                             "ports": [{"port": 6379, "protocol": "TCP"}, {"port": 26379, "protocol": "TCP"}]}
+        assert egress[2] == {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"port": 443, "protocol": "TCP"}]}
+        assert [p["port"] for p in egress[3]["ports"]] == [22, 8443]
+        assert egress[4]["ports"] == [{"port": 8080, "protocol": "TCP"}]
+
+
+def test_default_external_egress_is_443_anywhere() -> None:
+    assert _defaults()["networkPolicy"]["external"] == [{"cidrs": ["0.0.0.0/0", "::/0"], "ports": [443]}]
+
+
+def test_chart_metadata() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["home"].startswith("https://") and chart["icon"].startswith("https://")
+    assert chart["maintainers"] and all(m["name"] for m in chart["maintainers"])

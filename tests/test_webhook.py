@@ -316,7 +316,7 @@ def test_not_json_content_is_415(client: httpx.Client, content_type: str | None)
         (b"{not json", "invalid JSON"),
         (b"", "invalid JSON"),
         (b"\xff\xfe{}", "invalid JSON"),
-        (b"[" * 5000, "invalid JSON"),
+        (b"[" * 5000, "JSON nested deeper than 64 levels"),  # refused before parsing
         (b"[1, 2]", "body must be a JSON object"),
         (b'{"resource": {}}', "missing field 'eventType'"),
         (b'{"eventType": "build.complete", "resource": {"result": "succeeded", "id": "abc"}}', "resource.id"),
@@ -353,6 +353,57 @@ def test_both_event_types_for_one_build_give_one_job(client: httpx.Client, db_ur
     assert build.json()["status"] == "duplicate"
     [(job_id, job)] = queued_jobs(db_url).items()
     assert job.args[0]["event"]["event_type"] == "ms.vss-pipelines.run-state-changed-event"  # the first one wins
+
+
+# -- organizations: configuration, not input ----------------------------------------------------------------------
+def with_org(build: dict[str, Any], base: str) -> dict[str, Any]:
+    body = copy.deepcopy(build)
+    body["resourceContainers"]["collection"]["baseUrl"] = base
+    body["resourceContainers"].pop("account", None)
+    return body
+
+
+@pytest.fixture
+def org_client(db_url: str, serve: Callable[[Any], Any]) -> Iterator[httpx.Client]:
+    settings = make_settings(db_url).model_copy(update={"azure_devops": Settings(azure_devops={
+        "organizations": [{"name": "fiber", "url": "https://fabrikamfiber.visualstudio.com/"}]}).azure_devops})
+    server = serve(create_app(settings, routing()))
+    with httpx.Client(base_url=server.url, timeout=10) as c:
+        yield c
+
+
+def ignored_count() -> float:
+    return metrics.REGISTRY.get_sample_value(
+        "bridge_webhook_requests_total", {"event_type": "build.complete", "outcome": "ignored"}) or 0.0
+
+
+def test_unknown_organization_is_ignored_without_a_job(org_client: httpx.Client, db_url: str,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    before = ignored_count()
+    with caplog.at_level(logging.INFO, logger="bridge.webhook"):
+        response = org_client.post(URL, json=with_org(full_build(), "https://dev.azure.com/evil/"),
+                                   headers=token_headers())
+    assert response.status_code == 202
+    assert response.json() == {"status": "ignored", "reason": "unknown organization", "deployments": []}
+    assert queued_jobs(db_url) == {}
+    assert ignored_count() == before + 1
+    [entry] = [r for r in caplog.records if r.name == "bridge.webhook"]
+    assert entry.reason == "unknown organization" and entry.organization == "dev.azure.com/evil"  # type: ignore[attr-defined]
+
+
+def test_configured_organization_in_either_spelling_is_one_build(org_client: httpx.Client, db_url: str) -> None:
+    first = org_client.post(URL, json=with_org(full_build(77), "https://dev.azure.com/FabrikamFiber/"),
+                            headers=token_headers())
+    again = org_client.post(URL, json=with_org(full_build(77), "https://fabrikamfiber.visualstudio.com"),
+                            headers=token_headers())
+    run = org_client.post(URL, json=run_state(77, base="https://FABRIKAMFIBER.visualstudio.com/"),
+                          headers=token_headers())
+    assert [r.json()["status"] for r in (first, again, run)] == ["queued", "duplicate", "duplicate"]
+    [(job_id, job)] = queued_jobs(db_url).items()
+    event = BuildEvent.from_json(job.args[0]["event"])
+    assert event.organization == "fiber"
+    assert job_id == build_job_id("fiber:33dd33dd-ee44-ff55-aa66-77bb77bb77bb:77")
+    assert first.json()["deployments"][0]["id"] == deployment_id(event.build_key, "chat", "dev")
 
 
 def test_different_builds_are_different_jobs(client: httpx.Client, db_url: str) -> None:

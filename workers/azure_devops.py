@@ -1,7 +1,8 @@
 """The Azure DevOps client (report-back, build look-ups, service hooks) and the build → BuildEvent converter.
 
-Every method takes the organization base URL (`https://dev.azure.com/org/`, as stored on the deployment record) and,
-where the API is project-scoped, the project (id or name). Errors are translated at the boundary:
+Every method takes a configured `bridge.organizations.Organization` (never a URL string: no request can be addressed
+with a payload field) and, where the API is project-scoped, the project (id or name). Each request carries that
+organization's own credential, and only to its configured URL. Errors are translated at the boundary:
 
     203 + HTML sign-in page, 401, 403   → AuthError           (a missing, expired or under-scoped token)
     404                                 → NotFound
@@ -25,9 +26,10 @@ from urllib.parse import quote
 
 import httpx
 
-from bridge import metrics
+from bridge import metrics, organizations
 from bridge.errors import AuthError, InvalidBuild, NotFound, PermanentError, UpstreamUnavailable
 from bridge.events import BUILD_COMPLETE, SHA, BuildEvent, Repo
+from bridge.organizations import Organization
 from bridge.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,29 +73,24 @@ def _message(response: httpx.Response) -> str:
 
 
 class AzureDevOpsClient:
-    """One httpx.AsyncClient with explicit timeouts; `enabled` is False without a token (reports are then skipped)."""
+    """One httpx.AsyncClient with explicit timeouts for the configured organizations; `enabled` is False when none
+    has a token (reports and look-ups are then skipped)."""
 
     def __init__(
         self,
-        token: str | None,
+        organizations: list[Organization],
         *,
         auth: str = "pat",
         api_version: str = "7.1",
         timeout: float = 15.0,
-        organization_url: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.enabled = bool(token)
+        self.organizations = [o for o in organizations if o.has_token]
+        self.enabled = bool(self.organizations)
+        self.auth = auth
         self.api_version = api_version
-        self.organization_url = org_base(organization_url) if organization_url else None
-        headers = {"Accept": "application/json", "User-Agent": "gitops-bridge"}
-        if token:
-            if auth == "bearer":
-                headers["Authorization"] = f"Bearer {token}"
-            else:
-                headers["Authorization"] = "Basic " + base64.b64encode(f":{token}".encode()).decode()
         self._http = httpx.AsyncClient(
-            headers=headers,
+            headers={"Accept": "application/json", "User-Agent": "gitops-bridge"},
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             transport=transport,
             follow_redirects=False,
@@ -102,13 +99,34 @@ class AzureDevOpsClient:
     @classmethod
     def from_settings(cls, settings: Settings) -> AzureDevOpsClient:
         ado = settings.azure_devops
-        return cls(
-            ado.token.get_secret_value() if ado.token else None,
-            auth=ado.auth,
-            api_version=ado.api_version,
-            timeout=ado.timeout_seconds,
-            organization_url=ado.organization_url,
-        )
+        info = organizations.summary(ado)
+        if info:
+            log.info(info)
+        for warning in organizations.warnings(ado):
+            log.warning(warning)
+        return cls(organizations.configured(ado), auth=ado.auth, api_version=ado.api_version,
+                   timeout=ado.timeout_seconds)
+
+    def organization(self, name: str | None) -> Organization | None:
+        """The configured organization of that name that has a credential, or None."""
+        return next((o for o in self.organizations if o.name == (name or "").lower()), None)
+
+    def resolve(
+        self, name: str | None, url: str | None = None, collection_id: str | None = None
+    ) -> Organization | None:
+        """By name; for records and jobs from before organizations were configuration (no name), by matching the URL
+        they stored against the configured organizations. Never an organization that is not configured."""
+        if name is not None:
+            return self.organization(name)
+        if url is None and collection_id is None and len(self.organizations) == 1:
+            return self.organizations[0]  # records of the single-organization era that stored no URL
+        return organizations.match(self.organizations, url, collection_id)
+
+    def _authorization(self, org: Organization) -> str:
+        token = org.token.get_secret_value() if org.token is not None else ""
+        if self.auth == "bearer":
+            return f"Bearer {token}"
+        return "Basic " + base64.b64encode(f":{token}".encode()).decode()
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -119,18 +137,22 @@ class AzureDevOpsClient:
         self,
         operation: str,
         method: str,
-        url: str,
+        org: Organization,
+        path: str,
         *,
         what: str,
         params: dict[str, Any] | None = None,
         body: Any = None,
         content_type: str | None = None,
     ) -> httpx.Response:
-        if not self.enabled:
+        if org not in self.organizations:  # the credential of a configured organization goes to its URL, only
             metrics.ADO_REQUESTS.labels(operation=operation, outcome="auth").inc()
-            raise AuthError(SYSTEM, "no token configured (BRIDGE_AZURE_DEVOPS__TOKEN)")
+            raise AuthError(SYSTEM, f"organization {org.name!r} is not configured with a token "
+                                    f"(BRIDGE_AZURE_DEVOPS__TOKENS__{org.name.upper()})")
+        configured = next(o for o in self.organizations if o == org)
+        url = org_base(configured.url) + path
         query = {"api-version": self.api_version, **{k: v for k, v in (params or {}).items() if v is not None}}
-        headers = {}
+        headers = {"Authorization": self._authorization(configured)}
         content: bytes | None = None
         if body is not None:
             content = json.dumps(body).encode()
@@ -180,20 +202,21 @@ class AzureDevOpsClient:
         except ValueError as exc:
             raise UpstreamUnavailable(SYSTEM, "answer is not JSON") from exc
 
-    def _project_url(self, org_url: str, project: str) -> str:
-        return f"{org_base(org_url)}{_seg(project)}/_apis/"
+    @staticmethod
+    def _project_path(project: str) -> str:
+        return f"{_seg(project)}/_apis/"
 
     # -- builds ----------------------------------------------------------------------------------------------------
 
-    async def get_build(self, org_url: str, project: str, build_id: int) -> dict[str, Any]:
-        url = f"{self._project_url(org_url, project)}build/builds/{int(build_id)}"
-        response = await self._request("get_build", "GET", url, what=f"build {build_id} in project {project}")
+    async def get_build(self, org: Organization, project: str, build_id: int) -> dict[str, Any]:
+        path = f"{self._project_path(project)}build/builds/{int(build_id)}"
+        response = await self._request("get_build", "GET", org, path, what=f"build {build_id} in project {project}")
         build: dict[str, Any] = self._json(response)
         return build
 
     async def list_builds(
         self,
-        org_url: str,
+        org: Organization,
         project: str,
         *,
         definitions: list[int] | None = None,
@@ -204,7 +227,7 @@ class AzureDevOpsClient:
         max_pages: int = MAX_PAGES,
     ) -> list[dict[str, Any]]:
         """Builds in `query_order`, following `x-ms-continuationtoken` for at most `max_pages` pages."""
-        url = f"{self._project_url(org_url, project)}build/builds"
+        path = f"{self._project_path(project)}build/builds"
         params: dict[str, Any] = {
             "statusFilter": status,
             "minTime": min_time,
@@ -214,7 +237,7 @@ class AzureDevOpsClient:
         }
         builds: list[dict[str, Any]] = []
         for _ in range(max_pages):
-            response = await self._request("list_builds", "GET", url, params=params, what=f"project {project}")
+            response = await self._request("list_builds", "GET", org, path, params=params, what=f"project {project}")
             body = self._json(response)
             builds.extend(b for b in body.get("value", []) if isinstance(b, dict))
             token = response.headers.get("x-ms-continuationtoken")
@@ -223,72 +246,75 @@ class AzureDevOpsClient:
             params["continuationToken"] = token
         return builds
 
-    async def get_build_tags(self, org_url: str, project: str, build_id: int) -> list[str]:
-        url = f"{self._project_url(org_url, project)}build/builds/{int(build_id)}/tags"
-        tags: list[str] = self._json(await self._request("tags", "GET", url, what=f"build {build_id}"))
+    async def get_build_tags(self, org: Organization, project: str, build_id: int) -> list[str]:
+        path = f"{self._project_path(project)}build/builds/{int(build_id)}/tags"
+        tags: list[str] = self._json(await self._request("tags", "GET", org, path, what=f"build {build_id}"))
         return tags
 
-    async def add_build_tags(self, org_url: str, project: str, build_id: int, tags: list[str]) -> list[str]:
+    async def add_build_tags(self, org: Organization, project: str, build_id: int, tags: list[str]) -> list[str]:
         """POST a JSON array (path-segment tag APIs break on special characters); returns every tag of the build."""
-        url = f"{self._project_url(org_url, project)}build/builds/{int(build_id)}/tags"
-        response = await self._request("tags", "POST", url, body=list(tags), what=f"build {build_id}")
+        path = f"{self._project_path(project)}build/builds/{int(build_id)}/tags"
+        response = await self._request("tags", "POST", org, path, body=list(tags), what=f"build {build_id}")
         result: list[str] = self._json(response)
         return result
 
     async def update_build_tags(
-        self, org_url: str, project: str, build_id: int, *, add: list[str], remove: list[str]
+        self, org: Organization, project: str, build_id: int, *, add: list[str], remove: list[str]
     ) -> list[str]:
         """Add and remove tags in one request (PATCH with tagsToAdd/tagsToRemove); returns every tag of the build."""
-        url = f"{self._project_url(org_url, project)}build/builds/{int(build_id)}/tags"
+        path = f"{self._project_path(project)}build/builds/{int(build_id)}/tags"
         body = {"tagsToAdd": list(add), "tagsToRemove": list(remove)}
-        result: list[str] = self._json(await self._request("tags", "PATCH", url, body=body, what=f"build {build_id}"))
+        response = await self._request("tags", "PATCH", org, path, body=body, what=f"build {build_id}")
+        result: list[str] = self._json(response)
         return result
 
-    async def get_build_properties(self, org_url: str, project: str, build_id: int) -> dict[str, Any]:
+    async def get_build_properties(self, org: Organization, project: str, build_id: int) -> dict[str, Any]:
         """Properties as plain values (`$value` unwrapped)."""
-        url = f"{self._project_url(org_url, project)}build/builds/{int(build_id)}/properties"
-        body = self._json(await self._request("properties", "GET", url, what=f"build {build_id}"))
+        path = f"{self._project_path(project)}build/builds/{int(build_id)}/properties"
+        body = self._json(await self._request("properties", "GET", org, path, what=f"build {build_id}"))
         return _unwrap_properties(body)
 
     async def update_build_properties(
-        self, org_url: str, project: str, build_id: int, patch: list[dict[str, Any]]
+        self, org: Organization, project: str, build_id: int, patch: list[dict[str, Any]]
     ) -> dict[str, Any]:
         """Apply a JSON Patch document (`application/json-patch+json`); returns the properties as plain values."""
-        url = f"{self._project_url(org_url, project)}build/builds/{int(build_id)}/properties"
-        response = await self._request("properties", "PATCH", url, body=patch, content_type=JSON_PATCH,
+        path = f"{self._project_path(project)}build/builds/{int(build_id)}/properties"
+        response = await self._request("properties", "PATCH", org, path, body=patch, content_type=JSON_PATCH,
                                        what=f"build {build_id}")
         return _unwrap_properties(self._json(response))
 
-    async def get_definition(self, org_url: str, project: str, definition_id: int) -> dict[str, Any]:
-        url = f"{self._project_url(org_url, project)}build/definitions/{int(definition_id)}"
+    async def get_definition(self, org: Organization, project: str, definition_id: int) -> dict[str, Any]:
+        path = f"{self._project_path(project)}build/definitions/{int(definition_id)}"
         definition: dict[str, Any] = self._json(
-            await self._request("definitions", "GET", url, what=f"definition {definition_id} in project {project}")
+            await self._request("definitions", "GET", org, path,
+                                what=f"definition {definition_id} in project {project}")
         )
         return definition
 
-    async def get_project(self, org_url: str, project: str) -> dict[str, Any]:
-        url = f"{org_base(org_url)}_apis/projects/{_seg(project)}"
-        found: dict[str, Any] = self._json(await self._request("projects", "GET", url, what=f"project {project}"))
+    async def get_project(self, org: Organization, project: str) -> dict[str, Any]:
+        path = f"_apis/projects/{_seg(project)}"
+        found: dict[str, Any] = self._json(await self._request("projects", "GET", org, path, what=f"project {project}"))
         return found
 
     # -- commit statuses -------------------------------------------------------------------------------------------
 
-    def _statuses_url(self, org_url: str, project: str, repository_id: str, commit: str) -> str:
-        return (f"{self._project_url(org_url, project)}git/repositories/{_seg(repository_id)}"
+    def _statuses_path(self, project: str, repository_id: str, commit: str) -> str:
+        return (f"{self._project_path(project)}git/repositories/{_seg(repository_id)}"
                 f"/commits/{_seg(commit)}/statuses")
 
     async def list_commit_statuses(
-        self, org_url: str, project: str, repository_id: str, commit: str, *, latest_only: bool = True
+        self, org: Organization, project: str, repository_id: str, commit: str, *, latest_only: bool = True
     ) -> list[dict[str, Any]]:
-        url = self._statuses_url(org_url, project, repository_id, commit)
-        response = await self._request("commit_status", "GET", url, params={"latestOnly": str(latest_only).lower()},
+        path = self._statuses_path(project, repository_id, commit)
+        response = await self._request("commit_status", "GET", org, path,
+                                       params={"latestOnly": str(latest_only).lower()},
                                        what=f"commit {commit[:12]} in repository {repository_id}")
         statuses: list[dict[str, Any]] = self._json(response).get("value", [])
         return statuses
 
     async def create_commit_status(
         self,
-        org_url: str,
+        org: Organization,
         project: str,
         repository_id: str,
         commit: str,
@@ -306,9 +332,9 @@ class AzureDevOpsClient:
         }
         if target_url:
             body["targetUrl"] = target_url
-        url = self._statuses_url(org_url, project, repository_id, commit)
+        path = self._statuses_path(project, repository_id, commit)
         created: dict[str, Any] = self._json(await self._request(
-            "commit_status", "POST", url, body=body, what=f"commit {commit[:12]} in repository {repository_id}"
+            "commit_status", "POST", org, path, body=body, what=f"commit {commit[:12]} in repository {repository_id}"
         ))
         return created
 
@@ -316,45 +342,45 @@ class AzureDevOpsClient:
 
     async def list_subscriptions(
         self,
-        org_url: str,
+        org: Organization,
         *,
         publisher_id: str | None = None,
         event_type: str | None = None,
         consumer_id: str | None = None,
         consumer_action_id: str | None = None,
     ) -> list[dict[str, Any]]:
-        url = f"{org_base(org_url)}_apis/hooks/subscriptions"
+        path = "_apis/hooks/subscriptions"
         params = {"publisherId": publisher_id, "eventType": event_type, "consumerId": consumer_id,
                   "consumerActionId": consumer_action_id}
-        body = self._json(await self._request("hooks", "GET", url, params=params, what="subscriptions"))
+        body = self._json(await self._request("hooks", "GET", org, path, params=params, what="subscriptions"))
         subs: list[dict[str, Any]] = body.get("value", [])
         return subs
 
-    async def query_subscriptions(self, org_url: str, query: dict[str, Any]) -> list[dict[str, Any]]:
-        url = f"{org_base(org_url)}_apis/hooks/subscriptionsquery"
-        body = self._json(await self._request("hooks", "POST", url, body=query, what="subscriptions"))
+    async def query_subscriptions(self, org: Organization, query: dict[str, Any]) -> list[dict[str, Any]]:
+        path = "_apis/hooks/subscriptionsquery"
+        body = self._json(await self._request("hooks", "POST", org, path, body=query, what="subscriptions"))
         results: list[dict[str, Any]] = body.get("results") or []
         return results
 
-    async def create_subscription(self, org_url: str, subscription: dict[str, Any]) -> dict[str, Any]:
-        url = f"{org_base(org_url)}_apis/hooks/subscriptions"
+    async def create_subscription(self, org: Organization, subscription: dict[str, Any]) -> dict[str, Any]:
+        path = "_apis/hooks/subscriptions"
         created: dict[str, Any] = self._json(
-            await self._request("hooks", "POST", url, body=subscription, what="subscriptions")
+            await self._request("hooks", "POST", org, path, body=subscription, what="subscriptions")
         )
         return created
 
     async def replace_subscription(
-        self, org_url: str, subscription_id: str, subscription: dict[str, Any]
+        self, org: Organization, subscription_id: str, subscription: dict[str, Any]
     ) -> dict[str, Any]:
-        url = f"{org_base(org_url)}_apis/hooks/subscriptions/{_seg(subscription_id)}"
+        path = f"_apis/hooks/subscriptions/{_seg(subscription_id)}"
         replaced: dict[str, Any] = self._json(
-            await self._request("hooks", "PUT", url, body=subscription, what=f"subscription {subscription_id}")
+            await self._request("hooks", "PUT", org, path, body=subscription, what=f"subscription {subscription_id}")
         )
         return replaced
 
-    async def delete_subscription(self, org_url: str, subscription_id: str) -> None:
-        url = f"{org_base(org_url)}_apis/hooks/subscriptions/{_seg(subscription_id)}"
-        await self._request("hooks", "DELETE", url, what=f"subscription {subscription_id}")
+    async def delete_subscription(self, org: Organization, subscription_id: str) -> None:
+        path = f"_apis/hooks/subscriptions/{_seg(subscription_id)}"
+        await self._request("hooks", "DELETE", org, path, what=f"subscription {subscription_id}")
 
 
 def _unwrap_properties(body: Any) -> dict[str, Any]:
@@ -372,9 +398,10 @@ def _obj(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def build_event_from_api(org_url: str, build: dict[str, Any], *, source: str = "reconciler") -> BuildEvent:
-    """A `GET _apis/build/builds/{id}` answer as the BuildEvent the webhook would have produced (same build_key)."""
-    base = org_base(org_url)
+def build_event_from_api(org: Organization, build: dict[str, Any], *, source: str = "reconciler") -> BuildEvent:
+    """A `GET _apis/build/builds/{id}` answer of `org` as the BuildEvent the webhook would have produced (same
+    build_key: the organization's name, the project id, the build id)."""
+    base = org_base(org.url)
     build_id = build.get("id")
     if not isinstance(build_id, int) or isinstance(build_id, bool):
         raise InvalidBuild("Azure DevOps build without an integer id")
@@ -397,7 +424,7 @@ def build_event_from_api(org_url: str, build: dict[str, Any], *, source: str = "
         event_id=None,
         subscription_id=None,
         notification_id=None,
-        collection_id=base,
+        collection_id=org.id or base,
         base_url=base,
         project_id=project_id,
         project_name=_s(project.get("name")),
@@ -412,22 +439,23 @@ def build_event_from_api(org_url: str, build: dict[str, Any], *, source: str = "
         web_url=web,
         finish_time=_s(build.get("finishTime")),
         extra={"source": source},
+        organization=org.name,
     )
 
 
 async def lookup_build(ado: AzureDevOpsClient, event: BuildEvent) -> BuildEvent:
     """Fill what a minimal or run-state-changed event lacks from `GET _apis/build/builds/{id}`.
 
-    The event's identity (base_url, collection_id, project_id when known) is kept, so `build_key` only changes when
-    the event had no project id at all. Raises AuthError/NotFound/UpstreamUnavailable from the client, InvalidBuild
-    when neither the event nor the settings name the organization or the project.
+    The request goes to the configured organization the event was matched to (never to a URL of the payload). The
+    event's identity (organization, project_id when known) is kept, so `build_key` only changes when the event had no
+    project id at all. Raises AuthError/NotFound/UpstreamUnavailable from the client, InvalidBuild when the
+    organization is not configured with a token or the event names no project.
     """
-    org = event.base_url or ado.organization_url
+    org = ado.resolve(event.organization, event.base_url, event.collection_id)
     project = event.project_id or event.project_name
-    if not org:
-        raise InvalidBuild(
-            f"build {event.build_id}: organization URL unknown (set BRIDGE_AZURE_DEVOPS__ORGANIZATION_URL)"
-        )
+    if org is None:
+        raise InvalidBuild(f"build {event.build_id}: organization {event.organization or event.base_url!r} is not "
+                           "configured with a token; cannot look the build up")
     if not project:
         raise InvalidBuild(f"build {event.build_id}: the event names no project; cannot look the build up")
     api = build_event_from_api(org, await ado.get_build(org, project, event.build_id))

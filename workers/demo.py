@@ -32,11 +32,14 @@ from typing import Any
 import httpx
 
 from bridge.embedded_redis import EmbeddedRedis
+from bridge.output import format_table
 from bridge.routing import parse_routing
+from bridge.serve import serve
 from bridge.settings import Settings
 from workers.fakes.argocd import FAKE_TOKEN, ArgoCDFake
 from workers.fakes.azure_devops import FakeAzureDevOps
 from workers.fakes.github import GitHubFake
+from workers.report import VERDICT_TAGS
 
 ORG, PROJECT = "contoso", "Storefront"
 GITHUB_REPO = "contoso/gitops"
@@ -83,6 +86,8 @@ spec:
           image: "{{{{ .Values.image.repository }}}}:{{{{ .Values.image.tag }}}}"
 """
 
+BUILDS = (101, 201, 202, 203, 204, 301)
+EXPLORE_BUILD = 205  # the build the --keep-running hints send
 APPS = {"shop": ("dev", "staging", "prod"), "cart": ("dev", "staging", "prod"), "search": ("dev", "staging", "prod")}
 
 
@@ -156,8 +161,6 @@ class BridgeThread:
         self.error: BaseException | None = None
 
     def _run(self) -> None:
-        from bridge.cli import serve
-
         asyncio.set_event_loop(self.loop)
         self.task = asyncio.ensure_future(serve(self.settings, self.routing, self.redis_url, host="127.0.0.1",
                                                 port=self.port), loop=self.loop)
@@ -222,10 +225,12 @@ class Progress:
         return items
 
 
-def run_demo(*, keep_running: bool = False, port: int = 0, out: Callable[[str], None] = print) -> int:
-    """Run the scenario; 0 when every deployment ended with the verdict the scenario expects."""
+def run_demo(*, keep_running: bool = False, port: int = 0, out: Callable[[str], None] = print,
+             ado: FakeAzureDevOps | None = None) -> int:
+    """Run the scenario; 0 when every deployment ended with the verdict the scenario expects and every build's tags
+    in Azure DevOps say the same. `ado`: the Azure DevOps fake to use (tests read its tags afterwards)."""
     with _stop_on_signals():
-        return _run(keep_running=keep_running, port=port, out=out)
+        return _run(keep_running=keep_running, port=port, out=out, ado=ado or FakeAzureDevOps(pat=PAT))
 
 
 @contextlib.contextmanager
@@ -247,7 +252,7 @@ def _stop_on_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _run(*, keep_running: bool, port: int, out: Callable[[str], None]) -> int:
+def _run(*, keep_running: bool, port: int, out: Callable[[str], None], ado: FakeAzureDevOps) -> int:
     root = Path(tempfile.mkdtemp(prefix="gitops-bridge-demo-"))
     out(f"gitops-bridge demo — working directory {root}")
     bare = make_gitops_repo(root)
@@ -255,7 +260,6 @@ def _run(*, keep_running: bool, port: int, out: Callable[[str], None]) -> int:
     for app, envs in APPS.items():
         for env in envs:
             argocd.add_app(f"{app}-{env}", f"helm/{app}/values-{env}.yaml", sync_steps=1)
-    ado = FakeAzureDevOps(pat=PAT)
     if not port:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -278,8 +282,8 @@ def _run(*, keep_running: bool, port: int, out: Callable[[str], None]) -> int:
         # model_validate, not the constructor: the demo ignores BRIDGE_* variables of the surrounding shell.
         settings = Settings.model_validate({
             "config": root / "bridge.yaml", "redis_url": redis.url, "queue_name": "demo:queue", "key_prefix": "demo",
-            "port": port, "log_level": "WARNING",
-            "webhook": {"tokens": [WEBHOOK_TOKEN]}, "api": {"read_tokens": [API_TOKEN], "write_tokens": [API_TOKEN]},
+            "port": port, "log_level": "WARNING", "allow_insecure_http": True,  # the fakes speak http://
+            "webhook": {"tokens": [WEBHOOK_TOKEN]}, "api": {"write_tokens": [f"demo-operator:{API_TOKEN}"]},
             "git": {"work_dir": root / "clones", "author_name": "gitops-bridge",
                     "author_email": "bridge@contoso.example"},
             "github": {"token": GITHUB_TOKEN, "api_url": github.api_url, "pr_poll_seconds": 1.0,
@@ -296,14 +300,12 @@ def _run(*, keep_running: bool, port: int, out: Callable[[str], None]) -> int:
         started.append(bridge)
         out(f"bridge up on {bridge_url}; Argo CD fake {argocd.url}; Azure DevOps fake {org_url}; "
             f"GitHub fake {github.api_url}\n")
-        code = Scenario(ado, github, argocd, bridge_url, org_url, out).run()
-        if keep_running:
-            out(f"\n--keep-running: the bridge stays up on {bridge_url} (Ctrl-C to stop)\n"
-                f"  curl -H 'Authorization: Bearer {API_TOKEN}' {bridge_url}/api/deployments\n"
-                f"  curl {bridge_url}/metrics\n"
-                f"  curl -X POST -H 'Content-Type: application/json' -H 'X-Bridge-Token: {WEBHOOK_TOKEN}' "
-                f"--data @event.json {bridge_url}/webhooks/azure-devops\n"
-                f"  git --git-dir {bare} log --oneline")
+        scenario = Scenario(ado, github, argocd, bridge_url, org_url, out)
+        code = scenario.run()
+        if not keep_running:
+            out("\nThe bridge and the fakes stop now; `gitops-bridge demo --keep-running` leaves them up to explore.")
+        else:
+            out(explore_hints(scenario, root, bridge_url))
             try:
                 threading.Event().wait()  # until SIGINT/SIGTERM (see _stop_on_signals)
             except KeyboardInterrupt:
@@ -316,6 +318,48 @@ def _run(*, keep_running: bool, port: int, out: Callable[[str], None]) -> int:
             thing.stop()
         if not keep_running:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def tag_contradictions(items: list[dict[str, Any]], tags: dict[int, list[str]]) -> list[str]:
+    """Builds whose Azure DevOps tags differ from their records' verdicts (exactly one verdict tag per environment)."""
+    found = []
+    for build_id, build_tags in tags.items():
+        records = [i for i in items if i["build_id"] == build_id]
+        want = sorted(VERDICT_TAGS[i["verdict"]].format(env=i["environment"]) if i["verdict"]
+                      else f"deploying-{i['environment']}" for i in records)
+        if sorted(build_tags) != want:
+            found.append(f"#{build_id} shows {', '.join(sorted(build_tags)) or 'nothing'}, "
+                         f"its verdicts say {', '.join(want) or 'nothing'}")
+    return found
+
+
+def _command() -> str:
+    """How to call this gitops-bridge as pasted: the script next to this Python (a venv's), else the one on PATH."""
+    beside = Path(sys.executable).with_name("gitops-bridge")
+    if beside.exists():
+        return str(beside) if shutil.which("gitops-bridge") != str(beside) else "gitops-bridge"
+    return "gitops-bridge" if shutil.which("gitops-bridge") else f"{sys.executable} -m bridge.cli"
+
+
+def explore_hints(scenario: Scenario, root: Path, bridge_url: str) -> str:
+    """Commands that work as pasted while the demo keeps running, including a routed build ready to send."""
+    event = root / f"event-cart-{EXPLORE_BUILD}.json"
+    build = scenario.build(EXPLORE_BUILD, "cart")
+    event.write_text(json.dumps(build_complete(build, scenario.org_url), indent=2))
+    cli = _command()
+    api = f"--url {bridge_url} --token {API_TOKEN}"
+    return "\n".join([
+        f"\n--keep-running: the bridge stays up on {bridge_url} until Ctrl-C. Try:",
+        f"  {cli} deployments {api} -o wide",
+        f"  {cli} holds {api}",
+        "  # send another finished build (cart #205, routed to cart/dev), then list again:",
+        f"  curl -sS -X POST -H 'Content-Type: application/json' -H 'X-Bridge-Token: {WEBHOOK_TOKEN}' "
+        f"--data @{event} {bridge_url}/webhooks/azure-devops",
+        f"  {cli} deployments {api} --build-id {EXPLORE_BUILD}",
+        f"  curl -sS -H 'Authorization: Bearer {API_TOKEN}' {bridge_url}/api/deployments",
+        f"  curl -sS {bridge_url}/metrics | grep '^bridge_'",
+        f"  git --git-dir {scenario.argocd.repo} log --oneline main",
+    ])
 
 
 class Scenario:
@@ -394,24 +438,37 @@ class Scenario:
         items = self.wait(lambda items: self.finished(items, 301))
         return self.summary(items, time.monotonic() - t0)
 
-    def summary(self, items: list[dict[str, Any]], elapsed: float) -> int:
-        from bridge.cli import format_table
+    def reported(self, items: list[dict[str, Any]], timeout: float = 20.0) -> list[dict[str, Any]]:
+        """The records once every final report has landed in Azure DevOps (`timeline.reported`), bounded."""
+        deadline = time.monotonic() + timeout
+        while not all("reported" in (i.get("timeline") or {}) for i in items if i["verdict"]):
+            if time.monotonic() > deadline:
+                late = sorted(i["id"] for i in items if i["verdict"] and "reported" not in (i.get("timeline") or {}))
+                self.out(f"\n(final reports still missing after {timeout:.0f}s: {', '.join(late)})")
+                break
+            time.sleep(0.1)
+            items = self.progress.poll()
+        return items
 
+    def summary(self, items: list[dict[str, Any]], elapsed: float) -> int:
+        items = self.reported(items)
         rows = [{"build": i["build_id"], "route": i["route"], "env": i["environment"], "tag": i["tag"],
                  "verdict": i["verdict"] or f"({i['state']})", "commit": (i.get("commit_sha") or "")[:10] or "-",
-                 "reason": (i.get("reason") or "")[:70]} for i in sorted(items, key=lambda i: i["created"])]
+                 "reason": i.get("reason")} for i in sorted(items, key=lambda i: i["created"])]
         self.out(f"\nDeployments ({elapsed:.1f}s):")
         self.out(format_table(rows, ("build", "route", "env", "tag", "verdict", "commit", "reason")))
         self.out("\nCommits in the GitOps repository (newest first):")
         log = subprocess.run(["git", "--git-dir", str(self.argocd.repo), "log", "--format=%h %an  %s", "main"],
                              capture_output=True, text=True, check=True).stdout
         self.out("\n".join("  " + line for line in log.strip().splitlines()))
-        tags = {b: self.ado.tags(b) for b in (101, 201, 202, 203, 204, 301)}
+        tags = {b: self.ado.tags(b) for b in BUILDS}
         self.out("\nWhat each build shows in Azure DevOps (build tags):")
         for build_id, build_tags in tags.items():
             self.out(f"  #{build_id}: {', '.join(build_tags) or '-'}")
-        self.out(f"\nWhere to look: {self.bridge_url}/api/deployments (Authorization: Bearer {API_TOKEN}), "
-                 f"{self.bridge_url}/metrics, gitops-bridge deployments --url {self.bridge_url} --token {API_TOKEN}")
+        contradictions = tag_contradictions(items, tags)
+        if contradictions:
+            self.out("\nBuild tags that contradict the verdicts: " + "; ".join(contradictions))
+            return 1
         verdicts = {(i["build_id"], i["environment"]): i["verdict"] for i in items}
         expected = {
             (101, "dev"): {"succeeded"}, (101, "staging"): {"succeeded"},

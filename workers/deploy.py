@@ -5,6 +5,7 @@ What follows (commit, push, pull request, Argo CD, report) runs in the jobs this
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -51,6 +52,11 @@ async def process_build(ctx: Ctx, payload: dict[str, Any]) -> dict[str, Any]:
 
 async def _complete(ctx: Ctx, event: BuildEvent) -> BuildEvent:
     """Fill in what the payload lacks (branch, commit, repository) from the Azure DevOps build."""
+    if event.organization is not None and event.build_key != event.legacy_build_key:
+        # Deployed before organizations were configuration (keys from the payload's URL)? Keep that identity, so a
+        # redelivery or the reconciler after the upgrade finds those records instead of deploying the build again.
+        if await store(ctx).for_build(event.legacy_build_key):
+            event = dataclasses.replace(event, organization=None)
     if not event.needs_lookup:
         return event
     client = ctx.get("ado")
@@ -81,8 +87,8 @@ def target_fields(route: Route, env: Environment) -> dict[str, Any]:
 
 
 BUILD_FIELDS = (
-    "build_key", "build_id", "build_number", "build_url", "build_finished", "organization_url", "project",
-    "definition", "source_branch", "source_commit", "source_repository_id", "source_repository_type",
+    "build_key", "build_id", "build_number", "build_url", "build_finished", "organization_url", "organization",
+    "project", "definition", "source_branch", "source_commit", "source_repository_id", "source_repository_type",
 )
 
 
@@ -95,6 +101,7 @@ def new_record(event: BuildEvent, route: Route, env: Environment, received: str)
         build_url=event.web_url,
         build_finished=event.finish_time,
         organization_url=event.base_url,
+        organization=event.organization,
         project=event.project_id or event.project_name,
         definition=str(event.definition_id) if event.definition_id is not None else event.definition_name,
         source_branch=event.source_branch,

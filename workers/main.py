@@ -15,7 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bridge import metrics
+from bridge import metrics, organizations
+from bridge.config_check import check_startup
 from bridge.queue import (
     ADVANCE_DEPLOYMENT,
     CHECK_PULL_REQUEST,
@@ -80,7 +81,7 @@ def cron_jobs(settings: Settings) -> list[Any]:
         jobs.append(cron(step(sweep_deployments), name=SWEEP_DEPLOYMENTS, second=seconds, run_at_startup=True,
                          timeout=60, keep_result=0, max_tries=1))
     ado = settings.azure_devops
-    if ado.token is None or not ado.organization_url or ado.reconcile_seconds <= 0:
+    if not any(o.has_token for o in organizations.configured(ado)) or ado.reconcile_seconds <= 0:
         return jobs
     from workers.reconcile import reconcile_builds
 
@@ -124,6 +125,7 @@ def build_worker(settings: Settings, routing: RoutingConfig, *, burst: bool = Fa
     from workers import faults
     from workers.runtime import BridgeWorker
 
+    check_startup(settings, routing)  # ConfigError: e.g. an Argo CD app named without an Argo CD URL
     faults.configure(settings.faults.crash_at, settings.faults.marker_dir)
 
     async def startup(ctx: Ctx) -> None:
@@ -140,6 +142,7 @@ def build_worker(settings: Settings, routing: RoutingConfig, *, burst: bool = Fa
         await close_context(ctx)
 
     return BridgeWorker(
+        lease_seconds=settings.job_lease_seconds,
         functions=job_functions(settings),
         cron_jobs=cron_jobs(settings),
         queue_name=settings.queue_name,

@@ -44,6 +44,7 @@ from arq import Retry
 
 from bridge import metrics
 from bridge.errors import BridgeError, UpstreamUnavailable, is_transient, retry_delay
+from bridge.organizations import Organization
 from bridge.records import DeploymentRecord
 from workers import faults
 from workers.azure_devops import AzureDevOpsClient
@@ -150,7 +151,7 @@ class Failure:
     error: BaseException
 
 
-async def _write(ctx: Ctx, ado: AzureDevOpsClient, org: str, record: DeploymentRecord,
+async def _write(ctx: Ctx, ado: AzureDevOpsClient, org: Organization, record: DeploymentRecord,
                  lock: RedisLock) -> list[Failure]:
     """Write each sink that has not received this state yet, recording each delivery as soon as it landed."""
     project, build = record.project or "", record.build_id
@@ -233,10 +234,12 @@ async def report_deployment(ctx: Ctx, deployment_id: str, phase: str) -> str:
         if final:
             await complete(ctx, record)
         return "skipped"
-    org = record.organization_url or settings(ctx).azure_devops.organization_url
-    if not org or not record.project:
+    # URL and credential of the configured organization the record names (older records: the one its URL matches)
+    org = ado.resolve(record.organization, record.organization_url)
+    if org is None or not record.project:
         metrics.REPORTS_FAILED.labels(kind="record").inc()
-        log.warning("deployment %s: cannot report, the record names no organization URL or project", deployment_id)
+        log.warning("deployment %s: cannot report, the record names no project or an organization that is not "
+                    "configured with a token (%s)", deployment_id, record.organization or record.organization_url)
         if final:
             await complete(ctx, record, reported=False)
         return "failed"

@@ -4,9 +4,10 @@ picked up by another within seconds, and a transient error inside a job is a ret
 Why a heartbeat rather than short job timeouts: arq marks a running job "in progress" for one worker-wide time (the
 longest job timeout + 10 s: 970 s with the default git timeouts), and no other worker may take the job before the
 marker expires. Shortening every job timeout would cut real work short (a push to a large repository may take a
-minute). Instead the marker lives `IN_PROGRESS_TTL_S` only and the worker that runs the job renews it every
-`HEARTBEAT_S` while the job runs. A worker killed with `kill -9` stops renewing: its jobs, still in the queue, are
-taken by another worker within `IN_PROGRESS_TTL_S` (every job is idempotent, see `bridge.lifecycle`).
+minute). Instead the marker lives `lease` seconds only (`BRIDGE_JOB_LEASE_SECONDS`, default 15) and the worker that
+runs the job renews it several times per lease while the job runs. A worker killed with `kill -9` stops renewing: its
+jobs, still in the queue, are taken by another worker within one lease (every job is idempotent, see
+`bridge.lifecycle`).
 
 Redis outages: connecting, the poll loop, finishing a job and the health record all retry with bounded, jittered
 back-off (`bridge.errors.retry_delay`) instead of letting arq's main loop end. `connected` is false meanwhile (the
@@ -31,17 +32,16 @@ from workers.context import Ctx
 
 log = logging.getLogger("gitops_bridge.worker")
 
-IN_PROGRESS_TTL_S = 15.0
-HEARTBEAT_S = 4.0
 FINISH_ATTEMPTS = 8
 
 
 class BridgeWorker(Worker):
     """arq's Worker, made to outlive Redis outages and to release a dead worker's jobs in seconds."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, lease_seconds: float = 15.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.in_progress_timeout_s = IN_PROGRESS_TTL_S
+        self.in_progress_timeout_s = max(1.0, lease_seconds)
+        self.heartbeat_s = self.in_progress_timeout_s / 4
         self.connected = False
         self.last_loop = time.monotonic()
         self.outages = 0
@@ -120,14 +120,14 @@ class BridgeWorker(Worker):
     async def _renew_in_progress(self) -> None:
         """Keep the in-progress markers of this worker's running jobs alive (and only those)."""
         while True:
-            await asyncio.sleep(HEARTBEAT_S)
+            await asyncio.sleep(self.heartbeat_s)
             running = [job_id for job_id, task in list(self.tasks.items()) if not task.done()]
             if not running:
                 continue
             try:
                 async with self.pool.pipeline(transaction=False) as pipe:
                     for job_id in running:
-                        pipe.pexpire(in_progress_key_prefix + job_id, int(IN_PROGRESS_TTL_S * 1000), xx=True)
+                        pipe.pexpire(in_progress_key_prefix + job_id, int(self.in_progress_timeout_s * 1000))
                     await pipe.execute()
             except Exception as exc:  # noqa: BLE001 - a missed renewal only lets another worker re-run the job
                 log.debug("in-progress heartbeat failed: %s", exc)

@@ -7,6 +7,9 @@ definition, target URL): created when missing, replaced when different, deleted 
 `disabledBySystem` (replacing does not revive it). Azure DevOps masks the basic-auth password in its answers, so a
 subscription that carries secrets is always replaced: that is how a rotated secret reaches it.
 
+Runs for every configured organization (`azure_devops.organizations`, or `organization_url`), with its own token and
+at its configured URL only; a route that names an organization is subscribed in that one only.
+
 `--dry-run` prints the request bodies (secrets masked) and writes nothing; `--check` lists the subscriptions that
 target the bridge with their status (probation included) and exits 1 when one is missing or not enabled.
 Exit codes: 0 fine, 1 something to fix or an API error, 2 configuration missing.
@@ -19,7 +22,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from bridge import organizations
 from bridge.errors import BridgeError
+from bridge.organizations import Organization
 from bridge.routing import RoutingConfig
 from bridge.settings import Settings
 from workers.azure_devops import AzureDevOpsClient, org_base
@@ -128,11 +133,13 @@ def _status_line(sub: dict[str, Any]) -> str:
     return line
 
 
-async def _wanted(ado: AzureDevOpsClient | None, settings: Settings, routing: RoutingConfig, org: str,
+async def _wanted(ado: AzureDevOpsClient | None, settings: Settings, routing: RoutingConfig, org: Organization,
                   url: str) -> list[Wanted]:
     out: dict[tuple[str, str], Wanted] = {}
     ids: dict[str, str] = {}
     for route in routing.routes:
+        if route.match.organization is not None and route.match.organization.lower() != org.name:
+            continue
         project, definition = route.match.project, route.match.definition
         if project.lower() not in ids:
             if GUID.match(project):
@@ -160,35 +167,45 @@ async def subscribe(
     check: bool = False,
     out: TextIO,
 ) -> int:
-    """Create/update (default), print (`dry_run`) or inspect (`check`) the subscriptions; returns the exit code."""
-    org = settings.azure_devops.organization_url
+    """Create/update (default), print (`dry_run`) or inspect (`check`) the subscriptions of every configured
+    organization; returns the exit code (the worst of them)."""
+    orgs = organizations.configured(settings.azure_devops)
     base = public_url or settings.public_url
-    if not org:
-        print("error: set BRIDGE_AZURE_DEVOPS__ORGANIZATION_URL (e.g. https://dev.azure.com/org/)", file=out)
+    if not orgs:
+        print("error: set BRIDGE_AZURE_DEVOPS__ORGANIZATIONS (or BRIDGE_AZURE_DEVOPS__ORGANIZATION_URL, e.g. "
+              "https://dev.azure.com/org/)", file=out)
         return 2
     if not base:
         print("error: pass --url or set BRIDGE_PUBLIC_URL (the bridge's external HTTPS address)", file=out)
         return 2
-    if not settings.azure_devops.token and not dry_run:
-        print("error: set BRIDGE_AZURE_DEVOPS__TOKEN (a PAT with vso.hooks_write and vso.build scopes)", file=out)
+    missing = [o.name for o in orgs if not o.has_token]
+    if missing and not dry_run:
+        print(f"error: no token for {', '.join(missing)}: set BRIDGE_AZURE_DEVOPS__TOKENS__<NAME> (or "
+              "BRIDGE_AZURE_DEVOPS__TOKEN for the only one; a PAT with vso.hooks_write and vso.build scopes)", file=out)
         return 2
-    org = org_base(org)
     url = webhook_url(base)
     if not url.startswith("https://"):
         print(f"warning: {url} is not HTTPS; Azure DevOps refuses basic authentication over plain HTTP", file=out)
-    ado = AzureDevOpsClient.from_settings(settings) if settings.azure_devops.token else None
+    client = AzureDevOpsClient.from_settings(settings)
+    code = 0
     try:
-        wanted = await _wanted(ado, settings, routing, org, url)
-        existing = await ado.list_subscriptions(org, **FILTER) if ado is not None else []
-        if check:
-            return _check(wanted, existing, url, out)
-        return await _apply(ado, org, wanted, existing, url, dry_run, out)
-    except BridgeError as exc:
-        print(f"error: {exc}", file=out)
-        return 1
+        for org in orgs:
+            if len(orgs) > 1:
+                print(f"organization {org.name} ({org_base(org.url)}):", file=out)
+            ado = client if org.has_token else None
+            try:
+                wanted = await _wanted(ado, settings, routing, org, url)
+                existing = await ado.list_subscriptions(org, **FILTER) if ado is not None else []
+                if check:
+                    code = max(code, _check(wanted, existing, url, out))
+                else:
+                    code = max(code, await _apply(ado, org, wanted, existing, url, dry_run, out))
+            except BridgeError as exc:
+                print(f"error: {exc}", file=out)
+                code = max(code, 1)
     finally:
-        if ado is not None:
-            await ado.aclose()
+        await client.aclose()
+    return code
 
 
 def _check(wanted: list[Wanted], existing: list[dict[str, Any]], url: str, out: TextIO) -> int:
@@ -208,7 +225,7 @@ def _check(wanted: list[Wanted], existing: list[dict[str, Any]], url: str, out: 
     return 1 if problems else 0
 
 
-async def _apply(ado: AzureDevOpsClient | None, org: str, wanted: list[Wanted], existing: list[dict[str, Any]],
+async def _apply(ado: AzureDevOpsClient | None, org: Organization, wanted: list[Wanted], existing: list[dict[str, Any]],
                  url: str, dry_run: bool, out: TextIO) -> int:
     for want in wanted:
         found = [s for s in existing if _matches(s, want, url)]
@@ -217,11 +234,11 @@ async def _apply(ado: AzureDevOpsClient | None, org: str, wanted: list[Wanted], 
             print(f"warning: {want.label}: {len(found)} identical subscriptions; only {current and current.get('id')} "
                   "is managed, delete the others", file=out)
         if current is None:
-            action, method = "create", f"POST {org}_apis/hooks/subscriptions"
+            action, method = "create", f"POST {org_base(org.url)}_apis/hooks/subscriptions"
         elif current.get("status") == "disabledBySystem":
-            action, method = "recreate", f"DELETE+POST {org}_apis/hooks/subscriptions/{current.get('id')}"
+            action, method = "recreate", f"DELETE+POST {org_base(org.url)}_apis/hooks/subscriptions/{current.get('id')}"
         elif _differs(current, want.body):
-            action, method = "replace", f"PUT {org}_apis/hooks/subscriptions/{current.get('id')}"
+            action, method = "replace", f"PUT {org_base(org.url)}_apis/hooks/subscriptions/{current.get('id')}"
         else:
             print(f"unchanged: {want.label} ({current.get('id')})", file=out)
             continue

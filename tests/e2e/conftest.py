@@ -242,9 +242,9 @@ class Stack:
     def make_settings(self) -> Settings:
         return Settings(
             config=self.root / "bridge.yaml", redis_url=self.redis_url, queue_name=QUEUE, key_prefix=KEY_PREFIX,
-            host="127.0.0.1", port=self.port, log_level="WARNING",
+            host="127.0.0.1", port=self.port, log_level="WARNING", allow_insecure_http=True,
             webhook={"tokens": [WEBHOOK_TOKEN]},
-            api={"read_tokens": [READ_TOKEN], "write_tokens": [WRITE_TOKEN]},
+            api={"read_tokens": [READ_TOKEN], "write_tokens": [f"release-bot:{WRITE_TOKEN}"]},
             git={"work_dir": self.root / "clones", "author_name": "gitops-bridge",
                  "author_email": "bridge@contoso.example", "timeout_seconds": 30},
             github={"token": GITHUB_TOKEN, "api_url": self.github.api_url, "pr_poll_seconds": 1.0,

@@ -1,13 +1,25 @@
-"""`gitops-bridge demo` end to end: it runs the whole flow green and prints the final table."""
+"""`gitops-bridge demo` end to end: it runs the whole flow green, its summary agrees with what Azure DevOps shows,
+and every command `--keep-running` prints works when pasted."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from workers.demo import run_demo
+from workers.demo import BUILDS, EXPLORE_BUILD, run_demo, tag_contradictions
+from workers.fakes.azure_devops import FakeAzureDevOps
 
 
 @pytest.fixture
@@ -25,10 +37,11 @@ def restore_logging() -> Iterator[None]:
         logging.getLogger(name).propagate = propagate
 
 
-def test_demo_runs_green_and_prints_the_final_table(restore_logging: None) -> None:
+def test_demo_runs_green_and_its_summary_matches_azure_devops(restore_logging: None) -> None:
     lines: list[str] = []
+    ado = FakeAzureDevOps(pat="demo-pat")
 
-    code = run_demo(out=lines.append)
+    code = run_demo(out=lines.append, ado=ado)
 
     output = "\n".join(lines)
     assert code == 0, output
@@ -39,5 +52,74 @@ def test_demo_runs_green_and_prints_the_final_table(restore_logging: None) -> No
     assert rows[("101", "dev")] == rows[("101", "staging")] == "succeeded"
     assert rows[("203", "dev")] == "superseded" and rows[("204", "dev")] == "succeeded"
     assert rows[("301", "dev")] == "failed"
-    assert "#101: deployed-dev, deployed-staging" in output
     assert "Merge pull request #1" in output
+    # The printed tags are the fake's, read after the demo ended: the summary waited for every final report.
+    printed = dict(re.findall(r"^  #(\d+): (.*)$", output.split("(build tags):", 1)[1], re.M))
+    assert {int(b): t for b, t in printed.items()} == {b: ", ".join(ado.tags(b)) or "-" for b in BUILDS}
+    assert printed["101"] == "deployed-dev, deployed-staging" and printed["301"] == "deploy-failed-dev"
+    assert "--keep-running" in output  # the URLs are gone after exit: it says how to keep them
+
+
+def test_tag_contradictions_are_named() -> None:
+    items = [{"build_id": 301, "environment": "dev", "verdict": "failed"},
+             {"build_id": 101, "environment": "dev", "verdict": "succeeded"}]
+    assert tag_contradictions(items, {301: ["deploy-failed-dev"], 101: ["deployed-dev"]}) == []
+    assert tag_contradictions(items, {301: ["deploying-dev"]}) == [
+        "#301 shows deploying-dev, its verdicts say deploy-failed-dev"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.mark.slow
+def test_keep_running_hints_work_as_pasted(tmp_path: Path) -> None:
+    """Run every command the demo prints, as a shell would; the build it offers gets deployed."""
+    port = _free_port()
+    script = Path(sys.executable).with_name("gitops-bridge")
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("BRIDGE_")}
+    env["PATH"] = f"{script.parent}{os.pathsep}{env.get('PATH', '')}"
+    log = tmp_path / "demo.log"
+    with log.open("w") as fh:
+        demo = subprocess.Popen([str(script), "demo", "--keep-running", "--port", str(port)], stdout=fh,
+                                stderr=subprocess.STDOUT, env=env, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while "git --git-dir" not in log.read_text():
+            assert demo.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        text = log.read_text()
+        hints = [line.strip() for line in text.split("until Ctrl-C. Try:", 1)[1].splitlines()
+                 if line.startswith("  ") and not line.strip().startswith("#")]
+        assert any("curl" in h and "@" in h for h in hints), text
+        ran = {}
+        for hint in hints:
+            proc = subprocess.run(["bash", "-c", hint], capture_output=True, text=True, env=env, timeout=30)
+            assert proc.returncode == 0, (hint, proc.stdout, proc.stderr)
+            ran[hint] = proc.stdout
+        sent = next(out for hint, out in ran.items() if "/webhooks/azure-devops" in hint)
+        assert json.loads(sent)["status"] == "queued"
+        listing = next(h for h in hints if "deployments" in h and "--build-id" in h)
+        deadline = time.monotonic() + 30
+        while True:
+            out = subprocess.run(["bash", "-c", listing + " -o json"], capture_output=True, text=True, env=env,
+                                 timeout=30).stdout
+            items = json.loads(out)["items"]
+            if items and items[0]["verdict"]:
+                break
+            assert time.monotonic() < deadline, out
+            time.sleep(0.3)
+        assert [(i["build_id"], i["environment"], i["verdict"]) for i in items] == [(EXPLORE_BUILD, "dev",
+                                                                                       "succeeded")]
+        assert shlex.split(listing)[0] in ("gitops-bridge", str(script))
+    finally:
+        demo.send_signal(signal.SIGTERM)
+        try:
+            demo.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait(timeout=10)
+    assert demo.returncode == 0, log.read_text()

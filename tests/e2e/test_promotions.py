@@ -69,7 +69,7 @@ def test_promotion_refused_when_the_previous_environment_did_not_succeed_unless_
     record = s.wait_finished(140, "staging")
     assert record["verdict"] == "succeeded"
     assert record["commit_sha"] == merge_sha
-    assert record["details"]["force"] is True and record["details"]["promoted_by"] == "e2e"
+    assert record["details"]["force"] is True and record["details"]["promoted_by"] == "release-bot (e2e)"
     assert s.values_tag("shop", "staging") == "140"
     assert s.values_tag("shop", "dev") == "100"  # dev stayed held
     again = s.api("POST", "/api/promotions", json={"build_id": 140, "to": "staging", "force": True})

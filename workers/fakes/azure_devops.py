@@ -11,7 +11,8 @@ Quirks of the real service it reproduces (see the reference notes):
 - hook subscriptions mask `basicAuthPassword`, refuse basic auth over plain HTTP and localhost targets, and a
   `disabledBySystem` subscription stays disabled when replaced (anecdotal, Sentry #10407).
 
-Use: `fake = FakeAzureDevOps(pat="pat").start()`; `fake.org_url("org")` is the organization base URL.
+Use: `fake = FakeAzureDevOps(pat="pat").start()`; `fake.org_url("org")` is the organization base URL. One fake serves
+any number of organizations (the first path segment); `org_pats={"org": "pat-2"}` gives one its own PAT.
 """
 
 from __future__ import annotations
@@ -72,8 +73,10 @@ class _Fault:
 
 
 class FakeAzureDevOps:
-    def __init__(self, *, pat: str = "pat", bearer_tokens: tuple[str, ...] = (), bad_auth_status: int = 203) -> None:
+    def __init__(self, *, pat: str = "pat", bearer_tokens: tuple[str, ...] = (), bad_auth_status: int = 203,
+                 org_pats: dict[str, str] | None = None) -> None:
         self.pat = pat
+        self.org_pats = {k.lower(): v for k, v in (org_pats or {}).items()}  # per organization; others take `pat`
         self.bearer_tokens = bearer_tokens
         self.bad_auth_status = bad_auth_status
         self.lock = threading.Lock()
@@ -261,7 +264,7 @@ class FakeAzureDevOps:
                 if fault.retry_after:
                     response.headers["Retry-After"] = fault.retry_after
                 return response
-            if not self._authorized(auth):
+            if not self._authorized(auth, request.url.path.split("/")[1]):
                 if self.bad_auth_status == 203:
                     return HTMLResponse(SIGN_IN_PAGE, status_code=203)
                 return Response("Access Denied: The Personal Access Token used has expired.", status_code=401,
@@ -284,14 +287,14 @@ class FakeAzureDevOps:
 
         return endpoint
 
-    def _authorized(self, header: str) -> bool:
+    def _authorized(self, header: str, org: str) -> bool:
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "basic":
             try:
                 decoded = base64.b64decode(value, validate=True).decode()
             except (ValueError, UnicodeDecodeError):
                 return False
-            return decoded.partition(":")[2] == self.pat
+            return decoded.partition(":")[2] == self.org_pats.get(org.lower(), self.pat)
         if scheme.lower() == "bearer":
             return value in self.bearer_tokens
         return False

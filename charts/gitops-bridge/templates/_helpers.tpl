@@ -73,10 +73,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- if .Values.config.existingConfigMap }}{{ .Values.config.existingConfigMapKey }}{{ else }}bridge.yaml{{ end }}
 {{- end }}
 
-{{/* Environment shared by both roles. Tokens never appear here: they are files in the mounted Secret. */}}
+{{/* Environment shared by both roles. Tokens never appear here: they are files in the mounted Secret.
+The processes bind 127.0.0.1 unless told otherwise; in a pod they must listen on every interface. */}}
 {{- define "gitops-bridge.env" -}}
 - name: BRIDGE_CONFIG
   value: /etc/gitops-bridge/{{ include "gitops-bridge.configMapKey" . }}
+- name: BRIDGE_HOST
+  value: "0.0.0.0"
 - name: BRIDGE_SECRETS_DIR
   value: /var/run/secrets/gitops-bridge
 - name: BRIDGE_LOG_JSON
@@ -130,7 +133,22 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* Pod annotation that rolls the pods when the configuration (routing file, settings) changes. */}}
+{{/* The routing file as the ConfigMap holds it: text (`--set-file`) verbatim, YAML serialised, or an empty
+routing when unset (`config.routing` defaults to null so that neither a table nor a string warns when replaced). */}}
+{{- define "gitops-bridge.routing" -}}
+{{- if kindIs "string" .Values.config.routing }}
+{{- .Values.config.routing | trim }}
+{{- else if .Values.config.routing }}
+{{- toYaml .Values.config.routing }}
+{{- else }}
+repositories: {}
+routes: []
+{{- end }}
+{{- end }}
+
+{{/* Pod annotations that roll the pods when the configuration changes: the routing ConfigMap's content (the one
+the pre-install/pre-upgrade check validated) and the settings. */}}
 {{- define "gitops-bridge.checksums" -}}
-checksum/config: {{ toYaml .Values.config | sha256sum }}
+checksum/config: {{ toYaml (omit .Values.config "routing") | sha256sum }}
+checksum/routing: {{ include "gitops-bridge.routing" . | sha256sum }}
 {{- end }}
