@@ -53,6 +53,7 @@ ROUTE = """\
         file: helm/svc-{i:04d}/values-dev.yaml
         keys: [image.tag]
         argocd: {{app: svc-{i:04d}-dev, project: default}}
+        promotion: push
       - name: staging
         repository: platform
         file: helm/svc-{i:04d}/values-staging.yaml
@@ -96,6 +97,7 @@ def web_start(root: Path, redis_url: str, config: Path) -> tuple[float, int]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     env.update({"BRIDGE_REDIS_URL": redis_url, "BRIDGE_CONFIG": str(config), "BRIDGE_WEBHOOK__TOKENS": TOKEN,
+                "BRIDGE_ARGOCD__URL": "https://argocd.example.invalid", "BRIDGE_ARGOCD__TOKEN": "bench-unused",
                 "BRIDGE_LOG_LEVEL": "WARNING", "BRIDGE_SECRETS_DIR": str(root / "no-secrets")})
     start = time.perf_counter()
     proc = subprocess.Popen([str(BIN), "web", "--host", "127.0.0.1", "--port", str(port)], cwd=root, env=env,

@@ -14,7 +14,8 @@ from writer_worker import git, human_commit, make_remote, remote_file, remote_lo
 from bridge.errors import AuthError, PermanentError, PushRejected, UnsafeWrite, UpstreamUnavailable
 from bridge.routing import Repository
 from bridge.settings import GitSettings
-from workers.gitrepo import Blob, RepoCache
+from workers.gitobjects import Blob
+from workers.gitrepo import RepoCache
 
 TOKEN = "s3cr3t-t0ken-value"
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import os
 import re
 import shlex
@@ -52,6 +51,17 @@ from bridge.errors import (
 )
 from bridge.routing import Repository, RoutingConfig
 from bridge.settings import GitSettings, Settings
+from workers.gitobjects import (
+    REGULAR_MODES,
+    Blob,
+    batch_objects,
+    check_path,
+    commit_stream,
+    diff_changes,
+    git_time,
+    object_id,
+    tree_modes,
+)
 
 _AUTH_HINTS = (
     "authentication failed", "could not read username", "could not read password", "terminal prompts disabled",
@@ -66,7 +76,6 @@ _NETWORK_HINTS = (
 _RETRYABLE_REMOTE = ("cannot lock ref", "failed to update ref", "failed to lock", "incorrect old value")
 _CONFIG = (("gc.auto", "0"), ("maintenance.auto", "false"), ("core.logAllRefUpdates", "false"))
 _WRITE_REF = "refs/bridge/last-write"  # fast-import needs a ref to update; nothing reads it
-REGULAR_MODES = ("100644", "100755")
 
 
 @dataclass(frozen=True)
@@ -74,15 +83,6 @@ class SyncResult:
     head: str       # the commit the next write starts from (the remote branch, or the base branch for a new one)
     branch: str     # the branch it was synced to
     exists: bool    # False: the branch is not on the remote yet and `head` is the base branch's head
-
-
-@dataclass(frozen=True)
-class Blob:
-    """A regular file in a commit (or the new content to write at `path`)."""
-
-    path: str
-    data: bytes
-    mode: str = "100644"
 
 
 class _GitFailed(Exception):
@@ -94,49 +94,6 @@ class _GitFailed(Exception):
 
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "_"
-
-
-def check_path(file: str) -> str:
-    """A repository-relative path of a file we may write: no `..`, no absolute path, nothing inside `.git`."""
-    parts = file.split("/")
-    if (not file or file.startswith("/") or "\\" in file or any(c in file for c in "\n\r\0")
-            or file.startswith('"') or any(p in ("", ".", "..") or p.lower() == ".git" for p in parts)):
-        raise PermanentError(f"{file}: not a path inside the repository")
-    return file
-
-
-def object_id(kind: str, data: bytes, like: str) -> str:
-    """The id git gives an object (SHA-1, or SHA-256 when `like` is a 64-digit id)."""
-    digest = hashlib.sha256 if len(like) == 64 else hashlib.sha1
-    return digest(f"{kind} {len(data)}\0".encode() + data).hexdigest()
-
-
-def clean_message(message: str) -> str:
-    """What `git commit --cleanup=whitespace` keeps: no trailing blanks, no leading/trailing/doubled empty lines."""
-    lines = [line.rstrip() for line in message.splitlines()]
-    out: list[str] = []
-    for line in lines:
-        if line or (out and out[-1]):
-            out.append(line)
-    while out and not out[-1]:
-        out.pop()
-    return "\n".join(out) + "\n" if out else ""
-
-
-def _ident(name: str) -> str:
-    return re.sub(r"[<>\n\r\0]", "", name).strip()
-
-
-def _tree_entries(data: bytes, id_size: int) -> dict[str, str]:
-    """name → mode of a raw tree object whose entries carry `id_size`-byte object ids."""
-    modes: dict[str, str] = {}
-    i, size = 0, len(data)
-    while i < size:
-        space = data.index(b" ", i)
-        nul = data.index(b"\0", space)
-        modes[data[space + 1:nul].decode("utf-8", "surrogateescape")] = data[i:space].decode().zfill(6)
-        i = nul + 1 + id_size
-    return modes
 
 
 class RepoCache:
@@ -368,27 +325,13 @@ class RepoCache:
             _, out, _ = self._exec(self.path(name), "cat-file", "--batch", stdin=query.encode())
         except _GitFailed as failed:
             raise self._error(name, "cat-file", failed) from None
-        pos = 0
-
-        def next_object() -> tuple[str, str, bytes] | None:
-            nonlocal pos
-            end = out.index(b"\n", pos)
-            header = out[pos:end].decode(errors="replace").split(" ")
-            pos = end + 1
-            if len(header) != 3 or not header[2].isdigit():  # "<name> missing" / "<name> ambiguous"
-                return None
-            size = int(header[2])
-            data = out[pos:pos + size]
-            pos += size + 1
-            return header[0], header[1], data
-
-        for file in asked:
-            tree, blob = next_object(), next_object()
-            base = file.rpartition("/")[2]
+        objects = batch_objects(out, 2 * len(asked))
+        for i, file in enumerate(asked):
+            tree, blob = objects[2 * i], objects[2 * i + 1]
             if tree is None or tree[1] != "tree" or blob is None:
                 found[file] = f"{file}: no such file at {rev[:12]}"
                 continue
-            mode = _tree_entries(tree[2], len(tree[0]) // 2).get(base, "")
+            mode = tree_modes(tree[2], len(tree[0]) // 2).get(file.rpartition("/")[2], "")
             if blob[1] != "blob" or mode not in REGULAR_MODES:
                 found[file] = f"{file}: not a regular file at {rev[:12]}"
                 continue
@@ -401,23 +344,12 @@ class RepoCache:
 
     def _write(self, name: str, parent: str, blobs: Sequence[Blob], message: str) -> str:
         path = self.path(name)
-        author = (_ident(self.git.author_name), _ident(self.git.author_email))
-        committer = (_ident(self.git.committer_name or author[0]), _ident(self.git.committer_email or author[1]))
-        now = time.time()
-        offset = time.localtime(now).tm_gmtoff // 60
-        when = f"{int(now)} {'-' if offset < 0 else '+'}{abs(offset) // 60:02d}{abs(offset) % 60:02d}"
-        text = clean_message(message).encode()
-        stream = [f"commit {_WRITE_REF}\nmark :1\nauthor {author[0]} <{author[1]}> {when}\n"
-                  f"committer {committer[0]} <{committer[1]}> {when}\n".encode(),
-                  b"data %d\n" % len(text), text, f"from {parent}\n".encode()]
-        for blob in blobs:
-            stream += [f"M {blob.mode} inline {check_path(blob.path)}\n".encode(), b"data %d\n" % len(blob.data),
-                       blob.data, b"\n"]
-        stream.append(b"\ndone\n")
+        author = (self.git.author_name, self.git.author_email)
+        committer = (self.git.committer_name or author[0], self.git.committer_email or author[1])
+        stream = commit_stream(_WRITE_REF, parent, blobs, message, author, committer, git_time(time.time()))
         marks = path / f"bridge-marks-{uuid.uuid4().hex[:8]}"
         try:
-            self._exec(path, "fast-import", "--quiet", "--done", "--force", f"--export-marks={marks}",
-                       stdin=b"".join(stream))
+            self._exec(path, "fast-import", "--quiet", "--done", "--force", f"--export-marks={marks}", stdin=stream)
             sha = marks.read_text().split()[1]
             _, diff, _ = self._exec(path, "diff-tree", "-r", "-z", "--no-renames", "--raw", parent, sha)
         except _GitFailed as failed:
@@ -426,12 +358,10 @@ class RepoCache:
             raise UpstreamUnavailable("git", f"{name}: commit failed: {exc}") from None
         finally:
             marks.unlink(missing_ok=True)
-        # The commit must change exactly the intended files, to exactly the intended content.
-        fields = diff.decode(errors="surrogateescape").split("\0")
-        got = {fields[i + 1]: tuple(fields[i].split()[1:4:2]) for i in range(0, len(fields) - 1, 2)}
-        want = {b.path: (b.mode, object_id("blob", b.data, sha)) for b in blobs}
-        if got != want:
-            raise UnsafeWrite(f"{name}: the new commit does not change exactly {sorted(want)}; nothing was pushed")
+        # The commit must change exactly the intended files, to exactly the intended content and mode.
+        if diff_changes(diff) != {b.path: (b.mode, object_id("blob", b.data, sha)) for b in blobs}:
+            raise UnsafeWrite(f"{name}: the new commit does not change exactly {sorted(b.path for b in blobs)}; "
+                              "nothing was pushed")
         return sha
 
     async def write_commit(self, name: str, parent: str, blobs: Sequence[Blob], message: str) -> str:

@@ -38,7 +38,7 @@ from bridge.records import DeploymentRecord, JobSpec
 from bridge.routing import Repository, Route
 from workers.context import Ctx, enqueue, keys, routing, settings, store
 from workers.github import GitHubClient, PullInfo
-from workers.gitrepo import Blob
+from workers.gitobjects import Blob
 from workers.lock import locked
 from workers.ordering import Policy, Setter, is_older
 from workers.outcome import finish_deployment

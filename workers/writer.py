@@ -28,7 +28,8 @@ from bridge.queue import FLUSH_REPOSITORY, VERIFY_DEPLOYMENT, tick_job_id, uniqu
 from bridge.records import DeploymentRecord, JobSpec
 from workers import faults
 from workers.context import Ctx, enqueue, keys, routing, settings, store
-from workers.gitrepo import Blob, RepoCache
+from workers.gitobjects import Blob
+from workers.gitrepo import RepoCache
 from workers.lock import LockOutcome, RedisLock, locked
 from workers.ordering import Candidate, Setter, decide
 from workers.outcome import finish_deployment
