@@ -10,7 +10,8 @@ tree: nothing is checked out, cleaned or added). A write is
                  the intended files with exactly the intended blobs (UnsafeWrite otherwise)
     push         `<sha>:refs/heads/<branch>`, never forced; PushRejected when the remote moved
 
-so its cost depends on the edited paths, not on how many files or commits the repository has. Automatic maintenance
+so its cost depends on the edited paths (and the width of the directories on them, as for any `git commit`), not on
+how many files or commits the repository has (bench/writer.py, docs/benchmarks.md). Automatic maintenance
 is off (`gc.auto=0`, `maintenance.auto=false`): objects fetched only for ancestry checks must stay, and no flush pays
 for a repack. A cache git cannot use any more (or one of the older work-tree layout) is deleted and made again. Every
 writer holds the repository's Redis lock (`workers.lock`), which also guards the cache shared by the worker processes
