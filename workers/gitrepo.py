@@ -215,12 +215,14 @@ class RepoCache:
             except OSError:  # another process made it first
                 shutil.rmtree(tmp, ignore_errors=True)
             self._known.add(name)
-        if name not in self._known:
-            _, current, _ = self._run(path, "config", "--get", "remote.origin.url", check=False)
-            if current.strip() != url:
+        if name not in self._known:  # once per process: one read, and writes only for what differs
+            _, listed, _ = self._run(path, "config", "--local", "--list", "-z", check=False)
+            current = dict(entry.partition("\n")[::2] for entry in listed.split("\0") if entry)
+            if current.get("remote.origin.url") != url:
                 self._run(path, "remote", "set-url", "origin", url)
             for key, value in _CONFIG:
-                self._run(path, "config", key, value)
+                if current.get(key.lower()) != value:
+                    self._run(path, "config", key, value)
             self._known.add(name)
         return path
 
