@@ -5,7 +5,7 @@
 # Try it locally, next to a Redis, with the example routing file (tests/test_dockerfile.py runs these flags):
 #   docker build -t gitops-bridge .
 #   docker network create gitops-bridge && docker run -d --name redis --network gitops-bridge redis:7-alpine
-#   docker run --rm --network gitops-bridge -p 8080:8080 -e BRIDGE_REDIS_URL=redis://redis:6379/0 -e BRIDGE_WEBHOOK__TOKENS=change-me -v "$PWD/examples/bridge.yaml:/etc/gitops-bridge/bridge.yaml:ro" gitops-bridge web
+#   docker run --rm --network gitops-bridge -p 8080:8080 -e BRIDGE_REDIS_URL=redis://redis:6379/0 -e BRIDGE_WEBHOOK__TOKENS=change-me -e BRIDGE_ARGOCD__URL=https://argocd.example.com -v "$PWD/examples/bridge.yaml:/etc/gitops-bridge/bridge.yaml:ro" gitops-bridge web
 #   curl http://127.0.0.1:8080/readyz
 
 ARG PYTHON_VERSION=3.11

@@ -24,7 +24,7 @@ MKVENV = $(1) -m venv $(2)
 PIP = $(1)/bin/python -m pip install --quiet --disable-pip-version-check
 endif
 
-.PHONY: demo serve install test lint bench clean check-wheels
+.PHONY: demo serve install test lint bench clean check-wheels tools
 
 $(BIN)/python:
 	$(call MKVENV,$(PY),$(VENV))
@@ -54,7 +54,13 @@ demo: $(RUNTIME)
 serve: $(RUNTIME)
 	BRIDGE_CONFIG=examples/bridge.yaml $(BIN)/gitops-bridge serve
 
-# Runs offline once `make install` has run.
+# Tools the tests run but pip cannot install: promtool and the Prometheus server (Debian's prometheus package),
+# redis-server (the suite falls back to the [embedded] extra's). Needs root (apt-get); .ci/run calls it.
+tools:
+	command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus redis-server)
+
+# Runs offline once `make install` (and `make tools`) have run.
 test: install
 	$(BIN)/python -m pytest -q
 

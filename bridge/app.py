@@ -135,6 +135,7 @@ def create_app(
     for warning in organizations.warnings(settings.azure_devops):
         log.warning(warning)
     intake = webhook.Intake(settings, routing)
+    metrics.init(routing, "web")
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -15,7 +15,8 @@
 `is_transient` is the single place that decides whether an error is retried, and `retry_delay` how long to wait
 before the next try. Besides our own TransientErrors, these are transient wherever they come from: Redis connection
 errors and timeouts, a Redis that is loading its data (`LOADING`), busy with a script (`BUSY`), a replica that has not
-been promoted yet (`READONLY`), a master without its replicas (`NOREPLICAS`, `MASTERDOWN`), and bare network errors.
+been promoted yet (`READONLY`), a master without its replicas (`NOREPLICAS`, `MASTERDOWN`, and `EXECABORT` for a
+transaction they refused), a full Redis (`OOM`), and bare network errors.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import random
 from redis import exceptions as redis_errors
 
 # Redis error replies that mean "not now": a failover or a restart in progress.
-_TRANSIENT_REPLIES = ("LOADING", "BUSY", "READONLY", "NOREPLICAS", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+_TRANSIENT_REPLIES = ("LOADING", "BUSY", "READONLY", "NOREPLICAS", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "OOM")
 
 
 class BridgeError(Exception):
@@ -94,8 +95,8 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, PermanentError | ConfigError):
         return False
     if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | redis_errors.BusyLoadingError
-                  | redis_errors.ReadOnlyError | redis_errors.WatchError):
-        return True
+                  | redis_errors.ReadOnlyError | redis_errors.WatchError | redis_errors.ExecAbortError):
+        return True  # EXECABORT: a command of ours was refused by the server's state (e.g. NOREPLICAS) in a MULTI
     if isinstance(exc, redis_errors.ResponseError):
         return str(exc).split(" ", 1)[0].upper() in _TRANSIENT_REPLIES
     return isinstance(exc, TimeoutError | ConnectionError | OSError)

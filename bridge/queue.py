@@ -20,7 +20,7 @@ from redis.asyncio.retry import Retry as RedisRetry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bridge.settings import Settings
@@ -208,6 +208,11 @@ def unique_job_id(kind: str) -> str:
     return f"{kind}:{uuid.uuid4().hex}"
 
 
+class NotReplicated(RedisError):
+    """The job is on the master but fewer replicas than required acknowledged it in time: answer 503 (Azure DevOps
+    redelivers, and the redelivery waits for the replicas again)."""
+
+
 @dataclass(frozen=True)
 class EnqueueOutcome:
     status: str  # "queued" | "duplicate"
@@ -231,7 +236,8 @@ _ENQUEUE_BUILD_SHA = hashlib.sha1(_ENQUEUE_BUILD_LUA.encode()).hexdigest()
 
 
 async def enqueue_build(
-    redis: ArqRedis, keys: Keys, queue_name: str, event: dict[str, Any], build_key: str, retention_s: float
+    redis: ArqRedis, keys: Keys, queue_name: str, event: dict[str, Any], build_key: str, retention_s: float,
+    *, min_replicas: int = 0, replica_wait_ms: int = 1000,
 ) -> EnqueueOutcome:
     """Durably queue one build (job PROCESS_BUILD(event)), once. Raises redis errors unchanged (the caller answers
     503). Equivalent to `redis.enqueue_job(PROCESS_BUILD, event, _job_id=..., _queue_name=...)` guarded by the
@@ -245,4 +251,8 @@ async def enqueue_build(
         created = await redis.evalsha(_ENQUEUE_BUILD_SHA, len(script_keys), *script_keys, *args)  # type: ignore[arg-type,misc]
     except NoScriptError:  # first call on this server (or it restarted): send the script itself
         created = await redis.eval(_ENQUEUE_BUILD_LUA, len(script_keys), *script_keys, *args)  # type: ignore[arg-type,misc]
+    if min_replicas > 0:  # also for a duplicate: its first delivery may not have reached the replicas
+        acked = int(await redis.wait(min_replicas, replica_wait_ms))
+        if acked < min_replicas:
+            raise NotReplicated(f"{acked} of {min_replicas} replicas acknowledged the job")
     return EnqueueOutcome("queued" if created == 1 else "duplicate", job_id)

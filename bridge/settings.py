@@ -206,6 +206,10 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = None
     redis_sentinels: StrList = Field(default_factory=list, description="host:port of each Sentinel")
     redis_sentinel_master: str = "mymaster"
+    redis_min_replicas: int = Field(
+        default=0, ge=0, description="Replicas that must hold an enqueued build before the webhook answers 202 "
+                                     "(Redis WAIT); 0: the master alone. See docs/operations.md, Durability.")
+    redis_replica_wait_ms: int = Field(default=1000, ge=1, description="How long the webhook waits for them.")
     redis_data_dir: Path = Field(
         default_factory=lambda: _xdg_data_home() / "gitops-bridge" / "redis",
         description="The embedded Redis's data (serve without BRIDGE_REDIS_URL): under the user's XDG data dir.",

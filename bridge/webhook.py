@@ -120,7 +120,8 @@ async def handle(intake: Intake, request: Request) -> Answer:
     try:
         async with asyncio.timeout(REDIS_TIMEOUT_S):
             done = await enqueue_build(request.app.state.redis, intake.keys, intake.queue_name, payload, build_key,
-                                       intake.retention_s)
+                                       intake.retention_s, min_replicas=intake.settings.redis_min_replicas,
+                                       replica_wait_ms=intake.settings.redis_replica_wait_ms)
     except (RedisError, OSError, TimeoutError) as exc:
         metrics.ENQUEUE_FAILURES.inc()
         log.warning("enqueue failed: %s", type(exc).__name__)

@@ -41,13 +41,29 @@ async def process_build(ctx: Ctx, payload: dict[str, Any]) -> dict[str, Any]:
         # Run events carry only the project id: a route naming its project by name cannot be confirmed.
         targets = [t for t in targets if t.route.match.project.lower() == (event.project_id or "").lower()]
     started = []
+    written: set[str] = set()
     for target in targets:
         record = await _record_for(ctx, event, target, received)
         if await start_deployment(ctx, record, target.route, target.environment):
             started.append(record.id)
+            if target.environment.promotion == "push":
+                written.add(target.environment.repository)
     log.info("build %s routed to %d deployment(s)", event.build_id, len(targets),
              extra={"build_id": event.build_id, "deployments": [t.key for t in targets]})
+    for repository in sorted(written):
+        await flush_inline(ctx, repository)
     return {"build": event.build_key, "deployments": started}
+
+
+async def flush_inline(ctx: Ctx, repository: str) -> None:
+    """Write the bumps now, in this job, instead of one queue hop later. The flush job queued with the bumps (the
+    outbox) still runs: it finds nothing left, or finishes what this one could not (lock busy, a crash, an error)."""
+    from workers.writer import flush_repository
+
+    try:
+        await flush_repository(ctx, repository)
+    except Exception as exc:  # noqa: BLE001 - the queued flush job owns the retry
+        log.info("writing %s now did not finish (%s); its flush job takes over", repository, type(exc).__name__)
 
 
 async def _complete(ctx: Ctx, event: BuildEvent) -> BuildEvent:

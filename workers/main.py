@@ -101,6 +101,7 @@ async def make_context(settings: Settings, routing: RoutingConfig, ctx: Ctx) -> 
     keys = Keys(prefix=settings.key_prefix)
     ctx["settings"] = settings
     ctx["routing"] = routing
+    metrics.init(routing, "worker")
     ctx["keys"] = keys
     ctx["store"] = DeploymentStore(ctx["redis"], keys, retention_seconds=settings.retention_days * 86400,
                                    queue_name=settings.queue_name)

@@ -26,6 +26,7 @@ from typing import Any, cast
 from arq import Retry, Worker
 from arq.constants import in_progress_key_prefix
 from arq.typing import WorkerCoroutine
+from redis.exceptions import RedisError
 
 from bridge.errors import is_transient, retry_delay
 from workers.context import Ctx
@@ -63,8 +64,8 @@ class BridgeWorker(Worker):
                 if not self.connected:
                     log.info("Redis is back after %d failed attempt(s); resuming", failures)
                 self.connected, failures = True, 0
-            except Exception as exc:  # noqa: BLE001 - only transient errors are survived, see below
-                if not is_transient(exc):
+            except Exception as exc:  # noqa: BLE001 - Redis errors are survived, anything else is a bug: exit
+                if not (is_transient(exc) or isinstance(exc, RedisError)):
                     raise
                 failures += 1
                 if self.connected:

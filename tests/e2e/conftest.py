@@ -110,32 +110,35 @@ class Options:
 
 
 class WorkerProcess:
-    """`gitops-bridge worker` as a real process, configured only through its environment."""
+    """`gitops-bridge worker` (or, with `role="web"`, `gitops-bridge web`) as a real process, configured only through
+    its environment; started once its `/healthz` answers."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, redis_url: str) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, redis_url: str, role: str = "worker") -> None:
         self.env = env
         self.log_path = log_path
         self.redis_url = redis_url
-        self.port = int(env["BRIDGE_WORKER_METRICS_PORT"])
+        self.role = role
+        self.port = int(env["BRIDGE_WORKER_METRICS_PORT" if role == "worker" else "BRIDGE_PORT"])
+        self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> WorkerProcess:
         script = Path(sys.executable).with_name("gitops-bridge")
-        command = [str(script), "worker"] if script.exists() else [sys.executable, "-m", "bridge.cli", "worker"]
+        command = [str(script), self.role] if script.exists() else [sys.executable, "-m", "bridge.cli", self.role]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                             cwd=Path(__file__).resolve().parents[2])
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
-                raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.output()}")
+                raise AssertionError(f"{self.role} exited with {self.process.returncode}:\n{self.output()}")
             try:
                 if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise AssertionError(f"worker not healthy within {timeout}s:\n{self.output()}")
+                raise AssertionError(f"{self.role} not healthy within {timeout}s:\n{self.output()}")
             time.sleep(0.1)
 
     def output(self) -> str:

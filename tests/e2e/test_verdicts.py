@@ -106,7 +106,8 @@ def test_older_build_after_newer_is_superseded_and_never_written(stack: StackFac
     assert not any("Build-Id: 230" in message for _, message in commits)
     assert s.values_tag("cart", "dev") == "231"
     assert s.tags(230) == ["deploy-superseded-dev"]
-    assert s.commit_states(older, "dev") == ["pending", "notApplicable"]
+    # the pending status is posted only if the start report ran before the verdict (it is never posted after it)
+    assert s.commit_states(older, "dev") in (["pending", "notApplicable"], ["notApplicable"])
 
 
 def test_hold_blocks_the_bump_and_release_lets_the_next_build_deploy(stack: StackFactory) -> None:

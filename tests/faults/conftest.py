@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+import redis.sentinel
 from e2e.conftest import KEY_PREFIX, Options, Stack, WorkerProcess, settings_env
 from redis_server import PrivateRedis, free_port
 
@@ -40,45 +39,6 @@ FINAL_TAGS = {"deployed-dev", "pushed-dev", "deploy-failed-dev", "deploy-timed-o
               "deploy-held-dev", "deploy-rejected-dev"}
 
 
-class WebProcess:
-    """`gitops-bridge web` as a real process."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env, self.log_path = env, log_path
-        self.url = f"http://127.0.0.1:{env['BRIDGE_PORT']}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 20.0) -> WebProcess:
-        script = Path(sys.executable).with_name("gitops-bridge")
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen([str(script), "web"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                            cwd=Path(__file__).resolve().parents[2])
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise AssertionError(f"web exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"web not healthy within {timeout}s:\n{self.output()}")
-            time.sleep(0.1)
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-
 @dataclass
 class Build:
     build_id: int
@@ -89,10 +49,13 @@ class Build:
 class FaultStack(Stack):
     """The e2e stack on a private Redis, with the web process and the workers as real processes."""
 
-    def __init__(self, root: Path, redis_server: PrivateRedis) -> None:
+    def __init__(self, root: Path, redis_server: PrivateRedis, sentinel: tuple[str, str] | None = None, *,
+                 lease_seconds: float = LEASE_SECONDS, sweep_seconds: float = 2.0) -> None:
         super().__init__(root, redis_server.url, Options(worker=False, deadline_seconds=45.0), serve=lambda app: None)
         self.redis = redis_server
-        self.web: WebProcess | None = None
+        self.sentinel = sentinel  # (host:port, master name): the bridge finds the master through it
+        self.lease_seconds, self.sweep_seconds = lease_seconds, sweep_seconds
+        self.web: WorkerProcess | None = None
         self.killed: set[int] = set()  # pids the test killed on purpose
         self.next_build = 1000
         self.markers = root / "crash-markers"
@@ -104,14 +67,18 @@ class FaultStack(Stack):
             self._fakes.append(fake.stop)
         self.start_argocd_controller()
         self.org_url = self.ado.org_url("contoso")
-        self.settings = self.make_settings().model_copy(update={
-            "job_lease_seconds": LEASE_SECONDS, "sweep_seconds": 2.0,
-            "git": self.make_settings().git.model_copy(update={"lock_lease_seconds": LEASE_SECONDS,
+        update: dict[str, Any] = {
+            "job_lease_seconds": self.lease_seconds, "sweep_seconds": self.sweep_seconds,
+            "git": self.make_settings().git.model_copy(update={"lock_lease_seconds": self.lease_seconds,
                                                                 "lock_wait_seconds": 30.0}),
-        })
+        }
+        if self.sentinel is not None:
+            update.update(redis_sentinels=[self.sentinel[0]], redis_sentinel_master=self.sentinel[1],
+                          redis_min_replicas=1)
+        self.settings = self.make_settings().model_copy(update=update)
         env = self.process_env()
         env["BRIDGE_PORT"] = str(self.port)
-        self.web = WebProcess(env, self.root / "web.log").start()
+        self.web = WorkerProcess(env, self.root / "web.log", self.redis_url, role="web").start()
         self.url = self.web.url
         return self
 
@@ -169,6 +136,12 @@ class FaultStack(Stack):
         return builds
 
     def redis_client(self) -> redis.Redis:
+        """A client of the current master (through the Sentinel when there is one)."""
+        if self.sentinel is not None:
+            host, _, port = self.sentinel[0].rpartition(":")
+            sentinel = redis.sentinel.Sentinel([(host, int(port))], socket_timeout=5)
+            master: redis.Redis = sentinel.master_for(self.sentinel[1], socket_timeout=5)
+            return master
         return redis.Redis.from_url(self.redis_url, socket_timeout=5)
 
     # -- the invariants ----------------------------------------------------------------------------------------------
