@@ -1,6 +1,11 @@
-"""Argo CD load while many deployments wait: 100 deployments on 10 applications (issue §6).
+"""Argo CD load while many deployments wait: 100 deployments on 10 applications (issue §6), or estates (issue 14).
 
     .venv/bin/python bench/argocd_load.py [--deployments 100] [--apps 10] [--poll 1.0] [--redis redis://127.0.0.1:6379/4]
+    .venv/bin/python bench/argocd_load.py --selectors 10 --apps 100 --deployments 1000 --poll 10 [--hints]
+
+With `--selectors N` each of N environments names its applications by a label selector (apps/N apps each) and the
+deployments are spread over the environments; `--hints` serves the bridge's `/webhooks/argocd` and lets the fake
+post its notifications there. Also prints commit → verdict (median, p90) from the records.
 
 The Argo CD fake (real socket) follows a real bare repository; one commit bumps all applications, each app then
 stays Progressing for a while before turning Healthy. An arq worker runs in a child process (so its RSS is the
@@ -59,15 +64,21 @@ def make_repo(root: Path, apps: int) -> tuple[Path, Path]:
     return bare, work
 
 
-def routing(apps: int) -> RoutingConfig:
-    envs = [{"name": f"app{i}", "repository": "gitops", "file": f"app{i}/values.yaml",
-             "argocd": {"app": f"app{i}", "project": "bench"}, "deadline_seconds": 600} for i in range(apps)]
+def routing(apps: int, selectors: int = 0, discovery: float = 5.0) -> RoutingConfig:
+    if selectors:
+        envs = [{"name": f"group{g}", "repository": "gitops", "file": f"app{g}/values.yaml", "keys": [f"k{g}"],
+                 "argocd": {"selector": f"group=g{g}", "project": "bench", "discovery_seconds": discovery,
+                            "min_apps": apps // selectors}, "deadline_seconds": 600} for g in range(selectors)]
+    else:
+        envs = [{"name": f"app{i}", "repository": "gitops", "file": f"app{i}/values.yaml",
+                 "argocd": {"app": f"app{i}", "project": "bench"}, "deadline_seconds": 600} for i in range(apps)]
     return parse_routing({"repositories": {"gitops": {"url": "https://example.com/gitops.git"}},
                           "routes": [{"name": "svc", "match": {"project": "p", "definition": "d"},
                                       "environments": envs}]})
 
 
-def worker_process(redis_url: str, argocd_url: str, poll: float, apps: int, bare: str) -> None:
+def worker_process(redis_url: str, argocd_url: str, poll: float, apps: int, bare: str, selectors: int = 0,
+                   discovery: float = 5.0) -> None:
     """The worker under measurement: real verify/watch jobs, no-op reports, burst until every wait is decided."""
     from arq.worker import Worker, func
 
@@ -83,7 +94,7 @@ def worker_process(redis_url: str, argocd_url: str, poll: float, apps: int, bare
         settings = bench_settings(argocd_url, poll)
         keys = Keys(PREFIX)
         pool = await create_pool(RedisSettings.from_dsn(redis_url))
-        ctx: dict[str, Any] = {"settings": settings, "routing": routing(apps), "keys": keys,
+        ctx: dict[str, Any] = {"settings": settings, "routing": routing(apps, selectors, discovery), "keys": keys,
                                "store": DeploymentStore(pool, keys, queue_name=settings.queue_name), "redis": pool,
                                "argocd": ArgoCDClient.from_settings(settings),
                                "is_ancestor": git_is_ancestor({"gitops": bare})}
@@ -100,18 +111,34 @@ def worker_process(redis_url: str, argocd_url: str, poll: float, apps: int, bare
     asyncio.run(main())
 
 
+def serve_hints(redis_url: str, fake: ArgoCDFake, settings: Settings) -> Any:
+    """The web process's `/webhooks/argocd` on a socket, and the fake posting its notifications there."""
+    from bridge.app import create_app
+    from workers.fakes.server import ServedApp
+
+    web = Settings(redis_url=redis_url, queue_name=settings.queue_name, key_prefix=PREFIX,
+                   webhook={"tokens": ["bench-intake-token"]},
+                   argocd={"url": fake.url, "webhook_token": HINT_TOKEN})
+    served = ServedApp(create_app(web, routing(1)), lifespan=True).start()
+    fake.notify(f"{served.url}/webhooks/argocd", {"Authorization": f"Bearer {HINT_TOKEN}"})
+    return served
+
+
+HINT_TOKEN = "bench-hint-token-0123"
+
+
 def bench_settings(argocd_url: str, poll: float) -> Settings:
     return Settings(argocd={"url": argocd_url, "token": FAKE_TOKEN, "poll_seconds": poll,
                             "refresh_timeout_seconds": 5.0, "request_timeout_seconds": 5.0},
                     queue_name=f"{PREFIX}:queue", key_prefix=PREFIX)
 
 
-async def seed(redis_url: str, deployments: int, apps: int, sha: str, queue: str) -> None:
+async def seed(redis_url: str, deployments: int, apps: int, sha: str, queue: str, selectors: int = 0) -> None:
     pool = await create_pool(RedisSettings.from_dsn(redis_url))
     await pool.flushdb()
     store = DeploymentStore(pool, Keys(PREFIX))
     for n in range(deployments):
-        env = f"app{n % apps}"
+        env = f"group{n % selectors}" if selectors else f"app{n % apps}"
         record = DeploymentRecord(id=f"{n}-svc-{env}", build_key=f"org:p:{n}", build_id=n, route="svc",
                                   environment=env, repository="gitops", file=f"{env}/values.yaml",
                                   keys=["image.tag"], commit_sha=sha, state="verifying")
@@ -121,12 +148,29 @@ async def seed(redis_url: str, deployments: int, apps: int, sha: str, queue: str
     await pool.aclose()
 
 
-async def verdicts(redis_url: str) -> Counter[str]:
+async def until_watched(redis_url: str, count: int) -> None:
+    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    for _ in range(6000):
+        if await pool.hlen(Keys(PREFIX).watched_apps) >= count:
+            break
+        await asyncio.sleep(0.05)
+    await pool.aclose()
+
+
+async def verdicts(redis_url: str, pushed_at: float = 0.0) -> tuple[Counter[str], list[float]]:
+    """Verdict counts, and each decided deployment's push → verdict seconds (from `pushed_at` when given)."""
+    from workers.verdict import parse_time
+
     pool = await create_pool(RedisSettings.from_dsn(redis_url))
     records, _ = await DeploymentStore(pool, Keys(PREFIX)).list(limit=10_000)
     await pool.flushdb()
     await pool.aclose()
-    return Counter(r.verdict or "in-flight" for r in records)
+    lead = []
+    for r in records:
+        done, pushed = parse_time(r.timeline.get("finished")), parse_time(r.timeline.get("pushed"))
+        if done and pushed:
+            lead.append(done.timestamp() - pushed_at if pushed_at else (done - pushed).total_seconds())
+    return Counter(r.verdict or "in-flight" for r in records), sorted(lead)
 
 
 def main() -> None:
@@ -137,29 +181,43 @@ def main() -> None:
     parser.add_argument("--progressing", type=int, default=15, help="controller passes each app stays Progressing")
     parser.add_argument("--reconcile", type=float, default=1.0, help="fake controller period (s)")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/4")
+    parser.add_argument("--selectors", type=int, default=0, help="environments naming their apps by label selector")
+    parser.add_argument("--discovery", type=float, default=5.0, help="argocd.discovery_seconds (with --selectors)")
+    parser.add_argument("--hints", action="store_true", help="the fake posts notifications to /webhooks/argocd")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         bare, work = make_repo(Path(tmp), args.apps)
         fake = ArgoCDFake(bare)
+        per = args.apps // args.selectors if args.selectors else 1
         for i in range(args.apps):
             fake.add_app(f"app{i}", f"app{i}/values.yaml", project="bench",
+                         labels={"group": f"g{i // per}"} if args.selectors else None,
                          health_sequence=["Progressing"] * args.progressing + ["Healthy"])
         for i in range(args.apps):
             (work / f"app{i}" / "values.yaml").write_text("image:\n  tag: '2'\n")
         git(work, "commit", "-q", "-am", "bump every app")
-        git(work, "push", "-q", "origin", "HEAD:main")
+        if not args.selectors:
+            git(work, "push", "-q", "origin", "HEAD:main")
         sha = git(work, "rev-parse", "HEAD")
+        pushed_at = 0.0
 
         with fake.serve(reconcile_period=args.reconcile):
             settings = bench_settings(fake.url, args.poll)
-            asyncio.run(seed(args.redis, args.deployments, args.apps, sha, settings.queue_name))
+            bridge = serve_hints(args.redis, fake, settings) if args.hints else None
+            asyncio.run(seed(args.redis, args.deployments, args.apps, sha, settings.queue_name, args.selectors))
             proc = mp.get_context("spawn").Process(
-                target=worker_process, args=(args.redis, fake.url, args.poll, args.apps, str(bare)))
+                target=worker_process,
+                args=(args.redis, fake.url, args.poll, args.apps, str(bare), args.selectors, args.discovery))
             started = time.time()
             proc.start()
             peak_rss = 0
             child = psutil.Process(proc.pid)
+            if args.selectors:
+                # estates: push once every application has its watcher, so commit → verdict measures the wait
+                asyncio.run(until_watched(args.redis, args.apps + args.selectors))
+                git(work, "push", "-q", "origin", "HEAD:main")
+                pushed_at = time.time()
             while proc.is_alive() and time.time() - started < 600:
                 try:
                     peak_rss = max(peak_rss, child.memory_info().rss)
@@ -169,8 +227,11 @@ def main() -> None:
             proc.join(timeout=30)
             elapsed = time.time() - started
             log = [r for r in fake.requests if r.time >= started and r.path.startswith("/api/v1/applications/")]
+            lists = [r for r in fake.requests if r.time >= started and r.path == "/api/v1/applications"]
+            if bridge is not None:
+                bridge.stop()
 
-        outcome = asyncio.run(verdicts(args.redis))
+        outcome, lead = asyncio.run(verdicts(args.redis, pushed_at))
 
     reads = [r for r in log if r.method == "GET" and "refresh" not in r.query]
     refreshes = [r for r in log if r.method == "GET" and "refresh" in r.query]
@@ -181,7 +242,14 @@ def main() -> None:
     target = args.apps / args.poll
     print(f"deployments={args.deployments} apps={args.apps} poll={args.poll:g}s "
           f"progressing_passes={args.progressing} reconcile={args.reconcile:g}s")
+    print(f"selectors={args.selectors} discovery={args.discovery:g}s hints={'on' if args.hints else 'off'} "
+          f"notifications sent={len(fake.notifications)} selector list requests={len(lists)}")
     print(f"verdicts: {dict(outcome)}  wall={elapsed:.1f}s  request window={window:.1f}s")
+    if fake.notifications:
+        print("notification answers:", dict(Counter(str(n.get("_status", "?"))[:60] for n in fake.notifications)))
+    if lead:
+        print(f"commit → verdict: median {lead[len(lead) // 2]:.1f}s, p90 {lead[int(len(lead) * 0.9)]:.1f}s, "
+              f"max {lead[-1]:.1f}s over {len(lead)} deployments")
     print(f"Argo CD requests: {len(log)} total = {len(reads)} status reads + {len(refreshes)} refreshes "
           f"+ {len(syncs)} syncs")
     if window:

@@ -17,8 +17,8 @@ and counts:
   duplicated   Deployment-Ids carried by more than one commit
   downgraded   apps whose values file does not hold the tag of their newest build
   recovery     per fault, the time until the next deployment finished after it; the longest is printed
-  settle       from the last fault to the moment nothing was left in flight
-The anchor, measured in the same invocation: the same burst with no fault (its settle time from the last build).
+  settle       from the last build (or the last fault, if later) to the moment nothing was left in flight
+The anchor, measured in the same invocation: the same burst with no fault, its settle time measured the same way.
 Prints the median of the runs, the spread (min-max), the load average, and the ratio of the settle time to the
 anchor's. It prints figures; it does not pass or fail.
 """
@@ -123,7 +123,7 @@ def one_run(builds: int, apps: int, kills: int, drops: int, seed: int) -> dict[s
                         client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
                     fault_times.append(time.time())
                 time.sleep(pause)
-            last = max(fault_times) if fault_times else time.time()
+            last = max([*fault_times, time.time()])  # the last fault or the last build, whichever came later
             deadline = time.monotonic() + 180
             while time.monotonic() < deadline:
                 with stack.redis_client() as client:

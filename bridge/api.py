@@ -230,7 +230,39 @@ async def promote(request: Request) -> JSONResponse:
     return JSONResponse({"status": "queued", "deployment": target_id, "from": source.id}, status_code=202)
 
 
+def route_json(route: Any) -> dict[str, Any]:
+    """A route as `gitops-bridge wait` needs it: each environment's trigger, `after:`, branches, and whether the
+    build's event starts it without a gate (`ungated`)."""
+    ungated = {e.name for e in route.ungated()}
+    return {"name": route.name, "environments": [
+        {"name": e.name, "trigger": e.trigger, "after": e.after, "branches": e.branches, "ungated": e.name in ungated}
+        for e in route.environments]}
+
+
+async def get_build(request: Request) -> JSONResponse:
+    """GET /api/builds/{build_id}?route=R: the routes (which environments deploy without a gate) and the build's
+    deployments, so a waiter started before the build's event knows what to wait for."""
+    if not _token_ok(request, _readers(request)):
+        return _deny("builds")
+    try:
+        build_id = int(request.path_params["build_id"])
+    except ValueError:
+        return _error("builds", 400, "the build id must be an integer")
+    routes = _routing(request).routes
+    name = request.query_params.get("route")
+    if name is not None:
+        routes = [r for r in routes if r.name == name]
+        if not routes:
+            known = ", ".join(r.name for r in _routing(request).routes) or "none"
+            return _error("builds", 404, f"no route {name!r} (routes: {known})")
+    records, _ = await _store(request).list(build_id=build_id, route=name, limit=500)
+    metrics.API_REQUESTS.labels(endpoint="builds", outcome="ok").inc()
+    return JSONResponse({"build_id": build_id, "routes": [route_json(r) for r in routes],
+                         "deployments": [record_json(r) for r in records]})
+
+
 routes = [
+    Route("/api/builds/{build_id}", get_build, methods=["GET"]),
     Route("/api/deployments", list_deployments, methods=["GET"]),
     Route("/api/deployments/{id}", get_deployment, methods=["GET"]),
     Route("/api/holds", holds, methods=["GET"]),

@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bridge import api, config_check, github_webhook, metrics, organizations, webhook
+from bridge import api, argocd_webhook, config_check, gate, github_webhook, metrics, organizations, rollbacks, webhook
 from bridge.errors import ConfigError
 from bridge.queue import open_redis
 from bridge.routing import RoutingConfig, load_routing
@@ -114,11 +114,14 @@ class InternalErrors:
 
 CORE_ROUTES: list[BaseRoute] = [
     Route("/webhooks/azure-devops", webhook.azure_devops, methods=["POST"]),
+    *gate.routes,
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics_endpoint, methods=["GET"]),
     *github_webhook.routes,
+    *argocd_webhook.routes,
     *api.routes,
+    *rollbacks.routes,
 ]
 
 

@@ -12,6 +12,7 @@ Talk to a running bridge (BRIDGE_API__*_TOKENS or --token; --url, default http:/
     deployments    list deployments             deployment ID   one deployment with its timeline
     holds          list holds                   hold/release    stop or resume bumps of a route's environment
     promote        deploy a build to the next environment
+    wait           block until a build's environments have a verdict (exit code by verdict)
 
     version        print the version            completion      shell completion for bash, zsh or fish
 """
@@ -127,7 +128,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             if env.branches:
                 extra.append(f"branches {','.join(env.branches)}")
             if env.argocd:
-                extra.append(f"argocd {env.argocd.project}/{env.argocd.app}")
+                extra.append(f"argocd {env.argocd.describe()}")
             print(f"    {env.name:<10} {env.promotion:<12} {env.repository}:{env.file} keys={','.join(env.keys)}"
                   + (f" ({'; '.join(extra)})" if extra else ""))
     for warning in found.warnings:
@@ -224,7 +225,11 @@ def cmd_completion(args: argparse.Namespace) -> int:
 # -- commands that talk to a running bridge ------------------------------------------------------------------------
 
 class ApiError(Exception):
-    """One line for the user; the command exits 1."""
+    """One line for the user; the command exits 1. `status`: the HTTP status (None: the bridge was not reached)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def base_url(url: str | None, settings: Settings) -> str:
@@ -260,7 +265,7 @@ def _api(args: argparse.Namespace, method: str, path: str, *, write: bool = Fals
         body = {"error": response.text[:200]}
     if response.status_code >= 400:
         detail = body.get("error", body) if isinstance(body, dict) else body
-        raise ApiError(f"{method} {path}: HTTP {response.status_code}: {detail}")
+        raise ApiError(f"{method} {path}: HTTP {response.status_code}: {detail}", response.status_code)
     return body
 
 
@@ -323,9 +328,94 @@ def cmd_hold(args: argparse.Namespace) -> int:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    body = _api(args, "DELETE", f"/api/holds/{args.route}/{args.env}", write=True)
+    if getattr(args, "deploy_latest", False):
+        body = _api(args, "POST", "/api/releases", write=True,
+                    json={"route": args.route, "environment": args.env, "deploy_latest": True})
+    else:
+        body = _api(args, "DELETE", f"/api/holds/{args.route}/{args.env}", write=True)
     print(f"released {args.route}/{args.env}" if body["released"] else f"{args.route}/{args.env} was not held")
+    if body.get("deployment"):
+        print(f"queued: deployment {body['deployment']}")
+    elif getattr(args, "deploy_latest", False):
+        print("no held build to deploy")
     return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    payload: dict[str, Any] = {"route": args.route, "environment": args.env, "force": args.force}
+    if args.to is not None:
+        payload["to_build"] = args.to
+    if args.reason:
+        payload["reason"] = args.reason
+    body = _api(args, "POST", "/api/rollbacks", write=True, json=payload)
+    of = (body.get("details") or {}).get("rollback_of") or {}
+    undone = f" (from build {of['build_id']})" if of.get("build_id") is not None else ""
+    print(f"queued: rollback {body['id']} of {args.route}/{args.env} to build {body['build_id']}, tag {body['tag']}"
+          f"{undone}; the environment is held until `gitops-bridge release {args.route} {args.env}`")
+    return 0
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    """Poll GET /api/builds/{id} until every environment waited for has a verdict; exit by bridge.waiting's table."""
+    import time
+
+    from bridge import waiting
+
+    try:
+        timeout = waiting.parse_duration(args.timeout)
+    except ValueError as exc:
+        print(f"error: --timeout: {exc}", file=sys.stderr)
+        return waiting.EXIT_USAGE
+    progress = sys.stderr if args.output in ("json", "yaml") else sys.stdout
+    deadline = time.monotonic() + timeout
+    params = {"route": args.route} if args.route else {}
+    seen: dict[str, str] = {}
+    failures = 0
+    found: list[waiting.EnvStatus] = []
+    route_name: str | None = None
+    while True:
+        try:
+            body = _api(args, "GET", f"/api/builds/{args.build}", params=params)
+            failures = 0
+        except ApiError as exc:
+            if exc.status == 404:  # an unknown --route
+                print(f"error: {exc}", file=sys.stderr)
+                return waiting.EXIT_USAGE
+            if exc.status is not None and exc.status >= 500 and time.monotonic() < deadline and failures < 5:
+                failures += 1  # a restarting bridge: try again, a few times
+                time.sleep(args.interval)
+                continue
+            print(f"error: {exc}", file=sys.stderr)
+            return waiting.EXIT_API
+        try:
+            route = waiting.choose_route(body, args.route, args.env or [])
+            if route is not None:
+                route_name = route["name"]
+                names = waiting.targets(route, args.env or [], body)
+                every = waiting.statuses(route, body)
+                found = [every[name] for name in names]
+        except waiting.UsageError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return waiting.EXIT_USAGE
+        for status in found:
+            line = status.line()
+            if seen.get(status.environment) != line:
+                seen[status.environment] = line
+                print(f"build {args.build} {route_name}/{line}", file=progress, flush=True)
+        done = route_name is not None and all(s.final for s in found)
+        timed_out = not done and time.monotonic() >= deadline
+        if done or timed_out:
+            break
+        time.sleep(min(args.interval, max(0.0, deadline - time.monotonic())))
+    code = waiting.exit_code(found, timed_out=timed_out)
+    if timed_out:
+        what = ("no deployment appeared" if not any(s.state != "waiting" for s in found)
+                else "not every environment has a verdict")
+        print(f"error: build {args.build}: {what} within {args.timeout}", file=sys.stderr)
+    if args.output in ("json", "yaml"):
+        print(output.dump({"build_id": args.build, "route": route_name, "exit_code": code, "timed_out": timed_out,
+                           "environments": [s.as_json() for s in found]}, args.output))
+    return code
 
 
 # -- the parser ----------------------------------------------------------------------------------------------------
@@ -433,6 +523,21 @@ def parser() -> argparse.ArgumentParser:
                     help="even if the previous environment did not succeed or the branch is not accepted")
     sp.add_argument("--by", metavar="NOTE", help="a free-text note (ticket, reason); who did it is the token's name")
 
+    sp = with_api(command("wait", cmd_wait, "wait until a build's environments have a verdict; exit 0 succeeded or "
+                          "pushed, 3 failed/rejected, 4 timed-out, 5 superseded/held, 6 timeout, 7 API unreachable",
+                          "gitops-bridge wait $(Build.BuildId) --env dev --env staging --timeout 20m"))
+    sp.add_argument("build", type=int, help="the Azure DevOps build id")
+    sp.add_argument("--env", action="append", metavar="ENV",
+                    help="an environment to wait for (repeatable; default: every one the build's route deploys "
+                         "without a gate)")
+    sp.add_argument("--route", help="route name, when several routes could deploy the build")
+    sp.add_argument("--timeout", default="20m", help="give up (exit 6) after this long: 90s, 20m, 1h (default 20m)")
+    sp.add_argument("--interval", type=float, default=2.0, metavar="SECONDS",
+                    help="seconds between two looks at the bridge (default 2)")
+    sp.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table",
+                    help="table: progress lines only (default); json or yaml: each environment's verdict and reason "
+                         "at the end (progress lines then go to stderr)")
+
     sp = with_api(command("hold", cmd_hold, "stop bumps of one environment of a route",
                           "gitops-bridge hold shop prod --reason 'release freeze until Monday'"))
     sp.add_argument("route", help="route name (from the routing file)")
@@ -443,6 +548,17 @@ def parser() -> argparse.ArgumentParser:
     sp = with_api(command("release", cmd_release, "release a hold", "gitops-bridge release shop prod"))
     sp.add_argument("route", help="route name (from the routing file)")
     sp.add_argument("env", help="environment name in that route")
+    sp.add_argument("--deploy-latest", action="store_true",
+                    help="also deploy the newest build the hold stopped (a rollback's hold, for instance)")
+
+    sp = with_api(command("rollback", cmd_rollback, "put an environment back on a build that succeeded there",
+                          "gitops-bridge rollback shop prod --reason 'checkout errors since 4711'"))
+    sp.add_argument("route", help="route name (from the routing file)")
+    sp.add_argument("env", help="environment name in that route")
+    sp.add_argument("--to", type=int, metavar="BUILD_ID",
+                    help="the build to restore (default: the last one that succeeded there before what runs now)")
+    sp.add_argument("--reason", help="why; kept on the rollback and its hold")
+    sp.add_argument("--force", action="store_true", help="even while a newer deployment is in flight")
 
     sp = command("version", cmd_version, "print the version", "gitops-bridge version -o json")
     sp.add_argument("-o", "--output", choices=("text", "json", "yaml"), default="text",
@@ -463,7 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(exc)
     except ApiError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 7 if args.command == "wait" else 1
     except BrokenPipeError:  # `gitops-bridge deployments -o json | head`: the reader left, nothing to say
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

@@ -55,11 +55,23 @@ def _webhook(settings: Settings) -> list[str]:
 
 
 def _argocd_named_without_url(settings: Settings, routing: RoutingConfig) -> list[str]:
-    if settings.argocd.url:
-        return []
-    return [f"{settings.config}: route {route.name}: environments.{env.name}.argocd: names Argo CD app "
-            f"{env.argocd.app!r} but BRIDGE_ARGOCD__URL is unset (the deployment could never be verified)"
-            for route in routing.routes for env in route.environments if env.argocd is not None]
+    urls = settings.argocd.instance_urls()
+    found = []
+    for route in routing.routes:
+        for env in route.environments:
+            if env.argocd is None:
+                continue
+            where = f"{settings.config}: route {route.name}: environments.{env.name}.argocd"
+            if not urls:
+                found.append(f"{where}: names Argo CD app {(env.argocd.app or env.argocd.describe())!r} but "
+                             "BRIDGE_ARGOCD__URL is unset (the deployment could never be verified)")
+            elif env.argocd.instance is not None and env.argocd.instance not in urls:
+                found.append(f"{where}.instance: {env.argocd.instance!r} is not a configured Argo CD instance "
+                             f"(BRIDGE_ARGOCD__INSTANCES: {', '.join(sorted(urls))})")
+            elif env.argocd.instance is None and settings.argocd.default_instance() is None:
+                found.append(f"{where}: several Argo CD instances are configured ({', '.join(sorted(urls))}); "
+                             "name one with `instance`")
+    return found
 
 
 def _route_organizations(settings: Settings, routing: RoutingConfig) -> list[str]:
@@ -77,6 +89,11 @@ def _insecure(settings: Settings, routing: RoutingConfig) -> list[str]:
     found = []
     if settings.argocd.token and settings.argocd.url and _scheme(settings.argocd.url) == "http":
         found.append(f"settings: argocd.url: http:// would send the Argo CD token in clear text; {INSECURE}")
+    for inst in settings.argocd.instances:
+        if _scheme(inst.url) == "http" and (inst.name.lower() in {n.lower() for n in settings.argocd.tokens}
+                                            or (settings.argocd.token and len(settings.argocd.instance_urls()) == 1)):
+            found.append(f"settings: argocd.instances: {inst.name}: http:// would send its token in clear text; "
+                         f"{INSECURE}")
     if settings.github.token and _scheme(settings.github.api_url) == "http":
         found.append(f"settings: github.api_url: http:// would send the GitHub token in clear text; {INSECURE}")
     for org in organizations.configured(settings.azure_devops):

@@ -22,14 +22,21 @@ landed (or reporting is off) and the `after:` followers were started.
 |                |                                             | → reporting                                      |
 | verifying      | verify_deployment + watch_application       | Argo CD verdict → reporting; no Argo CD block →  |
 |                | (one watcher per application)               | `pushed` → reporting                             |
-| reporting      | report_deployment(phase "final")            | tags, properties, commit status (and, later, the |
-|                |                                             | pipeline-gate callback) delivered → done         |
-| done           | none                                        | terminal (a rollback only adds a `rolled-back`   |
-|                |                                             | report to a done deployment)                     |
+| reporting      | report_deployment(phase "final")            | tags, properties, commit status and every        |
+|                |                                             | pipeline-gate callback (workers.gate) delivered, |
+|                |                                             | or past the gate job's deadline → done           |
+| done           | none                                        | terminal (a later rollback's final report adds   |
+|                |                                             | `rolled-back-<env>` to the undone build)         |
 
 Room for what comes next: Argo CD application discovery is a phase inside `verifying` (the waiter records it); a
-pipeline-gate callback is one more delivery of `reporting`; a rollback is a deployment of kind `rollback` with its own
-id that walks the same states.
+pipeline-gate callback is one more delivery of `reporting`.
+
+Rollbacks (`bridge.rollbacks`, `workers.rollback`): a deployment of kind `rollback` with its own id walks the same
+states. It is created `queued` with its tag already chosen (the restored build's, from the environment's "last
+succeeded" list, which every success verdict extends in its own transaction) and the environment already held;
+`queued → writing` skips the hold check and the tag rendering; the writer lets it write an older tag and pass the
+hold; its final report also marks the undone build. `on_failure: rollback` queues the rollback job in the
+transaction of the failed verdict (the outbox). A rollback's own verdict never starts another rollback.
 
 Job ids and retries:
 * A step job's id names the deployment (`advance:<id>`, `report:<id>:final`, …) and keeps no result

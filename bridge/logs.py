@@ -25,6 +25,19 @@ def fields_of(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
 
 
+# Credentials learnt while running (a pipeline gate's AuthToken): every SecretFilter masks them too, until forgotten.
+_RUNTIME_SECRETS: set[str] = set()
+
+
+def remember_secret(value: str) -> None:
+    if value:
+        _RUNTIME_SECRETS.add(value)
+
+
+def forget_secret(value: str) -> None:
+    _RUNTIME_SECRETS.discard(value)
+
+
 class SecretFilter(logging.Filter):
     """Replaces every configured secret in the message, the exception text and extra fields with `***`."""
 
@@ -34,13 +47,14 @@ class SecretFilter(logging.Filter):
         self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
     def scrub(self, text: str) -> str:
-        for secret in self.secrets:
+        runtime = sorted(_RUNTIME_SECRETS, key=len, reverse=True) if _RUNTIME_SECRETS else []
+        for secret in (*self.secrets, *runtime):
             if secret in text:
                 text = text.replace(secret, MASK)
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
+        if not self.secrets and not _RUNTIME_SECRETS:
             return True
         message = record.getMessage()
         record.msg, record.args = self.scrub(message), None

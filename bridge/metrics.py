@@ -49,8 +49,15 @@ WEBHOOK_OUTCOMES = (
 EVENT_TYPES = ("build.complete", "ms.vss-pipelines.run-state-changed-event", "other", "unknown")
 GITHUB_WEBHOOK_OUTCOMES = ("queued", "ignored", "pong", "unauthorized", "invalid", "too_large", "disabled",
                            "unavailable")
-API_ENDPOINTS = ("deployments", "deployment", "holds", "promotions")
+ARGOCD_HINT_OUTCOMES = ("queued", "ignored", "throttled", "unauthorized", "invalid", "too_large", "timeout",
+                        "disabled", "unavailable")
+API_ENDPOINTS = ("deployments", "deployment", "holds", "promotions", "builds", "rollbacks")
 API_OUTCOMES = ("ok", "unauthorized", "forbidden", "error")
+GATE_KINDS = ("gate", "check")
+GATE_CALL_OUTCOMES = ("accepted", "attached", "unauthorized", "invalid", "foreign", "unavailable")
+# What became of a TaskCompleted callback: landed, refused (401/403/203: recorded, not retried), expired (the job's
+# deadline passed while Azure DevOps failed), error (another 4xx).
+GATE_CALLBACK_OUTCOMES = ("landed", "refused", "expired", "error")
 STAGES = ("queue", "write", "review", "sync", "health")
 SPANS = ("build_to_commit", "commit_to_synced", "build_to_healthy")
 GIT_PUSH_OUTCOMES = ("pushed", "rejected", "failed")
@@ -58,7 +65,8 @@ ARGOCD_OUTCOMES = ("ok", "timeout", "unavailable", "error")
 ADO_OPERATIONS = ("get_build", "list_builds", "tags", "properties", "definitions", "projects", "commit_status",
                   "hooks")
 CLIENT_OUTCOMES = ("ok", "auth", "not_found", "unavailable", "error")  # Azure DevOps and GitHub
-REPORT_KINDS = ("tags", "properties", "commit_status", "record")
+REPORT_KINDS = ("tags", "properties", "commit_status", "record", "rolled_back")
+ROLLBACK_CAUSES = ("manual", "automatic")
 
 # -- intake ------------------------------------------------------------------------------------------------------
 WEBHOOK_REQUESTS = Counter(
@@ -80,8 +88,14 @@ QUEUE_OLDEST_READY = Gauge("bridge_queue_oldest_ready_age_seconds",
                            registry=REGISTRY)
 GITHUB_WEBHOOKS = Counter("bridge_github_webhook_requests_total", "GitHub webhook requests by outcome.",
                           ["outcome"], registry=REGISTRY)
+ARGOCD_HINTS = Counter("bridge_argocd_hints_total", "Argo CD notifications (push hints) received, by outcome.",
+                       ["outcome"], registry=REGISTRY)
 API_REQUESTS = Counter("bridge_api_requests_total", "Operator API requests by endpoint and outcome.",
                        ["endpoint", "outcome"], registry=REGISTRY)
+GATE_CALLS = Counter("bridge_gate_calls_total", "Pipeline gate and check calls by kind and outcome.",
+                     ["kind", "outcome"], registry=REGISTRY)
+GATE_CALLBACKS = Counter("bridge_gate_callbacks_total", "TaskCompleted callbacks to Azure Pipelines by result and "
+                         "outcome.", ["result", "outcome"], registry=REGISTRY)
 
 # -- deployments -------------------------------------------------------------------------------------------------
 DEPLOYMENTS = Counter("bridge_deployments_total", "Finished deployments by environment and verdict.",
@@ -123,6 +137,19 @@ REPORTS_FAILED = Counter("bridge_reports_failed_total", "Report-backs to Azure D
 SWEEP_REPAIRS = Counter("bridge_sweeper_repairs_total",
                         "Deployments whose next step was missing and that the sweeper handed back to it, by state.",
                         ["state"], registry=REGISTRY)
+ROLLBACKS = Counter("bridge_rollbacks_total", "Rollbacks started, by environment and cause (manual, automatic).",
+                    ["environment", "cause"], registry=REGISTRY)
+TIME_TO_RESTORE = Histogram(
+    "bridge_time_to_restore_seconds",
+    "From the verdict of the deployment a rollback undid to the rollback's success (DORA time to restore).",
+    ["environment"], buckets=(5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400), registry=REGISTRY,
+)
+ROLLBACKS_FAILED = Counter("bridge_rollbacks_failed_total",
+                           "Rollbacks that did not restore the environment (it stays held; never another rollback).",
+                           ["environment"], registry=REGISTRY)
+MANUAL_CHANGES = Counter("bridge_manual_changes_total",
+                         "Managed keys found changed by a person in Git (the environment is then held).",
+                         ["environment"], registry=REGISTRY)
 RECONCILED_BUILDS = Counter("bridge_reconciled_builds_total", "Builds queued by the reconciler, not the webhook.",
                             registry=REGISTRY)
 
@@ -154,9 +181,17 @@ def init(routing: RoutingConfig, role: Role) -> None:
             WEBHOOK_REQUESTS.labels(event_type=event_type, outcome=outcome)
     for outcome in GITHUB_WEBHOOK_OUTCOMES:
         GITHUB_WEBHOOKS.labels(outcome=outcome)
+    for outcome in ARGOCD_HINT_OUTCOMES:
+        ARGOCD_HINTS.labels(outcome=outcome)
     for endpoint in API_ENDPOINTS:
         for outcome in API_OUTCOMES:
             API_REQUESTS.labels(endpoint=endpoint, outcome=outcome)
+    for kind in GATE_KINDS:
+        for outcome in GATE_CALL_OUTCOMES:
+            GATE_CALLS.labels(kind=kind, outcome=outcome)
+    for result in ("succeeded", "failed"):
+        for outcome in GATE_CALLBACK_OUTCOMES:
+            GATE_CALLBACKS.labels(result=result, outcome=outcome)
     for stage in STAGES:
         STAGE_SECONDS.labels(stage=stage)
     for span in SPANS:
@@ -172,6 +207,12 @@ def init(routing: RoutingConfig, role: Role) -> None:
         GITHUB_REQUESTS.labels(outcome=outcome)
     for kind in REPORT_KINDS:
         REPORTS_FAILED.labels(kind=kind)
+    for env in environments(routing):
+        for cause in ROLLBACK_CAUSES:
+            ROLLBACKS.labels(environment=env, cause=cause)
+        TIME_TO_RESTORE.labels(environment=env)
+        MANUAL_CHANGES.labels(environment=env)
+        ROLLBACKS_FAILED.labels(environment=env)
     for state in ACTIVE_STATES:
         SWEEP_REPAIRS.labels(state=state)
         IN_STATE.labels(state=state)

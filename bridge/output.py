@@ -78,9 +78,20 @@ def deployment_detail(record: dict[str, Any], wide: bool, now: float | None = No
     width = max(len(f) for f in fields) + 1
     lines = [f"{(name + ':').ljust(width)} {_scalar(values.get(name))}" for name in fields
              if values.get(name) not in (None, "", [], {}) or name in ("verdict", "reason")]
+    apps = argocd_app_rows(record)
+    if apps:
+        lines += ["", "Argo CD applications:"]
+        lines += ["  " + line for line in format_table(apps, ["app", "state", "reason"]).splitlines()]
     lines += ["", "Timeline:"]
     lines += ["  " + line for line in format_table(timeline_rows(record, now), TIMELINE_COLUMNS).splitlines()]
     return "\n".join(lines)
+
+
+def argocd_app_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each Argo CD application of an estate deployment with its state (`details.argocd.apps`)."""
+    apps = ((record.get("details") or {}).get("argocd") or {}).get("apps") or {}
+    return [{"app": name, "state": a.get("state"), "reason": a.get("reason")} for name, a in sorted(apps.items())
+            if isinstance(a, dict)]
 
 
 def _scalar(value: Any) -> str:

@@ -84,9 +84,12 @@ CHECK_PULL_REQUEST = "check_pull_request"  # (deployment_id: str) → merged? cl
 VERIFY_DEPLOYMENT = "verify_deployment"    # (deployment_id: str) → register with the application's watcher
 WATCH_APPLICATION = "watch_application"    # (app_key: str) → one Argo CD read, judge every waiting deployment
 REPORT_DEPLOYMENT = "report_deployment"    # (deployment_id: str, phase: "started" | "final")
+ROLLBACK_AFTER_FAILURE = "rollback_after_failure"  # (deployment_id: str, to_build: int) → `on_failure: rollback`
 PROMOTE_BUILD = "promote_build"            # (deployment_id: str, to_environment: str, force: bool, by: str)
 RECONCILE_BUILDS = "reconcile_builds"      # cron: queue completed builds the webhook never delivered
 SWEEP_DEPLOYMENTS = "sweep_deployments"    # cron: hand deployments whose next step is missing back to it
+GATE_DEPLOYMENT = "gate_deployment"        # (gate_id: str) → authorise a pipeline gate, attach or start its deployment
+WATCH_GATE = "watch_gate"                  # (gate_id: str) → progress lines, deadline, the TaskCompleted callback
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,18 @@ class Keys:
 
     def pending(self, repository: str) -> str:
         return f"{self.prefix}:pending:{repository}"
+
+    def written(self, repository: str, file: str, key: str) -> str:
+        """Values the writer pushed to a target since it last recorded a setter there (to tell its own writes from a
+        person's change)."""
+        return f"{self.prefix}:written:{repository}:{file}:{key}"
+
+    def last_succeeded(self, route: str, environment: str) -> str:
+        """The deployment that last succeeded in an environment (written with its verdict; rollbacks read it)."""
+        return f"{self.prefix}:last-ok:{route}:{environment}"
+
+    def rollback_sequence(self, route: str, environment: str) -> str:
+        return f"{self.prefix}:rollback-seq:{route}:{environment}"
 
     def lock(self, repository: str) -> str:
         return f"{self.prefix}:lock:{repository}"

@@ -25,8 +25,8 @@ from redis.exceptions import WatchError
 from bridge.lifecycle import ACTIVE_STATES, IN_FLIGHT_STATES, VERDICTS, Kind, State, Verdict, allowed
 from bridge.queue import Keys, add_job
 
-__all__ = ["VERDICTS", "DeploymentRecord", "DeploymentStore", "Effect", "JobSpec", "SortedSetAdd", "State", "Verdict",
-           "now_iso"]
+__all__ = ["VERDICTS", "DeploymentRecord", "DeploymentStore", "Effect", "JobSpec", "LastSucceeded", "SortedSetAdd",
+           "State", "Verdict", "now_iso"]
 
 STAMPS = (
     "received", "queued", "started", "committed", "pushed", "pr_opened", "merged",
@@ -118,6 +118,25 @@ class SortedSetAdd:
 
     def write(self, pipe: Pipeline, queue_name: str | None) -> None:
         pipe.zadd(self.key, {self.member: self.score}, nx=True)
+
+
+@dataclass(frozen=True)
+class LastSucceeded:
+    """The environment's "last succeeded" pointer, written in the transaction that sets a success verdict: what a
+    rollback restores. Not the writer's last setter (the last *written* build, which may be the failed one)."""
+
+    key: str
+    record: DeploymentRecord
+    ttl: int
+    keep: int = 20  # the newest first: a rollback restores the newest one whose tag is not what runs now
+
+    def write(self, pipe: Pipeline, queue_name: str | None) -> None:
+        r = self.record
+        pointer = {"deployment_id": r.id, "kind": r.kind, "build_key": r.build_key, "build_id": r.build_id,
+                   "tag": r.tag, "commit": r.commit_sha, "at": now_iso()}
+        pipe.lpush(self.key, json.dumps(pointer, separators=(",", ":")))
+        pipe.ltrim(self.key, 0, self.keep - 1)
+        pipe.expire(self.key, self.ttl)
 
 
 class DeploymentStore:
@@ -362,11 +381,24 @@ class DeploymentStore:
 
     # -- holds -------------------------------------------------------------------------------------------------
 
+    def last_succeeded_effect(self, record: DeploymentRecord) -> LastSucceeded:
+        return LastSucceeded(self.keys.last_succeeded(record.route, record.environment), record, self.ttl)
+
+    async def last_succeeded(self, route: str, environment: str) -> builtins.list[dict[str, Any]]:
+        """What `LastSucceeded` wrote, newest first: deployment_id, kind, build_key, build_id, tag, commit, at."""
+        raws = await self.redis.lrange(self.keys.last_succeeded(route, environment), 0, -1)  # type: ignore[misc]
+        return [json.loads(raw) for raw in raws]
+
     async def set_hold(self, route: str, environment: str, reason: str, by: str = "operator",
-                       note: str | None = None) -> dict[str, str]:
+                       note: str | None = None, *, rollback: str | None = None,
+                       cause: str | None = None) -> dict[str, str]:
         hold = {"route": route, "environment": environment, "reason": reason, "by": by, "since": now_iso()}
         if note:
             hold["note"] = note
+        if rollback:
+            hold["rollback"] = rollback  # the rollback deployment that holds the environment
+        if cause:
+            hold["cause"] = cause  # rollback | manual-change | rollback-failed
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(self.keys.hold(route, environment), json.dumps(hold))
             pipe.sadd(self.keys.holds, f"{route}:{environment}")

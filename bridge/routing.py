@@ -78,11 +78,73 @@ class Match(_Model):
     _globs = field_validator("branches")(_check_globs)
 
 
+APP_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+DISCOVERY_SECONDS = 60.0
+
+
 class ArgoApp(_Model):
-    app: str
+    """The Argo CD applications of an environment: one `app`, a list `apps`, a label `selector`, or a mix."""
+
+    app: str | None = Field(default=None, description="the only application (the one-element case of `apps`)")
+    apps: list[str] = Field(default_factory=list, description="applications by name, all of which must deploy")
+    selector: str | None = Field(default=None, description="label selector (Argo CD list endpoint), e.g. 'env=dev'")
     project: str = "default"
     namespace: str | None = Field(default=None, description="appNamespace, for apps outside argocd's namespace")
     source_index: int | None = Field(default=None, ge=0, description="multi-source apps: the source with the file")
+    min_apps: int = Field(default=1, ge=1, description="fewer applications when discovery ends: failed")
+    discovery_seconds: float | None = Field(
+        default=None, ge=0, description="how long after the push new or missing applications may still appear "
+        "(default 60 with `apps` or `selector`, 0 for the single `app`)")
+    suspended: Literal["wait", "succeed", "fail"] = Field(
+        default="wait", description="what health Suspended (a paused Argo Rollout) means after our sync")
+    instance: str | None = Field(default=None, description="which Argo CD instance (settings argocd.instances); "
+                                 "unset: the only one")
+    sync_window: Literal["wait", "fail"] = Field(
+        default="wait", description="a sync window blocks the sync: keep waiting (within the deadline), or fail")
+
+    @field_validator("apps")
+    @classmethod
+    def _app_names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not APP_NAME.match(name):
+                raise ValueError(f"{name!r} is not an application name")
+        if len(set(v)) != len(v):
+            raise ValueError("duplicate application")
+        return v
+
+    @field_validator("selector")
+    @classmethod
+    def _selector(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or any(not part.strip() for part in re.split(r",(?![^(]*\))", v))):
+            raise ValueError("must be a non-empty label selector such as 'app.kubernetes.io/name=api,env=dev'")
+        return v
+
+    @model_validator(mode="after")
+    def _something(self) -> ArgoApp:
+        if self.app is None and not self.apps and self.selector is None:
+            raise ValueError("name the application: `app`, `apps` or `selector`")
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        """The applications named explicitly (`app` first, then `apps`)."""
+        return ([self.app] if self.app else []) + [a for a in self.apps if a != self.app]
+
+    @property
+    def is_estate(self) -> bool:
+        """More than the single-application form: judged per application and combined."""
+        return self.selector is not None or len(self.names) > 1 or bool(self.apps)
+
+    @property
+    def window(self) -> float:
+        if self.discovery_seconds is not None:
+            return self.discovery_seconds
+        return DISCOVERY_SECONDS if self.is_estate else 0.0
+
+    def describe(self) -> str:
+        """`project/app`, or the list and selector, for humans."""
+        parts = list(self.names) + ([f"selector {self.selector}"] if self.selector else [])
+        return f"{self.project}/" + ", ".join(parts)
 
 
 class Environment(_Model):
@@ -94,9 +156,19 @@ class Environment(_Model):
     promotion: Literal["push", "pull-request"] = "push"
     branches: list[str] | None = None
     after: str | None = None
+    # "gate": started only by its pipeline-gate call (bridge.gate), never by the build's event or `after:`; its
+    # `after:` is then a precondition. "event": started by the build's event, or by `after:` (default).
+    trigger: Literal["event", "gate"] = "event"
     create_missing_keys: bool = False
     deadline_seconds: float | None = Field(default=None, gt=0)
     degraded_grace_seconds: float | None = Field(default=None, ge=0)
+    on_failure: Literal["none", "rollback"] = Field(
+        default="none", description="'rollback': after a failed deployment, roll back to the last succeeded build"
+    )
+    rollback_on_timeout: bool = Field(default=False, description="on_failure also after timed-out")
+    on_manual_change: Literal["hold", "follow"] = Field(
+        default="hold", description="a person's value in Git: hold the environment, or write over it"
+    )
 
     _name = field_validator("name")(_check_name)
 
@@ -164,6 +236,19 @@ class Route(_Model):
             if env.name == name:
                 return env
         raise KeyError(name)
+
+    def ungated(self) -> list[Environment]:
+        """The environments a build's event starts, directly or through `after:` (what `gitops-bridge wait` waits
+        for): not gated, and not following a gated one."""
+        found: list[Environment] = []
+        for env in self.environments:
+            chain, seen = env, set()
+            while chain.trigger != "gate" and chain.after is not None and chain.name not in seen:
+                seen.add(chain.name)
+                chain = self.environment(chain.after)
+            if chain.trigger != "gate":
+                found.append(env)
+        return found
 
     def previous(self, name: str) -> Environment | None:
         """The environment a build must have succeeded in before `name`: its `after:`, else the one listed before."""
@@ -325,6 +410,7 @@ def match_build(
     unknown project or definition name (None) only rules out routes that name a different id.
 
     Environments with `after:` are not started by the build itself; they follow a successful predecessor.
+    Environments with `trigger: gate` start only on their pipeline-gate call.
     A route that names an organization takes only that organization's builds (`organization=None`: a job queued
     before organizations were configuration, not checked).
     """
@@ -342,12 +428,32 @@ def match_build(
         if branch is not None and not branch_matches(m.branches, branch):
             continue
         for env in route.environments:
-            if env.after is not None:
+            if env.after is not None or env.trigger == "gate":
                 continue
             if branch is not None and env.branches is not None and not branch_matches(env.branches, branch):
                 continue
             targets.append(Target(route, env))
     return targets
+
+
+def route_problem(route: Route, env: Environment, *, organization: str | None, project_id: str | None,
+                  project_name: str | None, definition_id: int | None, definition_name: str | None,
+                  branch: str | None) -> str | None:
+    """Why this build may not deploy through `route` to `env` (None: it may). A pipeline gate's authorisation: the
+    project, definition, organization and branches count; `results` do not (the run is still in progress)."""
+    m = route.match
+    if m.organization is not None and organization is not None and m.organization.lower() != organization:
+        return f"route {route.name!r} takes builds of organization {m.organization!r} only"
+    if project_id is None and project_name is None or not _id_or_name(m.project, project_id, project_name):
+        return f"the build's project is not {m.project!r} (route {route.name!r})"
+    if definition_id is None and definition_name is None or not _id_or_name(m.definition, definition_id,
+                                                                            definition_name):
+        return f"the build's pipeline is not {m.definition!r} (route {route.name!r})"
+    if branch is None or not branch_matches(m.branches, branch):
+        return f"branch {branch} is not one route {route.name!r} deploys ({', '.join(m.branches)})"
+    if env.branches is not None and not branch_matches(env.branches, branch):
+        return f"branch {branch} is not one {env.name} accepts ({', '.join(env.branches)})"
+    return None
 
 
 def match_event(cfg: RoutingConfig, event: BuildEvent) -> list[Target]:

@@ -129,15 +129,44 @@ class GitHubSettings(_Group):
     _split = field_validator("labels", mode="before")(_split_list)
 
 
+DEFAULT_ARGOCD = "default"
+
+
+class ArgoCDInstanceSettings(_Group):
+    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", description="What environments call it.")
+    url: str = Field(description="e.g. https://argocd.eu.example.com")
+    verify_tls: bool | None = Field(default=None, description="unset: argocd.verify_tls")
+
+
 class ArgoCDSettings(_Group):
     url: str | None = None
     token: SecretStr | None = None
+    instances: list[ArgoCDInstanceSettings] = Field(
+        default_factory=list, description="Several Argo CD instances (JSON list of name, url); the routing file's "
+        "`argocd.instance` picks one. `url`/`token`, when set, are the instance named `default`.")
+    tokens: dict[str, SecretStr] = Field(
+        default_factory=dict, description="One token per instance name (BRIDGE_ARGOCD__TOKENS__<NAME>).")
     verify_tls: bool = True
     poll_seconds: float = 5.0
     refresh_timeout_seconds: float = 10.0
     request_timeout_seconds: float = 15.0
     deadline_seconds: float = 900.0
     degraded_grace_seconds: float = 60.0
+    def instance_urls(self) -> dict[str, str]:
+        """Every configured instance by name (`default` for the single `url`)."""
+        found = {i.name: i.url for i in self.instances}
+        if self.url:
+            found.setdefault(DEFAULT_ARGOCD, self.url)
+        return found
+
+    def default_instance(self) -> str | None:
+        """The instance an environment without `argocd.instance` uses: `url`'s, else the only one, else none."""
+        names = list(self.instance_urls())
+        return DEFAULT_ARGOCD if self.url else names[0] if len(names) == 1 else None
+
+    webhook_token: SecretStr | None = Field(
+        default=None, description="Enables POST /webhooks/argocd (Argo CD notifications): the token, sent as "
+        "`Authorization: Bearer`, `X-Gitops-Bridge-Token`, or as the password of Basic credentials.")
 
 
 class OrganizationSettings(_Group):
@@ -169,6 +198,15 @@ class AzureDevOpsSettings(_Group):
     organization_url: str | None = Field(
         default=None, description="e.g. https://dev.azure.com/org/ — the only organization, without `organizations`."
     )
+
+
+class GateSettings(_Group):
+    """The pipeline gate (`POST /webhooks/azure-devops/gate`, `/check`)."""
+
+    margin_seconds: float = Field(default=120.0, ge=0, description="A gated deployment's deadline is the job's "
+                                  "timeoutMinutes minus this, so the callback lands before Azure DevOps gives up.")
+    poll_seconds: float = Field(default=2.0, gt=0, description="How often a waiting gate looks at its deployment "
+                                                               "(progress lines, verdict, deadline).")
 
 
 class FaultSettings(_Group):
@@ -240,6 +278,7 @@ class Settings(BaseSettings):
     argocd: ArgoCDSettings = Field(default_factory=ArgoCDSettings)
     azure_devops: AzureDevOpsSettings = Field(default_factory=AzureDevOpsSettings)
     faults: FaultSettings = Field(default_factory=FaultSettings)
+    gate: GateSettings = Field(default_factory=GateSettings)
 
     _split_sentinels = field_validator("redis_sentinels", mode="before")(_split_list)
 

@@ -32,6 +32,7 @@ ALERTS = {
     "deploymentsStuck": "GitopsBridgeDeploymentsStuck",
     "pullRequestsWaiting": "GitopsBridgePullRequestsWaiting",
     "reportsFailing": "GitopsBridgeReportsFailing",
+    "rollbackFailed": "GitopsBridgeRollbackFailed",
     "webhooksLost": "GitopsBridgeWebhooksLost",
 }
 TUNED = {

@@ -212,3 +212,51 @@ def test_fake_comparison_error_has_no_operation(fake: ArgoCDFake, repo: Repo) ->
     app = fake.application("web")
     assert app["status"]["sync"] == {**app["status"]["sync"], "status": "Unknown", "revision": "main"}
     assert app["status"]["conditions"][0]["type"] == "ComparisonError" and "operation" not in app
+
+
+# -- estates: list by selector, live manifests, sync windows (issue 14) -----------------------------------------------
+
+
+def test_list_by_selector_and_project(fake: ArgoCDFake) -> None:
+    fake.script("web")
+    fake.apps["web"].labels = {"tier": "front", "env": "dev"}
+    fake.apps["api"].labels = {"tier": "back", "env": "dev"}
+    names = run(with_client(fake, lambda c: c.list_applications("env=dev,tier in (front,back)", "team-a")))
+    assert sorted(a["metadata"]["name"] for a in names) == ["api", "web"]
+    assert fake.requests[-1].query == {"selector": "env=dev,tier in (front,back)", "projects": "team-a"}
+    assert [a["metadata"]["name"] for a in run(with_client(fake, lambda c: c.list_applications("tier!=back")))] \
+        == ["web"]
+    assert run(with_client(fake, lambda c: c.list_applications("env=dev", "other"))) == []  # items: null
+    assert run(with_client(fake, lambda c: c.list_applications("!env", "team-a"))) == []
+    with pytest.raises(ArgoCDRejected, match="unable to parse requirement"):
+        run(with_client(fake, lambda c: c.list_applications("env in dev", "team-a")))
+
+
+def test_rollout_live_manifest_tells_the_canary_step(fake: ArgoCDFake) -> None:
+    from workers.verdict import rollout_pause
+
+    fake.script("web", rollout="paused", canary_step=3)
+    fake.apps["web"].health = "Suspended"
+
+    async def read(c: ArgoCDClient) -> dict[str, Any]:
+        return await c.live_manifest("web", "team-a", None, kind="Rollout", group="argoproj.io",
+                                     resource_name="web", resource_namespace="web", version="v1alpha1")
+
+    manifest = run(with_client(fake, read))
+    assert rollout_pause(manifest) == "paused at step 4 of 5 of the canary (CanaryPauseStep)"
+    assert fake.requests[-1].query == {"project": "team-a", "kind": "Rollout", "group": "argoproj.io",
+                                       "resourceName": "web", "version": "v1alpha1", "namespace": "web"}
+    assert rollout_pause({}) == ""
+
+
+def test_sync_window_refusal_is_sync_blocked_and_rbac_stays_an_error(fake: ArgoCDFake) -> None:
+    from workers.argocd import SyncBlocked
+
+    fake.script("api", sync_window=True)
+    outcome = run(with_client(fake, lambda c: c.sync("api", "team-a")))
+    assert outcome == SyncBlocked("cannot sync: blocked by sync window")
+    windows = run(with_client(fake, lambda c: c.sync_windows("api", "team-a")))
+    assert windows["canSync"] is False and windows["activeWindows"][0]["kind"] == "deny"
+    fake.script("api", sync_window=False, sync_denied=True)
+    with pytest.raises(AuthError, match="permission denied: applications, sync, team-a/api"):
+        run(with_client(fake, lambda c: c.sync("api", "team-a")))

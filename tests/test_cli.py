@@ -809,3 +809,17 @@ def test_routing_only_finds_the_file_through_bridge_config(monkeypatch: pytest.M
     monkeypatch.setenv("BRIDGE_CONFIG", str(EXAMPLE))
     code, out, _ = run_cli(capsys, "check-config", "--routing-only")
     assert code == 0 and out.startswith(f"{EXAMPLE}: OK")
+
+
+def test_rollback_and_release_deploy_latest(bridge: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, "rollback", "api", "dev", "--url", bridge.url)
+    assert (code, err) == (1, "error: POST /api/rollbacks: HTTP 409: nothing succeeded in api/dev before what runs "
+                              "there now (unknown): there is nothing to roll back to\n")
+    seed(bridge.redis_url, 41, "dev", "succeeded", time.time())
+    code, out, _ = run_cli(capsys, "rollback", "api", "dev", "--to", "41", "--reason", "500s", "--url", bridge.url)
+    assert (code, out) == (0, "queued: rollback rollback-1-api-dev of api/dev to build 41, tag 41; the environment is "
+                              "held until `gitops-bridge release api dev`\n")
+    (hold,) = json.loads(run_cli(capsys, "holds", "--url", bridge.url, "-o", "json")[1])["items"]
+    assert (hold["by"], hold["note"], hold["rollback"]) == ("alice", "500s", "rollback-1-api-dev")
+    code, out, _ = run_cli(capsys, "release", "api", "dev", "--deploy-latest", "--url", bridge.url)
+    assert (code, out) == (0, "released api/dev\nno held build to deploy\n")

@@ -87,6 +87,8 @@ CLOSED = {
     "GITHUB_REQUESTS": {"outcome": metrics.CLIENT_OUTCOMES},
     "REPORTS_FAILED": {"kind": metrics.REPORT_KINDS},
     "SWEEP_REPAIRS": {"state": ACTIVE_STATES},
+    "GATE_CALLS": {"kind": metrics.GATE_KINDS, "outcome": metrics.GATE_CALL_OUTCOMES},
+    "GATE_CALLBACKS": {"result": ("succeeded", "failed"), "outcome": metrics.GATE_CALLBACK_OUTCOMES},
 }
 
 

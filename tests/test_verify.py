@@ -90,8 +90,8 @@ class Harness:
         async def promote(ctx: dict[str, Any], *args: Any) -> None:
             return None
 
-        async def watch(ctx: dict[str, Any], key: str) -> str:
-            result = await watch_application(ctx, key)
+        async def watch(ctx: dict[str, Any], key: str, cause: str = "tick") -> str:
+            result = await watch_application(ctx, key, cause)
             self.ticks.append(result)
             return result
 
@@ -130,13 +130,13 @@ def fake(repo: Repo) -> Iterator[ArgoCDFake]:
 Scenario = Callable[[Harness], Awaitable[None]]
 
 
-def scenario(repo: Repo, fake: ArgoCDFake, body: Scenario) -> Harness:
+def scenario(repo: Repo, fake: ArgoCDFake, body: Scenario, harness: type[Harness] = Harness) -> Harness:
     holder: list[Harness] = []
 
     async def main() -> None:
         redis = await create_pool(RedisSettings.from_dsn(REDIS_URL))
         await redis.flushdb()
-        h = Harness(repo, fake, redis)
+        h = harness(repo, fake, redis)
         holder.append(h)
         try:
             await body(h)

@@ -48,7 +48,7 @@ def free_port() -> int:
 
 
 def test_every_queue_name_is_a_job() -> None:
-    assert len(JOB_NAMES) == 11
+    assert len(JOB_NAMES) == 14
     assert RECONCILE_BUILDS in JOB_NAMES and PROCESS_BUILD in JOB_NAMES
 
 

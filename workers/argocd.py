@@ -19,13 +19,13 @@ import json
 import logging
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 
 from bridge import metrics
 from bridge.errors import AuthError, NotFound, PermanentError, UpstreamUnavailable
-from bridge.settings import Settings
+from bridge.settings import DEFAULT_ARGOCD, Settings
 
 log = logging.getLogger("gitops_bridge.argocd")
 SYSTEM = "Argo CD"
@@ -60,7 +60,14 @@ class SyncBusy:
     message: str
 
 
-SyncOutcome = SyncStarted | SyncBusy
+@dataclass(frozen=True)
+class SyncBlocked:
+    """403 `cannot sync: blocked by sync window` (or an invalid window): not now, maybe later."""
+
+    message: str
+
+
+SyncOutcome = SyncStarted | SyncBusy | SyncBlocked
 
 
 def app_url(base_url: str, name: str, namespace: str | None = None) -> str:
@@ -105,7 +112,11 @@ class ArgoCDClient:
         request_timeout: float = 15.0,
         refresh_timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        name: str = DEFAULT_ARGOCD,
     ) -> None:
+        self.name = name
+        self.default_name: str | None = name
+        self.siblings: dict[str, ArgoCDClient] = {}  # every configured instance, when built from settings
         self.base_url = base_url.rstrip("/")
         self.request_timeout = request_timeout
         self.refresh_timeout = refresh_timeout
@@ -119,19 +130,45 @@ class ArgoCDClient:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ArgoCDClient | None:
+        """The client of the default instance, knowing every other configured instance (`instance(name)`)."""
         cfg = settings.argocd
-        if not cfg.url:
+        urls = cfg.instance_urls()
+        if not urls:
             return None
-        return cls(
-            cfg.url, cfg.token.get_secret_value() if cfg.token else None, verify_tls=cfg.verify_tls,
-            request_timeout=cfg.request_timeout_seconds, refresh_timeout=cfg.refresh_timeout_seconds,
-        )
+        tokens = {name.lower(): value for name, value in cfg.tokens.items()}
+        verify = {i.name: i.verify_tls for i in cfg.instances}
+        clients: dict[str, ArgoCDClient] = {}
+        for name, url in urls.items():
+            token = tokens.get(name) or (cfg.token if name == DEFAULT_ARGOCD or len(urls) == 1 else None)
+            tls = verify.get(name)
+            clients[name] = cls(
+                url, token.get_secret_value() if token else None, verify_tls=cfg.verify_tls if tls is None else tls,
+                request_timeout=cfg.request_timeout_seconds, refresh_timeout=cfg.refresh_timeout_seconds, name=name,
+            )
+        default = cfg.default_instance()
+        head = clients[default] if default else clients[sorted(clients)[0]]
+        head.siblings, head.default_name = clients, default
+        return head
+
+    def instance(self, name: str | None) -> ArgoCDClient | None:
+        """The client of instance `name` (None: the default instance); None when no such instance is configured."""
+        if name is None:
+            return self if self.default_name is not None else None
+        return self.siblings.get(name) or (self if name == self.name else None)
 
     async def aclose(self) -> None:
+        for sibling in self.siblings.values():
+            if sibling is not self:
+                await sibling.aclose()
         await self._http.aclose()
 
     def app_url(self, name: str, namespace: str | None = None) -> str:
         return app_url(self.base_url, name, namespace)
+
+    def apps_url(self, selector: str | None, namespace: str | None = None) -> str:
+        """The Argo CD UI list filtered by labels (and namespace)."""
+        params = {k: v for k, v in (("labels", selector), ("namespace", namespace)) if v}
+        return f"{self.base_url}/applications" + (f"?{urlencode(params)}" if params else "")
 
     # -- requests ----------------------------------------------------------------------------------------------
 
@@ -189,6 +226,32 @@ class ArgoCDClient:
         app: dict[str, Any] = response.json()
         return app
 
+    async def list_applications(self, selector: str, project: str | None = None,
+                                namespace: str | None = None) -> list[dict[str, Any]]:
+        """Applications matching a label selector (and project): `GET /api/v1/applications?selector=…&projects=…`.
+        Argo CD silently leaves out the ones we may not read; `items` is null when nothing matches."""
+        params = {"selector": selector, **({"projects": project} if project else {}),
+                  **({"appNamespace": namespace} if namespace else {})}
+        response = await self._request("GET", "/api/v1/applications", what=f"applications matching {selector!r}",
+                                       project=project, params=params)
+        body = response.json()
+        items = body.get("items") if isinstance(body, dict) else None
+        return [i for i in items or [] if isinstance(i, dict)]
+
+    async def live_manifest(self, name: str, project: str | None, namespace: str | None, *, kind: str, group: str,
+                            resource_name: str, resource_namespace: str | None, version: str) -> dict[str, Any]:
+        """A managed resource's live manifest (`GET …/resource`), e.g. a Rollout's status for its canary step."""
+        params = self._params(project, namespace, kind=kind, group=group, resourceName=resource_name,
+                              version=version)
+        if resource_namespace:
+            params["namespace"] = resource_namespace
+        response = await self._request("GET", f"/api/v1/applications/{quote(name, safe='')}/resource",
+                                       what=f"{kind} {resource_name} of application {name}", project=project,
+                                       params=params)
+        body = response.json()
+        manifest = json.loads(body.get("manifest") or "{}") if isinstance(body, dict) else {}
+        return manifest if isinstance(manifest, dict) else {}
+
     async def refresh(self, name: str, project: str | None = None, namespace: str | None = None, *,
                       timeout: float | None = None, hard: bool = False) -> Refreshed:
         """Ask for a refresh and wait (bounded) for the reconcile; on timeout or 5xx fall back to a plain GET."""
@@ -229,7 +292,20 @@ class ArgoCDClient:
             if exc.code == ANOTHER_OPERATION and "another operation is already in progress" in exc.message:
                 return SyncBusy(exc.message)
             raise
+        except AuthError as exc:
+            if "cannot sync:" in str(exc):  # sync windows are checked before RBAC `sync` (reference README §4.2)
+                return SyncBlocked(str(exc)[str(exc).index("cannot sync:"):].rstrip(")"))
+            raise
         return SyncStarted(response.json())
+
+    async def sync_windows(self, name: str, project: str | None = None,
+                           namespace: str | None = None) -> dict[str, Any]:
+        """`GET …/syncwindows`: `{"activeWindows", "assignedWindows", "canSync"}` for this application."""
+        response = await self._request("GET", f"/api/v1/applications/{quote(name, safe='')}/syncwindows",
+                                       what=f"sync windows of application {name}", project=project,
+                                       params=self._params(project, namespace))
+        body = response.json()
+        return body if isinstance(body, dict) else {}
 
 
 def from_settings(settings: Settings) -> ArgoCDClient | None:

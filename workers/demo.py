@@ -7,7 +7,8 @@ tests use, and the bridge itself (web + worker, as `serve` runs them). Then a re
    merges like a reviewer would, and staging is verified too.
 2. cart #201 and #202 finish at the same moment: one writer, coalesced, the newer tag wins.
 3. cart #204, then #203 finishing last: the older build is `superseded`, never written.
-4. search #301: its rollout degrades in Argo CD, so the deployment `failed` — and the build says so.
+4. search #300 deploys; #301's rollout degrades in Argo CD, so the deployment `failed` — and the build says so —
+   and, with `on_failure: rollback`, the bridge rolls search back to #300 on its own, verified healthy, and holds it.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ spec:
           image: "{{{{ .Values.image.repository }}}}:{{{{ .Values.image.tag }}}}"
 """
 
-BUILDS = (101, 201, 202, 203, 204, 301)
+BUILDS = (101, 201, 202, 203, 204, 300, 301)
 EXPLORE_BUILD = 205  # the build the --keep-running hints send
 APPS = {"shop": ("dev", "staging", "prod"), "cart": ("dev", "staging", "prod"), "search": ("dev", "staging", "prod")}
 
@@ -277,8 +278,10 @@ def _run(*, keep_running: bool, port: int, out: Callable[[str], None], ado: Fake
         started.append(argocd)
         argocd.start_reconciler(period=0.25)
         org_url = ado.org_url(ORG)
-        routing = parse_routing(routing_document(bare), "demo routing")
-        (root / "bridge.yaml").write_text(json.dumps(routing_document(bare), indent=2))
+        document = routing_document(bare)
+        document["routes"][2]["environments"][0]["on_failure"] = "rollback"  # search/dev: step 4
+        routing = parse_routing(document, "demo routing")
+        (root / "bridge.yaml").write_text(json.dumps(document, indent=2))
         # model_validate, not the constructor: the demo ignores BRIDGE_* variables of the surrounding shell.
         settings = Settings.model_validate({
             "config": root / "bridge.yaml", "redis_url": redis.url, "queue_name": "demo:queue", "key_prefix": "demo",
@@ -325,8 +328,11 @@ def tag_contradictions(items: list[dict[str, Any]], tags: dict[int, list[str]]) 
     found = []
     for build_id, build_tags in tags.items():
         records = [i for i in items if i["build_id"] == build_id]
-        want = sorted(VERDICT_TAGS[i["verdict"]].format(env=i["environment"]) if i["verdict"]
-                      else f"deploying-{i['environment']}" for i in records)
+        want = sorted({VERDICT_TAGS[i["verdict"]].format(env=i["environment"]) if i["verdict"]
+                       else f"deploying-{i['environment']}" for i in records} | {
+            f"rolled-back-{i['environment']}" for i in items  # a rollback also marks the build it undid
+            if i.get("kind") == "rollback" and i["verdict"] and i.get("commit_sha")
+            and ((i.get("details") or {}).get("rollback_of") or {}).get("build_id") == build_id})
         if sorted(build_tags) != want:
             found.append(f"#{build_id} shows {', '.join(sorted(build_tags)) or 'nothing'}, "
                          f"its verdicts say {', '.join(want) or 'nothing'}")
@@ -432,10 +438,16 @@ class Scenario:
         self.post(self.build(203, "cart"))
         self.wait(lambda items: self.finished(items, 203, 204))
 
-        self.out("\n4) search #301: the rollout degrades in Argo CD")
+        self.out("\n4) search #300 deploys, then #301's rollout degrades in Argo CD (on_failure: rollback)")
+        self.post(self.build(300, "search"))
+        self.wait(lambda items: self.finished(items, 300))
         self.argocd.script("search-dev", degrade=True)
         self.post(self.build(301, "search"))
-        items = self.wait(lambda items: self.finished(items, 301))
+        # Argo CD synced #301 (its health is set at the sync); the environment recovers once #300 is back
+        self.wait(lambda items: any(i["build_id"] == 301 and "synced" in i["timeline"] for i in items))
+        self.argocd.script("search-dev", health_sequence=["Progressing", "Healthy"])
+        items = self.wait(lambda items: self.finished(items, 301) and any(
+            i["kind"] == "rollback" and i["verdict"] for i in items))
         return self.summary(items, time.monotonic() - t0)
 
     def reported(self, items: list[dict[str, Any]], timeout: float = 20.0) -> list[dict[str, Any]]:
@@ -473,8 +485,12 @@ class Scenario:
         expected = {
             (101, "dev"): {"succeeded"}, (101, "staging"): {"succeeded"},
             (201, "dev"): {"succeeded", "superseded"}, (202, "dev"): {"succeeded"},
-            (203, "dev"): {"superseded"}, (204, "dev"): {"succeeded"}, (301, "dev"): {"failed"},
+            (203, "dev"): {"superseded"}, (204, "dev"): {"succeeded"}, (300, "dev"): {"succeeded"},
+            (301, "dev"): {"failed"},
         }
+        if not any(i.get("kind") == "rollback" and i["verdict"] == "succeeded" for i in items):
+            self.out("\nUNEXPECTED: search was not rolled back to #300")
+            return 1
         wrong = {k: verdicts.get(k) for k, allowed in expected.items() if verdicts.get(k) not in allowed}
         if wrong:
             self.out(f"\nUNEXPECTED verdicts: {wrong}")

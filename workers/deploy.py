@@ -160,6 +160,10 @@ async def start_deployment(ctx: Ctx, record: DeploymentRecord, route: Route, env
     only a deployment still `queued` moves."""
     if record.state != "queued":
         return False
+    if record.kind == "rollback":  # the planned tag, past the hold it set (workers.rollback)
+        from workers.rollback import start_rollback
+
+        return await start_rollback(ctx, record, env)
     await report(ctx, record.id, "started")
     hold = await store(ctx).get_hold(route.name, env.name)
     if hold is not None:

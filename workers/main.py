@@ -21,14 +21,17 @@ from bridge.queue import (
     ADVANCE_DEPLOYMENT,
     CHECK_PULL_REQUEST,
     FLUSH_REPOSITORY,
+    GATE_DEPLOYMENT,
     OPEN_PULL_REQUEST,
     PROCESS_BUILD,
     PROMOTE_BUILD,
     RECONCILE_BUILDS,
     REPORT_DEPLOYMENT,
+    ROLLBACK_AFTER_FAILURE,
     SWEEP_DEPLOYMENTS,
     VERIFY_DEPLOYMENT,
     WATCH_APPLICATION,
+    WATCH_GATE,
     Keys,
     open_redis,
 )
@@ -48,9 +51,11 @@ STEP_TRIES = 100_000
 
 def job_functions(settings: Settings) -> list[Any]:
     from workers.deploy import process_build, promote_build
+    from workers.gate import gate_deployment, watch_gate
     from workers.lifecycle import advance_deployment
     from workers.pullrequest import check_pull_request, open_pull_request
     from workers.report import report_deployment
+    from workers.rollback import rollback_after_failure
     from workers.runtime import step
     from workers.verify import verify_deployment, watch_application
     from workers.writer import flush_repository
@@ -67,6 +72,9 @@ def job_functions(settings: Settings) -> list[Any]:
         func(step(watch_application), name=WATCH_APPLICATION, max_tries=STEP_TRIES, keep_result=0),
         func(step(report_deployment), name=REPORT_DEPLOYMENT, max_tries=STEP_TRIES, keep_result=0),
         func(step(promote_build), name=PROMOTE_BUILD, max_tries=STEP_TRIES, keep_result=86400),
+        func(step(gate_deployment), name=GATE_DEPLOYMENT, max_tries=STEP_TRIES, keep_result=0),
+        func(step(watch_gate), name=WATCH_GATE, max_tries=STEP_TRIES, keep_result=0),
+        func(step(rollback_after_failure), name=ROLLBACK_AFTER_FAILURE, max_tries=STEP_TRIES, keep_result=86400),
     ]
 
 

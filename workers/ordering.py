@@ -8,7 +8,8 @@ that a newer bump of the same route and environment overtakes. Policies:
 * ``finish-time``: an earlier finish time is older (build id when either time is unknown, and to break ties).
 * ``none``: nothing is older than what is there; within a batch the bump submitted last wins.
 
-A forced bump (an operator's promotion) ignores the last setter and wins its batch.
+A forced bump (an operator's promotion) ignores the last setter and wins its batch. So does a rollback, which
+writes an older tag on purpose (the only bump that may move a target backwards without being forced).
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class Candidate:
     policy: Policy = "build-id"
     sequence: float = 0.0               # submission order (record creation time)
     force: bool = False
+    rollback: bool = False              # a rollback writes an older tag on purpose
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,8 @@ class Decision:
 
 
 def _rank(c: Candidate) -> tuple[float, ...]:
-    if c.force or c.policy == "none":
-        return (float(c.force), c.sequence, c.setter.build_id)
+    if c.force or c.rollback or c.policy == "none":
+        return (float(c.force or c.rollback), c.sequence, c.setter.build_id)
     if c.policy == "finish-time":
         t = _time(c.setter.finish_time)
         return (0.0, t if t is not None else float("-inf"), c.setter.build_id, c.sequence)
@@ -106,7 +108,7 @@ def decide(candidates: Iterable[Candidate], last: Mapping[Target, Setter]) -> De
                 superseded.append((other, f"superseded by build {winner.setter.build_id} "
                                           f"({winner.deployment_id}) in the same batch"))
         blocker = None
-        if not winner.force:
+        if not (winner.force or winner.rollback):
             for target in winner.targets:
                 current = last.get(target)
                 if current is not None and current.deployment_id != winner.deployment_id \

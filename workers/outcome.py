@@ -9,7 +9,7 @@ from datetime import datetime
 from bridge import metrics
 from bridge.lifecycle import is_success
 from bridge.queue import PROMOTE_BUILD, REPORT_DEPLOYMENT, report_job_id
-from bridge.records import DeploymentRecord, JobSpec, Verdict
+from bridge.records import DeploymentRecord, Effect, JobSpec, Verdict
 from workers import faults
 from workers.context import Ctx, enqueue, routing, store
 
@@ -77,10 +77,23 @@ async def finish_deployment(ctx: Ctx, deployment_id: str, verdict: Verdict, reas
 
     Returns False when the deployment already had a verdict: a re-run job then does nothing more.
     """
-    record = await store(ctx).finish(deployment_id, verdict, reason, then=[final_report(deployment_id)], **changes)
+    then: list[Effect] = [final_report(deployment_id)]
+    if verdict in ("failed", "timed-out"):  # `on_failure: rollback`: the rollback job rides with the verdict
+        from workers.rollback import rollback_on_failure
+
+        reason, then = await rollback_on_failure(ctx, deployment_id, verdict, reason, then)
+    if is_success(verdict):  # the environment's "last succeeded" pointer moves with the verdict (rollbacks read it)
+        before = await store(ctx).get(deployment_id)
+        if before is not None and before.verdict is None:
+            then.append(store(ctx).last_succeeded_effect(before.model_copy(update=changes)))
+    record = await store(ctx).finish(deployment_id, verdict, reason, then=then, **changes)
     if record is None:
         return False
     metrics.DEPLOYMENTS.labels(environment=record.environment, verdict=verdict).inc()
+    if record.kind == "rollback":
+        from workers.rollback import rollback_finished
+
+        await rollback_finished(ctx, record)
     observe_lead_times(record)
     log.info("deployment %s: %s (%s)", deployment_id, verdict, reason,
              extra={"deployment": deployment_id, "verdict": verdict})
@@ -91,14 +104,14 @@ async def finish_deployment(ctx: Ctx, deployment_id: str, verdict: Verdict, reas
 async def start_followers(ctx: Ctx, record: DeploymentRecord) -> None:
     """Environments declaring `after: <this environment>` start once this one succeeded (or was pushed).
     Idempotent: one promote job per (deployment, environment), and a promotion that finds its record does nothing."""
-    if not is_success(record.verdict):
+    if not is_success(record.verdict) or record.kind == "rollback":  # a rollback restores one environment only
         return
     try:
         route = routing(ctx).route(record.route)
     except KeyError:
         return
     for env in route.environments:
-        if env.after == record.environment:
+        if env.after == record.environment and env.trigger != "gate":  # a gated one waits for its gate call
             await enqueue(
                 ctx, PROMOTE_BUILD, record.id, env.name, False, "after:" + record.environment,
                 job_id=f"promote:{record.id}:{env.name}",

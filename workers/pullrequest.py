@@ -68,6 +68,8 @@ def deployment_from_body(body: str | None) -> str | None:
 
 
 def pull_title(record: DeploymentRecord) -> str:
+    if record.kind == "rollback":
+        return f"Roll back {record.route} in {record.environment} to {record.tag} (build {record.build_id})"
     return f"Deploy {record.route} {record.tag} to {record.environment}"
 
 
@@ -96,8 +98,9 @@ def setter_of(record: DeploymentRecord, commit: str | None = None) -> Setter:
 
 
 def forced(record: DeploymentRecord) -> bool:
-    """A forced promotion skips the ordering checks (deploy.py writes `forced`; the writer reads `force`)."""
-    return bool(record.details.get("forced") or record.details.get("force"))
+    """A forced promotion skips the ordering checks (deploy.py writes `forced`; the writer reads `force`); so does a
+    rollback, which opens a pull request for an older tag on purpose."""
+    return record.kind == "rollback" or bool(record.details.get("forced") or record.details.get("force"))
 
 
 def blocks(newer: DeploymentRecord | None, candidate: DeploymentRecord, policy: Policy) -> bool:
@@ -214,7 +217,7 @@ async def open_pull_request(ctx: Ctx, dep_id: str) -> dict[str, Any]:
         await finish_deployment(ctx, dep_id, "failed", reason)
         return {"status": "failed"}
     hold = await store(ctx).get_hold(record.route, record.environment)
-    if hold is not None:
+    if hold is not None and record.kind != "rollback":  # a rollback passes the hold it set
         await finish_deployment(ctx, dep_id, "held", f"{record.route}/{record.environment} is held: "
                                                      f"{hold.get('reason', '')}")
         return {"status": "held"}
@@ -251,7 +254,8 @@ async def _open_locked(
     ttl = int(settings(ctx).retention_days * 86400)
     latest_key = keys(ctx).pull_latest(record.route, record.environment)
 
-    branch = branch_name(record.environment, record.route, record.tag)
+    # a rollback's branch must not be the (merged) branch that once deployed the same tag
+    branch = branch_name(record.environment, record.route, record.tag if record.kind != "rollback" else record.id)
     outcome = await prepare_branch(ctx, record, branch, create_missing)
     if outcome.already_on_base:
         await _supersede(ctx, latest, record, client, None)

@@ -49,8 +49,10 @@ from bridge.records import DeploymentRecord
 from workers import faults
 from workers.azure_devops import AzureDevOpsClient
 from workers.context import Ctx, keys, settings, store
+from workers.gate import settle_gates
 from workers.lock import RedisLock, locked
 from workers.outcome import FINAL, start_followers
+from workers.rollback import rolled_back_tag
 from workers.verdict import parse_time
 
 log = logging.getLogger(__name__)
@@ -184,6 +186,9 @@ async def _write(ctx: Ctx, ado: AzureDevOpsClient, org: Organization, record: De
                 await ado.create_commit_status(org, project, repo, commit, **status)
 
         await deliver("commit_status", post_status)
+    undone = rolled_back_tag(record)
+    if undone is not None:  # a rollback's final report also marks the build it undid
+        await deliver("rolled_back", lambda: ado.update_build_tags(org, project, undone[0], add=[undone[1]], remove=[]))
     return failures
 
 
@@ -211,7 +216,8 @@ def _is_final(phase: str) -> bool:
 
 
 async def complete(ctx: Ctx, record: DeploymentRecord, *, reported: bool = True) -> None:
-    """The last step of a deployment: its followers are started, then `reporting → done`."""
+    """The last step of a deployment: its pipeline gates called back, its followers started, then `reporting → done`."""
+    await settle_gates(ctx, record)  # one more sink: raises Retry while a callback must be tried again
     await start_followers(ctx, record)
     await store(ctx).mark_done(record.id, reported=reported)
 

@@ -23,7 +23,7 @@ The rules, in order:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -43,6 +43,7 @@ class Waiter:
     degraded_grace: float = 60.0
     source_index: int | None = None
     degraded_since: datetime | None = None
+    suspended: str = "wait"  # what health Suspended (a paused Rollout) means once synced: wait | succeed | fail
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,36 @@ def degraded_resources(app: dict[str, Any]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def suspended_resources(app: dict[str, Any]) -> tuple[str, ...]:
+    """The paused resources (an Argo Rollout at a canary step, a paused Deployment) with their health message."""
+    out = []
+    for res in (app.get("status") or {}).get("resources") or []:
+        health = (res.get("health") or {}) if isinstance(res, dict) else {}
+        if health.get("status") == "Suspended":
+            msg = _clip(health.get("message"), 200)
+            out.append(f"{_ident(res)}" + (f" ({msg})" if msg else ""))
+    return tuple(out)
+
+
+def paused_rollouts(app: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Argo Rollouts reported Suspended in `status.resources` (whose live manifest tells the canary step)."""
+    return [r for r in (app.get("status") or {}).get("resources") or [] if isinstance(r, dict)
+            and r.get("kind") == "Rollout" and r.get("group") == "argoproj.io"
+            and (r.get("health") or {}).get("status") == "Suspended"]
+
+
+def rollout_pause(manifest: dict[str, Any]) -> str:
+    """'paused at step N of M of the canary (CanaryPauseStep)' from a Rollout's live manifest; '' when unknown."""
+    status = manifest.get("status") or {}
+    steps = (((manifest.get("spec") or {}).get("strategy") or {}).get("canary") or {}).get("steps") or []
+    index = status.get("currentStepIndex")
+    reasons = [str(c.get("reason")) for c in status.get("pauseConditions") or [] if isinstance(c, dict)]
+    why = ", ".join(reasons) or _clip(status.get("message"), 120)
+    if isinstance(index, int) and steps:
+        return f"paused at step {index + 1} of {len(steps)} of the canary" + (f" ({why})" if why else "")
+    return f"paused ({why})" if why else ""
+
+
 def _floor(ts: datetime) -> datetime:
     return ts.replace(microsecond=0)
 
@@ -291,6 +322,18 @@ def _judge(app: dict[str, Any], w: Waiter, contains: Callable[[str], bool], now:
     how = "synced" if op_ours else "no change to this application's manifests (Synced without an operation)"
     if v.health == "Healthy":
         return Succeeded(f"{ours} {how} and Healthy", stamps=frozenset(stamps | {"healthy"}), summary=summary)
+    if v.health == "Suspended" and w.suspended != "wait":
+        paused = suspended_resources(app)
+        detail = f": {'; '.join(paused)}" if paused else ""
+        if w.suspended == "succeed":
+            return Succeeded(f"{ours} {how}; Suspended (paused rollout) accepted for this environment{detail}",
+                             stamps=frozenset(stamps | {"healthy"}), summary=summary)
+        return Failed(f"{ours} {how} but the application is Suspended{detail}", resources=paused,
+                      stamps=frozenset(stamps), summary=summary)
+    if v.health == "Suspended":
+        paused = suspended_resources(app)
+        return Waiting(f"{how}; health Suspended" + (f": {'; '.join(paused)}" if paused else ""),
+                       stamps=frozenset(stamps), summary=summary)
     if v.health == "Degraded":
         since = w.degraded_since or now
         if (now - since).total_seconds() >= w.degraded_grace:
@@ -301,3 +344,49 @@ def _judge(app: dict[str, Any], w: Waiter, contains: Callable[[str], bool], now:
         return Waiting(f"Degraded (grace {w.degraded_grace:g} s)", degraded=True, stamps=frozenset(stamps),
                        summary=summary)
     return Waiting(f"{how}; health {v.health or 'not reported'}", stamps=frozenset(stamps), summary=summary)
+
+
+# -- estates: one environment on many applications ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AppState:
+    """One application's part in a deployment: waiting | missing | succeeded | failed, and why."""
+
+    state: str
+    reason: str = ""
+
+
+def combine(members: Mapping[str, AppState], *, target: str, discovering: bool, min_apps: int) -> Judgement:
+    """The deployment's verdict from its applications' states (no deadline here: see `estate_timed_out`).
+
+    Failed as soon as one failed (naming it); failed when discovery has ended with fewer than `min_apps`
+    applications; succeeded only when discovery has ended and every application succeeded (never on an empty set).
+    """
+    ours = short(target)
+    for name, m in sorted(members.items()):
+        if m.state == "failed":
+            return Failed(f"{name}: {m.reason}")
+    if not discovering and len(members) < max(min_apps, 1):
+        found = ", ".join(sorted(members)) or "none"
+        return Failed(f"only {len(members)} Argo CD application(s) found when discovery ended, at least "
+                      f"{max(min_apps, 1)} required (found: {found})")
+    pending = sorted(n for n, m in members.items() if m.state != "succeeded")
+    if pending:
+        return Waiting(f"waiting for {len(pending)} of {len(members)} applications: {_listing(members, pending)}")
+    if discovering:
+        return Waiting(f"all {len(members)} applications deployed {ours}; discovery of new applications still open")
+    names = ", ".join(sorted(members))
+    return Succeeded(f"{ours} synced and Healthy on all {len(members)} applications ({names})")
+
+
+def estate_timed_out(members: Mapping[str, AppState], *, target: str, discovering: bool) -> TimedOut:
+    pending = sorted(n for n, m in members.items() if m.state != "succeeded")
+    still = f"still waiting for {len(pending)} of {len(members)} applications: {_listing(members, pending)}" \
+        if pending else f"all {len(members)} applications deployed, but discovery was still open"
+    if discovering and pending:
+        still += "; discovery still open"
+    return TimedOut(f"Argo CD did not finish deploying {short(target)} in time: {still}")
+
+
+def _listing(members: Mapping[str, AppState], names: list[str]) -> str:
+    return "; ".join(f"{n} ({_clip(members[n].reason, 160) or members[n].state})" for n in names)

@@ -22,27 +22,35 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from bridge.errors import PermanentError, UpstreamUnavailable
+from bridge.argocd_webhook import HINT_INTERVAL_S as HINT_GAP
+from bridge.argocd_webhook import enqueue_hint
+from bridge.errors import AuthError, NotFound, PermanentError, UpstreamUnavailable
 from bridge.queue import WATCH_APPLICATION, tick_job_id
 from bridge.records import DeploymentRecord
 from bridge.routing import ArgoApp, Environment
-from workers.argocd import ArgoCDClient, SyncBusy, SyncStarted
+from workers.argocd import ArgoCDClient, SyncBlocked, SyncBusy, SyncStarted
 from workers.context import Ctx, enqueue, keys, routing, settings, store
 from workers.lock import LockOutcome, RedisLock
 from workers.outcome import finish_deployment
 from workers.verdict import (
+    AppState,
     Failed,
     Succeeded,
     TimedOut,
     Waiter,
     Waiting,
+    combine,
+    estate_timed_out,
     is_auto_sync,
     judge,
     parse_time,
+    paused_rollouts,
     revisions_to_check,
+    rollout_pause,
 )
 
 log = logging.getLogger("gitops_bridge.verify")
@@ -54,8 +62,24 @@ NO_ARGOCD_REASON = "cannot verify Argo CD application {app}: no Argo CD URL is c
 MAX_INFOS = 10
 
 
-def app_key(argo: ArgoApp) -> str:
-    return f"{argo.namespace}/{argo.app}" if argo.namespace else argo.app
+def app_key(argo: ArgoApp, name: str | None = None, instance: str | None = None) -> str:
+    """The watcher's key: `[<instance>|][<namespace>/]<app>` (no instance part for the default instance)."""
+    app = name or argo.names[0]
+    key = f"{argo.namespace}/{app}" if argo.namespace else app
+    return f"{instance}|{key}" if instance else key
+
+
+def _instance_tag(ctx: Ctx, argo: ArgoApp) -> str | None:
+    """The instance part of the keys: None for the default instance (so both spellings share one watcher)."""
+    root: ArgoCDClient | None = ctx.get("argocd")
+    if argo.instance is None or (root is not None and argo.instance == root.default_name):
+        return None
+    return argo.instance
+
+
+def _client(ctx: Ctx, instance: str | None) -> ArgoCDClient | None:
+    root: ArgoCDClient | None = ctx.get("argocd")
+    return root.instance(instance) if root is not None else None
 
 
 def _environment(ctx: Ctx, record: DeploymentRecord) -> Environment | None:
@@ -85,7 +109,7 @@ async def verify_deployment(ctx: Ctx, deployment_id: str) -> str:
     if record is None or record.verdict is not None or record.state != "verifying":
         return "done"
     env = _environment(ctx, record)
-    client: ArgoCDClient | None = ctx.get("argocd")
+    client = _client(ctx, env.argocd.instance) if env is not None and env.argocd is not None else None
     if env is None:
         await finish_deployment(ctx, deployment_id, "failed",
                                 f"environment {record.environment} of route {record.route} is no longer configured")
@@ -94,7 +118,10 @@ async def verify_deployment(ctx: Ctx, deployment_id: str) -> str:
         await finish_deployment(ctx, deployment_id, "pushed", PUSHED_REASON)
         return "pushed"
     if client is None:
-        await finish_deployment(ctx, deployment_id, "failed", NO_ARGOCD_REASON.format(app=env.argocd.app))
+        reason = NO_ARGOCD_REASON.format(app=env.argocd.describe()) if env.argocd.instance is None else \
+            f"cannot verify Argo CD application {env.argocd.describe()}: no Argo CD instance " \
+            f"{env.argocd.instance!r} is configured (BRIDGE_ARGOCD__INSTANCES)"
+        await finish_deployment(ctx, deployment_id, "failed", reason)
         return "failed"
     if not record.commit_sha:
         await finish_deployment(ctx, deployment_id, "failed", "no commit to verify in Argo CD")
@@ -105,20 +132,134 @@ async def verify_deployment(ctx: Ctx, deployment_id: str) -> str:
     pushed = parse_time(record.timeline.get("pushed") or record.timeline.get("merged")) or datetime.now(UTC)
     deadline = pushed.timestamp() + (env.deadline_seconds or cfg.deadline_seconds)
     grace = env.degraded_grace_seconds if env.degraded_grace_seconds is not None else cfg.degraded_grace_seconds
-    key = app_key(argo)
+    inst = _instance_tag(ctx, argo)
     waiter = {
         "dep": deployment_id, "repository": record.repository, "target": record.commit_sha,
         "pushed": pushed.isoformat(), "deadline": deadline, "grace": grace, "source_index": argo.source_index,
         "refreshed": False, "degraded_since": None, "stamped": [], "ancestry": {}, "last": "", "reason": "",
+        "window_end": pushed.timestamp() + argo.window, "suspended": argo.suspended, "estate": argo.is_estate,
+        "sync_window": argo.sync_window, "instance": inst,
     }
-    coords = {"app": argo.app, "project": argo.project, "namespace": argo.namespace}
-    await store(ctx).update(deployment_id, state="verifying", argocd_app=argo.app,
-                            argocd_url=client.app_url(argo.app, argo.namespace))
+    if argo.is_estate:
+        url = client.apps_url(argo.selector, argo.namespace) if argo.selector or not argo.names else \
+            client.app_url(argo.names[0], argo.namespace)
+    else:
+        url = client.app_url(argo.names[0], argo.namespace)
+    await store(ctx).update(deployment_id, state="verifying", argocd_app=argo.app or argo.describe(), argocd_url=url)
     redis = ctx["redis"]
-    await redis.hsetnx(keys(ctx).waiting(key), deployment_id, json.dumps(waiter))
-    await redis.hsetnx(keys(ctx).watched_apps, key, json.dumps(coords))
-    await schedule_tick(ctx, key)
+    if argo.is_estate:
+        fields = {estate_field(n): json.dumps({"state": "waiting", "reason": "not read yet"}) for n in argo.names}
+        fields[DISCOVERY] = "open" if argo.selector else "closed"
+        for field, value in fields.items():
+            await redis.hsetnx(estate_key(ctx, deployment_id), field, value)
+    if argo.selector:
+        skey = selector_key(argo, inst)
+        await redis.hsetnx(keys(ctx).waiting(skey), deployment_id, json.dumps(waiter))
+        await redis.hsetnx(keys(ctx).watched_apps, skey, json.dumps(
+            {"selector": argo.selector, "project": argo.project, "namespace": argo.namespace,
+             "instance": inst}))
+        await schedule_tick(ctx, skey)
+    for name in argo.names:
+        await _register(ctx, deployment_id, name, argo, waiter)
     return "waiting"
+
+
+async def _register(ctx: Ctx, dep: str, name: str, argo: ArgoApp, waiter: dict[str, Any]) -> None:
+    """Make `dep` a waiter on application `name` (idempotent: a re-run keeps the first registration)."""
+    key = app_key(argo, name, waiter.get("instance"))
+    redis = ctx["redis"]
+    await redis.hsetnx(keys(ctx).waiting(key), dep, json.dumps({**waiter, "app": name}))
+    await redis.hsetnx(keys(ctx).watched_apps, key, json.dumps(
+        {"app": name, "project": argo.project, "namespace": argo.namespace, "instance": waiter.get("instance")}))
+    await schedule_tick(ctx, key)
+
+
+# -- estates: per-deployment application states, in `<prefix>:estate:<dep>` (field app name → AppState JSON) --
+
+DISCOVERY = "@discovery"  # "open" while a selector may still bring new applications, then "closed"
+SELECTOR_PREFIX = "selector:"
+
+
+def estate_key(ctx: Ctx, dep: str) -> str:
+    return f"{keys(ctx).prefix}:estate:{dep}"
+
+
+def estate_field(name: str) -> str:
+    return name
+
+
+def selector_key(argo: ArgoApp, instance: str | None = None) -> str:
+    return f"{SELECTOR_PREFIX}{instance or ''}:{argo.namespace or ''}:{argo.project}:{argo.selector}"
+
+
+async def estate(ctx: Ctx, dep: str) -> tuple[dict[str, AppState], bool]:
+    """The deployment's applications and whether discovery is still open."""
+    raw = await ctx["redis"].hgetall(estate_key(ctx, dep))
+    members: dict[str, AppState] = {}
+    discovering = False
+    for f, v in raw.items():
+        field, value = _text(f), _text(v)
+        if field == DISCOVERY:
+            discovering = value == "open"
+            continue
+        data = json.loads(value)
+        members[field] = AppState(str(data.get("state", "waiting")), str(data.get("reason", "")))
+    return members, discovering
+
+
+def _details(records: dict[str, DeploymentRecord] | DeploymentRecord, dep: str,
+             members: dict[str, AppState], **extra: Any) -> dict[str, Any]:
+    record = records if isinstance(records, DeploymentRecord) else records[dep]
+    apps = {n: {"state": m.state, "reason": m.reason} for n, m in sorted(members.items())}
+    return {**record.details, "argocd": {**(record.details.get("argocd") or {}), **extra, "apps": apps}}
+
+
+async def _set_member(ctx: Ctx, dep: str, name: str, state: str, reason: str) -> bool:
+    """Record one application's state for `dep`; True when the state changed (then the record is rewritten; a new
+    reason alone only updates the estate hash, which the verdict reads). Succeeded and failed are final."""
+    redis = ctx["redis"]
+    raw = await redis.hget(estate_key(ctx, dep), estate_field(name))
+    old = json.loads(raw) if raw else {}
+    if old.get("state") in ("succeeded", "failed") or (old.get("state"), old.get("reason")) == (state, reason):
+        return False
+    await redis.hset(estate_key(ctx, dep), estate_field(name), json.dumps({"state": state, "reason": reason}))
+    return old.get("state") != state
+
+
+async def _settle(ctx: Ctx, dep: str, record: DeploymentRecord | None = None, *, now: float | None = None) -> str:
+    """Judge the deployment from its applications' states; finish it when decided. Returns the verdict or waiting."""
+    record = record or await store(ctx).get(dep)
+    if record is None or record.verdict is not None:
+        return "done"
+    members, discovering = await estate(ctx, dep)
+    result = combine(members, target=record.commit_sha or "", discovering=discovering,
+                     min_apps=_min_apps(ctx, record))
+    if isinstance(result, Succeeded):
+        await store(ctx).update(dep, stamp=["synced", "healthy"])
+        await finish_deployment(ctx, dep, "succeeded", result.reason, details=_details(record, dep, members))
+        return "succeeded"
+    if isinstance(result, Failed):
+        await finish_deployment(ctx, dep, "failed", result.reason, details=_details(record, dep, members))
+        return "failed"
+    deadline = _deadline(ctx, record)
+    if (now or time.time()) >= deadline:
+        out = estate_timed_out(members, target=record.commit_sha or "", discovering=discovering)
+        await finish_deployment(ctx, dep, "timed-out", out.reason, details=_details(record, dep, members))
+        return "timed-out"
+    # only while still verifying: a watcher of another application may have finished it meanwhile (its details win)
+    await store(ctx).advance(dep, ["verifying"], "verifying", details=_details(record, dep, members))
+    return "waiting"
+
+
+def _min_apps(ctx: Ctx, record: DeploymentRecord) -> int:
+    env = _environment(ctx, record)
+    return env.argocd.min_apps if env is not None and env.argocd is not None else 1
+
+
+def _deadline(ctx: Ctx, record: DeploymentRecord) -> float:
+    env = _environment(ctx, record)
+    pushed = parse_time(record.timeline.get("pushed") or record.timeline.get("merged")) or datetime.now(UTC)
+    return pushed.timestamp() + ((env.deadline_seconds if env else None) or settings(ctx).argocd.deadline_seconds)
 
 
 async def resume_watches(ctx: Ctx) -> int:
@@ -163,8 +304,12 @@ async def _retire(ctx: Ctx, key: str) -> bool:
             return False
 
 
-async def watch_application(ctx: Ctx, key: str) -> str:
-    """One watcher tick for one application (see module docstring). Returns what it did, for logs and tests."""
+async def watch_application(ctx: Ctx, key: str, cause: str = "tick") -> str:
+    """One watcher tick for one application (see module docstring). Returns what it did, for logs and tests.
+
+    `cause="hint"` (queued by `POST /webhooks/argocd`): read now, unless the app was read in the last second; a
+    hint never forks the tick chain (the next regular tick has the same job id) and is never a verdict by itself."""
+    hint = cause == "hint"
     redis = ctx["redis"]
     k = keys(ctx)
     raw = await redis.hgetall(k.waiting(key))
@@ -175,10 +320,15 @@ async def watch_application(ctx: Ctx, key: str) -> str:
     # A short lease, renewed while the tick runs: a worker that dies mid-tick blocks this app for seconds, not minutes.
     lease = RedisLock(redis, k.lock(f"argocd-watch:{key}"), lease_seconds=max(5.0, 2 * _poll(ctx)))
     if await lease.acquire(0) is not LockOutcome.ACQUIRED:
-        await schedule_tick(ctx, key)
+        if hint:  # the read in progress may predate what the hint announced: read again a second later
+            await enqueue_hint(redis, settings(ctx).queue_name, key, not_before=time.time() + HINT_GAP)
+        else:
+            await schedule_tick(ctx, key)
         return "busy"
     try:
-        return await _tick(ctx, key, waiters)
+        if key.startswith(SELECTOR_PREFIX):
+            return await _discover(ctx, key, waiters)
+        return await _tick(ctx, key, waiters, hint=hint)
     except Exception:
         # Keep the chain alive without arq retries (which would fork a second chain): try again next interval.
         log.exception("watching Argo CD application %s failed; trying again next interval", key)
@@ -197,18 +347,19 @@ async def _app_state(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]]) -> 
             record = await store(ctx).get(dep)
             env = _environment(ctx, record) if record else None
             if env is not None and env.argocd is not None:
-                state.update(app=env.argocd.app, project=env.argocd.project, namespace=env.argocd.namespace)
+                state.update(app=waiters[dep].get("app") or env.argocd.names[0], project=env.argocd.project,
+                             namespace=env.argocd.namespace, instance=waiters[dep].get("instance"))
                 break
     return state
 
 
-async def _tick(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]]) -> str:
+async def _tick(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]], *, hint: bool = False) -> str:
     redis = ctx["redis"]
     k = keys(ctx)
     interval = _poll(ctx)
     now = time.time()
     state = await _app_state(ctx, key, waiters)
-    client: ArgoCDClient | None = ctx.get("argocd")
+    client = _client(ctx, state.get("instance"))
 
     # Drop waiters whose deployment is gone or already decided.
     records: dict[str, DeploymentRecord] = {}
@@ -230,7 +381,12 @@ async def _tick(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]]) -> str:
     if state.get("backoff_until", 0) > now:
         await schedule_tick(ctx, key, state["backoff_until"])
         return "backing-off"
-    if now - state.get("polled_at", 0) < interval * 0.5:
+    if hint and now - state.get("polled_at", 0) < HINT_GAP:
+        # read a second after the last read instead: the state the hint announced is not lost
+        await enqueue_hint(ctx["redis"], settings(ctx).queue_name, key,
+                           not_before=state["polled_at"] + HINT_GAP)
+        return "throttled"
+    if not hint and now - state.get("polled_at", 0) < interval * 0.5:
         await schedule_tick(ctx, key)
         return "throttled"
 
@@ -250,22 +406,111 @@ async def _tick(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]]) -> str:
     except UpstreamUnavailable as exc:
         await _unavailable(ctx, key, state, waiters, exc)
         return "unavailable"
+    except NotFound as exc:
+        await _missing(ctx, key, name, waiters, records, exc)
+        await redis.hset(k.watched_apps, key, json.dumps(state))
+        if await redis.hlen(k.waiting(key)):
+            await schedule_tick(ctx, key)
+            return "missing"
+        await _retire(ctx, key)
+        return "failed"
     except PermanentError as exc:
         for dep in waiters:
             await _finish(ctx, key, dep, "failed", str(exc))
         await _retire(ctx, key)
         return "failed"
     state["failures"] = 0
+    await _describe_pauses(client, name, app, project, namespace)
 
     outcome = await _judge_all(ctx, key, app, waiters, records, state)
     needing = [dep for dep, need in outcome.items() if need]
     if needing and not is_auto_sync(app) and now - state.get("sync_requested_at", 0) >= max(30.0, 6 * interval):
         await _sync(ctx, key, client, state, needing, waiters)
+    auto_waiting = [dep for dep in outcome if dep in waiters and "waiting for auto-sync" in
+                    str(waiters[dep].get("reason"))]
+    if auto_waiting and now - state.get("windows_at", 0) >= max(30.0, 6 * interval):
+        await _auto_sync_windows(ctx, key, client, state, auto_waiting, waiters)
+    elif not auto_waiting and not needing:
+        state.pop("blocked", None)
 
     await redis.hset(k.watched_apps, key, json.dumps(state))
     if await redis.hlen(k.waiting(key)):
         await schedule_tick(ctx, key, state.get("backoff_until"))
         return "waiting"
+    await _retire(ctx, key)
+    return "done"
+
+
+async def _discover(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]]) -> str:
+    """One selector tick: list the matching applications (one request, shared by every waiting deployment), make
+    each waiter wait on the new ones, and close discovery for the waiters whose window has passed."""
+    redis = ctx["redis"]
+    k = keys(ctx)
+    now = time.time()
+    raw = await redis.hget(k.watched_apps, key)
+    state: dict[str, Any] = json.loads(raw) if raw else {}
+    records: dict[str, DeploymentRecord] = {}
+    for dep in list(waiters):
+        record = await store(ctx).get(dep)
+        env = _environment(ctx, record) if record else None
+        if record is None or record.verdict is not None or env is None or env.argocd is None:
+            await redis.hdel(k.waiting(key), dep)
+            del waiters[dep]
+        else:
+            records[dep] = record
+            if not state.get("selector"):  # coordinates lost in a retire race: the environment has them
+                state.update(selector=env.argocd.selector, project=env.argocd.project,
+                             namespace=env.argocd.namespace, instance=waiters[dep].get("instance"))
+    if not waiters:
+        await _retire(ctx, key)
+        return "idle"
+    client = _client(ctx, state.get("instance"))
+    if client is None:
+        for dep in waiters:
+            await _finish(ctx, key, dep, "failed", NO_ARGOCD_REASON.format(app=f"selector {state.get('selector')}"))
+        return "unconfigured"
+    if state.get("backoff_until", 0) > now:
+        await schedule_tick(ctx, key, state["backoff_until"])
+        return "backing-off"
+    if now - state.get("polled_at", 0) < _poll(ctx) * 0.5:
+        await schedule_tick(ctx, key)
+        return "throttled"
+    state["polled_at"] = now
+    try:
+        items = await client.list_applications(state["selector"], state.get("project"), state.get("namespace"))
+    except UpstreamUnavailable as exc:
+        await _unavailable(ctx, key, state, {}, exc)
+        for dep in waiters:
+            if now >= float(waiters[dep]["deadline"]):
+                await redis.hdel(k.waiting(key), dep)
+                await _settle(ctx, dep, records[dep], now=now)
+        return "unavailable"
+    except PermanentError as exc:
+        for dep in waiters:
+            await _finish(ctx, key, dep, "failed", f"cannot list the Argo CD applications matching "
+                                                   f"{state['selector']!r}: {exc}")
+        await _retire(ctx, key)
+        return "failed"
+    state["failures"] = 0
+    names = sorted({str((i.get("metadata") or {}).get("name")) for i in items if (i.get("metadata") or {}).get("name")})
+    for dep, w in waiters.items():
+        env = _environment(ctx, records[dep])
+        assert env is not None and env.argocd is not None
+        members, _ = await estate(ctx, dep)
+        for name in names:
+            if name not in members:
+                await redis.hsetnx(estate_key(ctx, dep), estate_field(name),
+                                   json.dumps({"state": "waiting", "reason": "discovered, not read yet"}))
+                await _register(ctx, dep, name, env.argocd, w)
+                log.info("deployment %s: application %s joins the wait (selector %s)", dep, name, state["selector"])
+        if now >= float(w["window_end"]) or now >= float(w["deadline"]):
+            await redis.hset(estate_key(ctx, dep), DISCOVERY, "closed")
+            await redis.hdel(k.waiting(key), dep)
+            await _settle(ctx, dep, records[dep], now=now)
+    await redis.hset(k.watched_apps, key, json.dumps(state))
+    if await redis.hlen(k.waiting(key)):
+        await schedule_tick(ctx, key)
+        return "discovering"
     await _retire(ctx, key)
     return "done"
 
@@ -286,6 +531,41 @@ async def _unavailable(ctx: Ctx, key: str, state: dict[str, Any], waiters: dict[
     await ctx["redis"].hset(keys(ctx).watched_apps, key, json.dumps(state))
     if await ctx["redis"].hlen(keys(ctx).waiting(key)):
         await schedule_tick(ctx, key, state["backoff_until"])
+
+
+async def _describe_pauses(client: ArgoCDClient, name: str, app: dict[str, Any], project: str | None,
+                           namespace: str | None) -> None:
+    """A paused Argo Rollout: read its live manifest (only while Suspended) so reasons name the canary step."""
+    for res in paused_rollouts(app)[:3]:
+        try:
+            manifest = await client.live_manifest(
+                name, project, namespace, kind="Rollout", group="argoproj.io",
+                resource_name=str(res.get("name")), resource_namespace=res.get("namespace"),
+                version=str(res.get("version") or "v1alpha1"))
+        except (PermanentError, UpstreamUnavailable, ValueError) as exc:  # best effort: the tree's message stays
+            log.info("live manifest of Rollout %s unavailable: %s", res.get("name"), exc)
+            continue
+        pause = rollout_pause(manifest)
+        if pause:
+            health = res.setdefault("health", {})
+            health["message"] = f"{pause}: {health['message']}" if health.get("message") else pause
+
+
+async def _missing(ctx: Ctx, key: str, name: str, waiters: dict[str, dict[str, Any]],
+                   records: dict[str, DeploymentRecord], exc: NotFound) -> None:
+    """The application does not exist (yet): wait within the discovery window, then fail naming it."""
+    now = time.time()
+    for dep, w in waiters.items():
+        if now < float(w.get("window_end") or 0) and now < float(w["deadline"]):
+            if w.get("estate") and await _set_member(ctx, dep, name, "missing", "does not exist yet"):
+                await _settle(ctx, dep, records[dep])
+            continue
+        if not w.get("estate"):
+            await _finish(ctx, key, dep, "failed", str(exc))
+            continue
+        await _set_member(ctx, dep, name, "failed", f"the application does not exist ({exc})")
+        await ctx["redis"].hdel(keys(ctx).waiting(key), dep)
+        await _settle(ctx, dep, records[dep])
 
 
 async def _contains(ctx: Ctx, w: dict[str, Any], revisions: set[str]) -> set[str]:
@@ -328,13 +608,20 @@ async def _judge_all(ctx: Ctx, key: str, app: dict[str, Any], waiters: dict[str,
             deadline=datetime.fromtimestamp(float(w["deadline"]), UTC), degraded_grace=float(w["grace"]),
             source_index=w.get("source_index"),
             degraded_since=datetime.fromtimestamp(since, UTC) if since else None,
+            suspended=str(w.get("suspended") or "wait"),
         )
         verdict = judge(app, waiter, contains, now)
-        new = sorted(set(verdict.stamps) - set(w.get("stamped", [])))
+        if state.get("blocked") and isinstance(verdict, Waiting | TimedOut):
+            verdict = replace(verdict, reason=f"{state['blocked']}: {verdict.reason}")
+        # One application of many: only "sync started" is true of the deployment; synced/healthy come combined.
+        stamps = set(verdict.stamps) & {"sync_started"} if w.get("estate") else set(verdict.stamps)
+        new = sorted(stamps - set(w.get("stamped", [])))
         if new:
             await store(ctx).update(dep, stamp=new)
             w["stamped"] = sorted(set(w.get("stamped", [])) | set(new))
-        if isinstance(verdict, Succeeded):
+        if w.get("estate") and not isinstance(verdict, Waiting):
+            await _judged_member(ctx, key, dep, str(w.get("app") or state["app"]), verdict, records[dep], w)
+        elif isinstance(verdict, Succeeded):
             await _finish(ctx, key, dep, "succeeded", verdict.reason)
         elif isinstance(verdict, Failed):
             details = {**records[dep].details, "argocd": {"snapshot": verdict.summary,
@@ -353,7 +640,23 @@ async def _judge_all(ctx: Ctx, key: str, app: dict[str, Any], waiters: dict[str,
             needs[dep] = verdict.needs_sync
             if await redis.hexists(k.waiting(key), dep):
                 await redis.hset(k.waiting(key), dep, json.dumps(w))
+            if w.get("estate") and await _set_member(ctx, dep, str(w.get("app") or state["app"]), "waiting",
+                                                     verdict.reason):
+                await _settle(ctx, dep, records[dep])
     return needs
+
+
+async def _judged_member(ctx: Ctx, key: str, dep: str, name: str, verdict: Succeeded | Failed | TimedOut,
+                         record: DeploymentRecord, w: dict[str, Any]) -> None:
+    """One application of an estate is decided for `dep`: record it, stop watching it for `dep`, judge the whole."""
+    await ctx["redis"].hdel(keys(ctx).waiting(key), dep)
+    if isinstance(verdict, Succeeded):
+        await _set_member(ctx, dep, name, "succeeded", verdict.reason)
+    elif isinstance(verdict, Failed):
+        await _set_member(ctx, dep, name, "failed", verdict.reason)
+    else:
+        await _set_member(ctx, dep, name, "waiting", w.get("reason") or "no verdict before the deadline")
+    await _settle(ctx, dep, record)
 
 
 async def _sync(ctx: Ctx, key: str, client: ArgoCDClient, state: dict[str, Any], needing: list[str],
@@ -369,15 +672,54 @@ async def _sync(ctx: Ctx, key: str, client: ArgoCDClient, state: dict[str, Any],
         state["backoff_until"] = time.time() + min(delay, MAX_BACKOFF)
         return
     except PermanentError as exc:
+        why = f"Argo CD refused to sync: {exc}"
+        if isinstance(exc, AuthError):
+            why += (f" (auto-sync is off for {state['app']} and the bridge's Argo CD account may not sync it: "
+                    "enable auto-sync or grant `applications, sync` in the project)")
         for dep in needing:
-            await _finish(ctx, key, dep, "failed", f"Argo CD refused to sync: {exc}")
+            await _finish(ctx, key, dep, "failed", why)
+        return
+    if isinstance(outcome, SyncBlocked):
+        await _blocked(ctx, key, state, needing, waiters, f"Argo CD refused to sync {state['app']}: {outcome.message}")
         return
     if isinstance(outcome, SyncBusy):
         log.info("Argo CD %s: %s; waiting for it", key, outcome.message)
         return
     if isinstance(outcome, SyncStarted):
+        state.pop("blocked", None)
         state["sync_requested_at"] = time.time()
         log.info("Argo CD %s: sync requested for %s", key, ", ".join(needing))
+
+
+async def _auto_sync_windows(ctx: Ctx, key: str, client: ArgoCDClient, state: dict[str, Any], deps: list[str],
+                             waiters: dict[str, dict[str, Any]]) -> None:
+    """An auto-sync app stays OutOfSync at our commit: ask whether a sync window holds it (one read, not every tick)."""
+    state["windows_at"] = time.time()
+    try:
+        windows = await client.sync_windows(state["app"], state.get("project"), state.get("namespace"))
+    except (PermanentError, UpstreamUnavailable) as exc:
+        log.info("sync windows of %s unavailable: %s", key, exc)
+        return
+    if windows.get("canSync", True) is not False:
+        state.pop("blocked", None)
+        return
+    active = [w for w in windows.get("activeWindows") or [] if isinstance(w, dict)]
+    which = ", ".join(f"{w.get('kind', '?')} window '{w.get('schedule', '?')}' for {w.get('duration', '?')}"
+                      for w in active) or "a sync window"
+    await _blocked(ctx, key, state, deps, waiters,
+                   f"auto-sync of {state['app']} is held by {which} (Argo CD: canSync false)")
+
+
+async def _blocked(ctx: Ctx, key: str, state: dict[str, Any], deps: list[str], waiters: dict[str, dict[str, Any]],
+                   why: str) -> None:
+    """A sync window blocks the sync: each deployment's `argocd.sync_window` says wait (the reason says so) or fail."""
+    state["blocked"] = why
+    for dep in deps:
+        w = waiters.get(dep) or {}
+        if w.get("sync_window") == "fail":
+            await _finish(ctx, key, dep, "failed", f"{why}; this environment does not wait (argocd.sync_window: fail)")
+        else:
+            log.info("deployment %s: %s; waiting until the window opens or the deadline", dep, why)
 
 
 async def _finish(ctx: Ctx, key: str, dep: str, verdict: Any, reason: str, **changes: Any) -> None:

@@ -26,6 +26,7 @@ from bridge import metrics
 from bridge.errors import BridgeError, PermanentError, PushRejected, is_transient, retry_delay
 from bridge.queue import FLUSH_REPOSITORY, VERIFY_DEPLOYMENT, tick_job_id, unique_job_id, verify_job_id
 from bridge.records import DeploymentRecord, JobSpec
+from bridge.routing import Environment
 from workers import faults
 from workers.context import Ctx, enqueue, keys, routing, settings, store
 from workers.gitobjects import Blob
@@ -57,16 +58,22 @@ class Bump:
     build_number: str | None = None
     build_url: str | None = None
     source_commit: str | None = None
+    rollback_of: int | None = None  # a rollback: the build it undoes (trailer `Rollback-Of:`)
+    # (key, a value the bridge wrote there): a key holding none of its values was changed by a person, and the bump
+    # is left out as "manual-change" (routing `on_manual_change: hold`). Keys without a pair are not checked.
+    expect: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_record(cls, record: DeploymentRecord, *, create_missing: bool = False) -> Bump:
         if not record.tag:
             raise PermanentError(f"deployment {record.id} has no tag")
+        rollback_of = (record.details.get("rollback_of") or {}).get("build_id") if record.kind == "rollback" else None
         return cls(record.id, record.route, record.environment, record.file, tuple(record.keys), record.tag,
-                   create_missing, record.build_id, record.build_number, record.build_url, record.source_commit)
+                   create_missing, record.build_id, record.build_number, record.build_url, record.source_commit,
+                   rollback_of if isinstance(rollback_of, int) else (0 if record.kind == "rollback" else None))
 
 
-Status = Literal["changed", "unchanged", "already-pushed", "failed"]
+Status = Literal["changed", "unchanged", "already-pushed", "failed", "manual-change"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,8 @@ def _one_line(value: object) -> str:
 
 
 def render_subject(template: str, bump: Bump) -> str:
+    if bump.rollback_of is not None:
+        return _one_line(f"rollback: {bump.route} {bump.environment} to {bump.tag} (build {bump.build_id})")
     fields = _SafeFormat(app=bump.route, route=bump.route, tag=bump.tag, env=bump.environment,
                          environment=bump.environment, build_id=bump.build_id, build_number=bump.build_number or "",
                          file=bump.file)
@@ -107,7 +116,8 @@ def render_subject(template: str, bump: Bump) -> str:
 
 
 def trailers(bump: Bump) -> list[str]:
-    lines = [f"Build-Id: {bump.build_id}"]
+    lines = [f"Rollback-Of: {bump.rollback_of}"] if bump.rollback_of is not None else []
+    lines.append(f"Build-Id: {bump.build_id}")
     if bump.build_url:
         lines.append(f"Build-Url: {_one_line(bump.build_url)}")
     if bump.source_commit:
@@ -152,6 +162,17 @@ def _edit_files(files: Mapping[str, Blob | str], bumps: Sequence[Bump]) -> tuple
                 results.append(BumpResult(b, "failed", error=str(exc)))
                 continue
             olds = {c.key: c.old for c in edit.changes}
+            allowed: dict[str, set[str]] = {}
+            for key, wrote in b.expect:
+                allowed.setdefault(key, set()).add(wrote)
+            manual = [(key, olds.get(key, b.tag), min(values)) for key, values in allowed.items()
+                      if olds.get(key, b.tag) not in values]
+            if manual:
+                key, found, wrote = manual[0]
+                results.append(BumpResult(b, "manual-change", {k: olds.get(k, b.tag) for k in b.keys},
+                                          error=f"{file}:{key} is {found!r} in Git, not {wrote!r} that gitops-bridge "
+                                                f"wrote there last: a person changed it"))
+                continue
             if edit.changed:
                 text = edit.text
                 results.append(BumpResult(b, "changed", {k: olds.get(k, b.tag) for k in b.keys}))
@@ -223,8 +244,8 @@ async def apply_bumps(
         metrics.GIT_COMMITS.inc()
         metrics.BUMPS_PER_COMMIT.observe(len(changed))
         faults.reached("after-push")
-        results += [replace(r, commit_sha=sha if r.status == "changed" else synced.head) if r.status != "failed"
-                    else r for r in edited]
+        results += [replace(r, commit_sha=sha if r.status == "changed" else synced.head)
+                    if r.status not in ("failed", "manual-change") else r for r in edited]
         return ApplyResult(target, tuple(results), sha, sha, retries)
     raise PushRejected(f"{repository}: push to {target} rejected {attempts} times")  # pragma: no cover
 
@@ -352,7 +373,7 @@ async def _flush_batch(ctx: Ctx, repository: str, lock: RedisLock, ids: list[str
         if pair not in holds:
             holds[pair] = await store(ctx).get_hold(*pair)
         hold = holds[pair]
-        if hold is not None:
+        if hold is not None and record.kind != "rollback":  # a rollback passes the hold it set
             await finish_deployment(ctx, dep_id, "held", f"held by {hold.get('by', 'operator')}: "
                                                          f"{hold.get('reason', '')}".rstrip(": "))
             done.append(dep_id)
@@ -376,7 +397,7 @@ async def _flush_batch(ctx: Ctx, repository: str, lock: RedisLock, ids: list[str
     decision = decide(
         (Candidate(r.id, (r.route, r.environment), tuple((r.file, key) for key in r.keys),
                    Setter(r.build_id, r.build_finished, r.id, r.tag), route.ordering, r.created,
-                   bool(r.details.get("force"))) for r, route, _ in live),
+                   bool(r.details.get("force")), r.kind == "rollback") for r, route, _ in live),
         setters,
     )
     for candidate, reason in decision.superseded:
@@ -385,20 +406,95 @@ async def _flush_batch(ctx: Ctx, repository: str, lock: RedisLock, ids: list[str
 
     if decision.apply:
         await lock.ensure_held()
-        bumps = [Bump.from_record(rec, create_missing=env.create_missing_keys)
-                 for rec, env in (by_id[c.deployment_id] for c in decision.apply)]
-        result = await apply_bumps(ctx["repos"], repository, bumps, before_push=lock.ensure_held)
+        applying = [by_id[c.deployment_id] for c in decision.apply]
+        written = await _written(ctx, repository, applying)
+        bumps = [replace(Bump.from_record(rec, create_missing=env.create_missing_keys),
+                         expect=expected(rec, env, setters, written))
+                 for rec, env in applying]
+
+        async def before_push() -> None:
+            await lock.ensure_held()
+            await _remember_written(ctx, repository, bumps)
+
+        result = await apply_bumps(ctx["repos"], repository, bumps, before_push=before_push)
         await lock.ensure_held()
         for r in result.results:
             record = by_id[r.bump.deployment_id][0]
             if r.status == "failed":
                 await finish_deployment(ctx, record.id, "failed", r.error or "values edit failed")
                 continue
+            if r.status == "manual-change":
+                await hold_for_manual_change(ctx, repository, record, r.error or "a person changed the value in Git",
+                                             r.old)
+                continue
             await _record(ctx, repository, record, r)
         faults.reached("after-record")
         done += [r.bump.deployment_id for r in result.results]
     if done:
         await redis.zrem(pending, *done)
+
+
+def expected(record: DeploymentRecord, env: Environment, setters: dict[tuple[str, str], Setter],
+             written: dict[tuple[str, str], set[str]]) -> tuple[tuple[str, str], ...]:
+    """The values the bridge may have left in the record's keys, to notice a person's change: what it last recorded
+    writing there, and what it pushed there since (a run that died, or lost Redis, between its push and recording
+    it). Nothing for a rollback (it overrides on purpose) or with `on_manual_change: follow`."""
+    if record.kind == "rollback" or env.on_manual_change != "hold":
+        return ()
+    out = []
+    for key in record.keys:
+        setter = setters.get((record.file, key))
+        if setter is not None and setter.tag:
+            out.append((key, setter.tag))
+            out += sorted((key, tag) for tag in written.get((record.file, key), set()))
+    return tuple(out)
+
+
+def _decode(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def _written(ctx: Ctx, repository: str, applying: list[tuple[DeploymentRecord, Environment]]
+                   ) -> dict[tuple[str, str], set[str]]:
+    targets = sorted({(r.file, key) for r, _ in applying for key in r.keys})
+    if not targets:
+        return {}
+    async with ctx["redis"].pipeline(transaction=False) as pipe:
+        for file, key in targets:
+            pipe.smembers(keys(ctx).written(repository, file, key))
+        answers = await pipe.execute()
+    return {target: {_decode(v) for v in members} for target, members in zip(targets, answers, strict=True)}
+
+
+async def _remember_written(ctx: Ctx, repository: str, bumps: Sequence[Bump]) -> None:
+    """Before a push: the values it may write count as the bridge's until a setter is recorded for them."""
+    ttl = max(1, int(settings(ctx).retention_days * 86400))
+    async with ctx["redis"].pipeline(transaction=False) as pipe:
+        for b in bumps:
+            for key in b.keys:
+                pipe.sadd(keys(ctx).written(repository, b.file, key), b.tag)
+                pipe.expire(keys(ctx).written(repository, b.file, key), ttl)
+        await pipe.execute()
+
+
+async def hold_for_manual_change(ctx: Ctx, repository: str, record: DeploymentRecord, reason: str,
+                                 found: dict[str, str | None]) -> None:
+    """A person's value is in Git: hold the environment (so no later build undoes it either) and end this one held.
+    The person's value becomes what the bridge expects there, so once the hold is released builds deploy again."""
+    k = keys(ctx)
+    for key in record.keys:
+        setter = Setter.from_json(await ctx["redis"].get(k.last_setter(repository, record.file, key)))
+        value = found.get(key)
+        if setter is not None and value is not None:
+            async with ctx["redis"].pipeline(transaction=True) as pipe:
+                pipe.set(k.last_setter(repository, record.file, key), replace(setter, tag=value).to_json(),
+                         keepttl=True)
+                pipe.delete(k.written(repository, record.file, key))
+                await pipe.execute()
+    await store(ctx).set_hold(record.route, record.environment, reason, by="gitops-bridge", cause="manual-change")
+    details = {**record.details, "manual_change": {"found": found, "reason": reason}}
+    await finish_deployment(ctx, record.id, "held", f"held: {reason}", details=details)
+    metrics.MANUAL_CHANGES.labels(environment=record.environment).inc()
 
 
 async def _record(ctx: Ctx, repository: str, record: DeploymentRecord, result: BumpResult) -> None:
@@ -408,6 +504,7 @@ async def _record(ctx: Ctx, repository: str, record: DeploymentRecord, result: B
     async with ctx["redis"].pipeline(transaction=True) as pipe:
         for key in record.keys:
             pipe.set(k.last_setter(repository, record.file, key), setter.to_json(), ex=ttl)
+            pipe.delete(k.written(repository, record.file, key))  # the setter says what is there now
         await pipe.execute()
     stamps = ("committed", "pushed") if result.status != "unchanged" else ()
     details = dict(record.details)

@@ -107,6 +107,7 @@ class Options:
     deadline_seconds: float = 30.0  # Argo CD deadline after push/merge
     reconcile: bool = True          # start the fake Argo CD controller
     worker: bool = True             # web + worker in one loop (like `serve`); False: the web app alone
+    environments: dict[str, dict[str, Any]] | None = None  # "route/env" → extra routing fields
 
 
 class WorkerProcess:
@@ -197,6 +198,12 @@ class Stack:
         self._fakes: list[Callable[[], None]] = []
         self.http = httpx.Client(timeout=10)
         self.document = routing_document(self.bare)
+        for where, extra in (options.environments or {}).items():
+            route, _, name = where.partition("/")
+            for r in self.document["routes"]:
+                for e in r["environments"]:
+                    if r["name"] == route and e["name"] == name:
+                        e.update(extra)
         self.routing = parse_routing(self.document, "e2e routing")
         (root / "bridge.yaml").write_text(json.dumps(self.document, indent=2))
 

@@ -51,12 +51,13 @@ def test_demo_runs_green_and_its_summary_matches_azure_devops(restore_logging: N
     rows = {(cells[0], cells[2]): cells[4] for cells in (line.split() for line in table[1:])}
     assert rows[("101", "dev")] == rows[("101", "staging")] == "succeeded"
     assert rows[("203", "dev")] == "superseded" and rows[("204", "dev")] == "succeeded"
-    assert rows[("301", "dev")] == "failed"
+    assert rows[("301", "dev")] == "failed" and rows[("300", "dev")] == "succeeded"
+    assert "rolled back to build 300" in output
     assert "Merge pull request #1" in output
     # The printed tags are the fake's, read after the demo ended: the summary waited for every final report.
     printed = dict(re.findall(r"^  #(\d+): (.*)$", output.split("(build tags):", 1)[1], re.M))
     assert {int(b): t for b, t in printed.items()} == {b: ", ".join(ado.tags(b)) or "-" for b in BUILDS}
-    assert printed["101"] == "deployed-dev, deployed-staging" and printed["301"] == "deploy-failed-dev"
+    assert printed["101"] == "deployed-dev, deployed-staging" and printed["301"] == "deploy-failed-dev, rolled-back-dev"
     assert "--keep-running" in output  # the URLs are gone after exit: it says how to keep them
 
 

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
+import re
 import subprocess
 import threading
 import time
@@ -68,6 +70,13 @@ class FakeApp:
     multi_source: bool = False
     repo_url: str = "https://dev.azure.com/org/proj/_git/gitops"
     path: str = "apps"
+    labels: dict[str, str] = field(default_factory=dict)
+    sync_window: bool = False      # a deny window is active: manual syncs get 403, auto-sync waits
+    sync_denied: bool = False      # RBAC: the bridge's account may not `sync` this app
+    notify_deployed: bool = False  # on-deployed fires once the synced app turns Healthy
+    rollout: bool = False     # the workload is an Argo Rollout (canary) instead of a Deployment
+    canary_step: int = 1      # status.currentStepIndex while paused
+    rollout_aborted: bool = False
     # live state
     applied_rev: str | None = None
     applied_content: bytes | None = None
@@ -136,10 +145,20 @@ class ArgoCDFake:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._served: ServedApp | None = None
+        # argocd-notifications: webhook posts on sync succeeded/failed, deployed, health degraded
+        self.notify_url: str | None = None
+        self.notify_headers: dict[str, str] = {}
+        self.notify_duplicates = False
+        self.notify_stale = False
+        self.notifications: list[dict[str, Any]] = []   # what was sent (or attempted: a failed send counts as sent)
+        self._outbox: list[dict[str, Any]] = []
         self.asgi = Starlette(routes=[
             Route("/api/v1/session/userinfo", self._userinfo, methods=["GET"]),
+            Route("/api/v1/applications", self._list, methods=["GET"]),
             Route("/api/v1/applications/{name}", self._get, methods=["GET"]),
             Route("/api/v1/applications/{name}/sync", self._sync, methods=["POST"]),
+            Route("/api/v1/applications/{name}/resource", self._resource, methods=["GET"]),
+            Route("/api/v1/applications/{name}/syncwindows", self._syncwindows, methods=["GET"]),
             Route("/api/v1/applications/{name}/operation", self._terminate, methods=["DELETE"]),
         ])
         self.asgi.add_middleware(_Gate, fake=self)
@@ -147,13 +166,22 @@ class ArgoCDFake:
     # -- scripting API -------------------------------------------------------------------------------------------
 
     def add_app(self, name: str, values_file: str, *, project: str = "default", namespace: str = "argocd",
-                auto_sync: bool = True, multi_source: bool = False, **script: Any) -> FakeApp:
-        """Register an app already Synced and Healthy at the branch head (the state before our push)."""
+                auto_sync: bool = True, multi_source: bool = False, labels: Mapping[str, str] | None = None,
+                fresh: bool = False, **script: Any) -> FakeApp:
+        """Register an app already Synced and Healthy at the branch head (the state before our push).
+
+        `fresh=True`: an app just generated (an ApplicationSet's new cluster): never synced, OutOfSync and Missing
+        until the controller syncs it. Apps may be added while a test runs."""
         app = FakeApp(name=name, values_file=values_file, project=project, namespace=namespace,
-                      auto_sync=auto_sync, multi_source=multi_source)
+                      auto_sync=auto_sync, multi_source=multi_source, labels=dict(labels or {}))
         with self._lock:
-            head = self._head()
             now = self._tick()
+            if fresh:
+                app.sync_status, app.health, app.health_changed, app.reconciled_at = "OutOfSync", "Missing", now, ""
+                self.apps[name] = app
+                self.script(name, **script)
+                return app
+            head = self._head()
             app.applied_rev = app.compared_rev = head
             app.applied_content = self._content(head, values_file)
             app.health_changed = now
@@ -173,10 +201,21 @@ class ArgoCDFake:
                sync_steps: int | None = None, comparison_error: str | None = None, clear_comparison_error: bool = False,
                hang_refresh: bool | None = None, frozen: bool | None = None, forbidden: bool | None = None,
                fail_5xx: int | None = None, fail_429: int | None = None, retry_after: float | None = None,
-               auto_sync: bool | None = None) -> None:
-        """Change how one app behaves from now on (applies to the next sync / passes / requests)."""
+               auto_sync: bool | None = None, rollout: str | None = None, canary_step: int | None = None,
+               sync_window: bool | None = None, sync_denied: bool | None = None) -> None:
+        """Change how one app behaves from now on (applies to the next sync / passes / requests).
+
+        `rollout="paused"`: the workload is an Argo Rollout that pauses at canary step `canary_step` (Suspended);
+        `rollout="aborted"`: its update is aborted (Degraded); `rollout="healthy"`: a Rollout that completes."""
         with self._lock:
             app = self.apps[name]
+            if rollout is not None:
+                app.rollout = True
+                app.rollout_aborted = rollout == "aborted"
+                app.health_sequence = {"paused": ["Progressing", "Suspended"], "aborted": ["Progressing", "Degraded"],
+                                       }.get(rollout, ["Progressing", "Healthy"])
+            if canary_step is not None:
+                app.canary_step = canary_step
             if health_sequence is not None:
                 app.health_sequence = list(health_sequence)
             if degrade:
@@ -186,7 +225,8 @@ class ArgoCDFake:
             for attr, value in (("sync_fails", sync_fails), ("sync_retries", sync_retries),
                                 ("sync_steps", sync_steps), ("hang_refresh", hang_refresh), ("frozen", frozen),
                                 ("forbidden", forbidden), ("fail_5xx", fail_5xx), ("fail_429", fail_429),
-                                ("retry_after", retry_after), ("auto_sync", auto_sync)):
+                                ("retry_after", retry_after), ("auto_sync", auto_sync),
+                                ("sync_window", sync_window), ("sync_denied", sync_denied)):
                 if value is not None:
                     setattr(app, attr, value)
             if comparison_error is not None:
@@ -195,11 +235,46 @@ class ArgoCDFake:
                 app.comparison_error = None
         self._wake.set()
 
+    def notify(self, url: str, headers: Mapping[str, str] | None = None, *, duplicates: bool = False,
+               stale: bool = False) -> None:
+        """Post argocd-notifications webhooks to `url` (triggers on-sync-succeeded, on-sync-failed, on-deployed,
+        on-health-degraded). `duplicates`: every notification twice; `stale`: each followed by an `on-deployed`
+        for the previously deployed revision (out of order)."""
+        self.notify_url, self.notify_headers = url, dict(headers or {})
+        self.notify_duplicates, self.notify_stale = duplicates, stale
+
     def reconcile_now(self, name: str | None = None) -> None:
         """One controller pass: advance each app's operation, or else refresh it from git."""
         with self._lock:
             for app in list(self.apps.values()) if name is None else [self.apps[name]]:
                 self._pass(app)
+            outbox, self._outbox = self._outbox, []
+        self._send(outbox)
+
+    def _notice(self, app: FakeApp, trigger: str, revision: str | None) -> None:
+        if self.notify_url is None:
+            return
+        body = {"app": app.name, "namespace": app.namespace, "project": app.project, "revision": revision or "",
+                "trigger": trigger}
+        self._outbox += [body] * (2 if self.notify_duplicates else 1)
+        if self.notify_stale and len(app.history) >= 2:
+            old = app.history[-2].get("revision") or (app.history[-2].get("revisions") or [""])[-1]
+            self._outbox.append({**body, "revision": old, "trigger": "on-deployed"})
+
+    def _send(self, outbox: list[dict[str, Any]]) -> None:
+        if not outbox or self.notify_url is None:
+            return
+        import httpx
+
+        with httpx.Client(timeout=5.0) as client:
+            for body in outbox:
+                entry = dict(body)
+                self.notifications.append(entry)
+                try:
+                    response = client.post(self.notify_url, json=body, headers=self.notify_headers)
+                    entry["_status"] = f"{response.status_code} {response.text[:200]}"
+                except httpx.HTTPError as exc:
+                    entry["_status"] = type(exc).__name__  # like Argo CD: recorded as sent anyway
 
     def start_reconciler(self, period: float = 0.05) -> None:
         """A background controller: one pass every `period` seconds, and promptly after a refresh request."""
@@ -331,6 +406,7 @@ class ArgoCDFake:
             state.update(phase="Failed", finishedAt=now,
                          message=f"one or more objects failed to apply, reason: {reason}"
                                  + (f" (retried {tried} times)." if tried else ""))
+            self._notice(app, "on-sync-failed", rev)
             state["syncResult"]["resources"] = self._resources(app, "SyncFailed", f"is invalid: {reason}")
             if rev:
                 app.failed_revs.add(rev)
@@ -342,6 +418,8 @@ class ArgoCDFake:
                                 state["startedAt"], "deployedAt": now,
                                 "initiatedBy": state["operation"].get("initiatedBy", {})})
             app.health_queue = list(app.health_sequence)
+            app.notify_deployed = True
+            self._notice(app, "on-sync-succeeded", rev)
         # terminal: the operation is cleared in the same update; health and reconciledAt stay stale until the
         # next refresh pass (separate reconcilers).
         state["operation"] = copy.deepcopy(app.operation)
@@ -370,9 +448,14 @@ class ArgoCDFake:
             new = app.health_queue.pop(0)
             if new != app.health:
                 app.health, app.health_changed = new, now
+                if new == "Degraded":
+                    self._notice(app, "on-health-degraded", app.compared_rev)
+            if new == "Healthy" and app.notify_deployed:
+                app.notify_deployed = False
+                self._notice(app, "on-deployed", app.applied_rev)
         app.reconciled_at = now
         app.passes += 1
-        if app.auto_sync and app.sync_status == "OutOfSync" and app.operation is None:
+        if app.auto_sync and app.sync_status == "OutOfSync" and app.operation is None and not app.sync_window:
             if head in app.failed_revs:
                 if not any(c["type"] == "SyncError" for c in app.conditions):
                     msg = (app.op_state or {}).get("message", "")
@@ -393,11 +476,7 @@ class ArgoCDFake:
                                     "destination": {"server": "https://kubernetes.default.svc",
                                                     "namespace": app.name}}},
             "health": {"status": app.health, "lastTransitionTime": app.health_changed},
-            "resources": [{"group": "apps", "version": "v1", "kind": "Deployment", "namespace": app.name,
-                           "name": app.name, "status": app.sync_status,
-                           "health": {"status": app.health, **({"message": f'Deployment "{app.name}" exceeded its '
-                                                                           "progress deadline"}
-                                                                if app.health == "Degraded" else {})}}],
+            "resources": [self._workload(app)],
             "reconciledAt": app.reconciled_at,
             "history": app.history[-10:],
             "sourceType": "Helm",
@@ -407,7 +486,7 @@ class ArgoCDFake:
         if app.conditions:
             status["conditions"] = app.conditions
         body: dict[str, Any] = {
-            "metadata": {"name": app.name, "namespace": app.namespace,
+            "metadata": {"name": app.name, "namespace": app.namespace, **({"labels": app.labels} if app.labels else {}),
                          "resourceVersion": str(app.resource_version)},
             "spec": {"project": app.project, **app.source(self.branch),
                      "destination": {"server": "https://kubernetes.default.svc", "namespace": app.name},
@@ -418,7 +497,57 @@ class ArgoCDFake:
             body["operation"] = app.operation
         return copy.deepcopy(body)
 
+    def _workload(self, app: FakeApp) -> dict[str, Any]:
+        """The app's one workload in `status.resources`, health message as Argo CD's health checks write it."""
+        if app.rollout:
+            message = {"Suspended": "Rollout is paused",
+                       "Degraded": "RolloutAborted: Rollout aborted update to revision 2" if app.rollout_aborted else
+                       "ProgressDeadlineExceeded: ReplicaSet has timed out progressing.",
+                       "Progressing": "more replicas need to be updated"}.get(app.health)
+            return {"group": "argoproj.io", "version": "v1alpha1", "kind": "Rollout", "namespace": app.name,
+                    "name": app.name, "status": app.sync_status,
+                    "health": {"status": app.health, **({"message": message} if message else {})}}
+        return {"group": "apps", "version": "v1", "kind": "Deployment", "namespace": app.name, "name": app.name,
+                "status": app.sync_status,
+                "health": {"status": app.health, **({"message": f'Deployment "{app.name}" exceeded its progress '
+                                                                "deadline"} if app.health == "Degraded" else {})}}
+
+    def _rollout_manifest(self, app: FakeApp) -> dict[str, Any]:
+        steps = [{"setWeight": 20}, {"pause": {}}, {"setWeight": 50}, {"pause": {"duration": "10m"}},
+                 {"setWeight": 100}]
+        status: dict[str, Any] = {"phase": "Healthy", "currentStepIndex": len(steps), "message": ""}
+        if app.health == "Suspended":
+            status = {"phase": "Paused", "currentStepIndex": app.canary_step, "message": "CanaryPauseStep",
+                      "pauseConditions": [{"reason": "CanaryPauseStep", "startTime": app.health_changed}]}
+        elif app.health == "Degraded" and app.rollout_aborted:
+            status = {"phase": "Degraded", "abort": True, "currentStepIndex": 0,
+                      "message": "RolloutAborted: Rollout aborted update to revision 2"}
+        return {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+                "metadata": {"name": app.name, "namespace": app.name},
+                "spec": {"strategy": {"canary": {"steps": steps}}}, "status": status}
+
     # -- HTTP ----------------------------------------------------------------------------------------------------
+
+    async def _syncwindows(self, request: Request) -> Response:
+        found = self._lookup(request)
+        if isinstance(found, Response):
+            return found
+        window = {"kind": "deny", "schedule": "0 22 * * *", "duration": "10h", "manualSync": False}
+        active = [window] if found.sync_window else []
+        return JSONResponse({"activeWindows": active or None, "assignedWindows": [window],
+                             "canSync": not found.sync_window})
+
+    async def _resource(self, request: Request) -> Response:
+        """`GET …/resource?kind=&group=&resourceName=&namespace=&version=`: the live manifest as a JSON string."""
+        found = self._lookup(request)
+        if isinstance(found, Response):
+            return found
+        q = request.query_params
+        with self._lock:
+            if not found.rollout or q.get("kind") != "Rollout" or q.get("resourceName") != found.name:
+                return _error(404, 5, f'{q.get("kind")} "{q.get("resourceName")}" not found as part of application '
+                                      f'"{found.name}"')
+            return JSONResponse({"manifest": json.dumps(self._rollout_manifest(found))})
 
     async def _userinfo(self, request: Request) -> Response:
         return JSONResponse({"loggedIn": request.state.authenticated, "username": self.username, "iss": "argocd"})
@@ -453,6 +582,20 @@ class ArgoCDFake:
                 app.fail_5xx -= 1
                 return _error(503, 14, "connection error: desc = \"transport: Error while dialing\"")
             return app
+
+    async def _list(self, request: Request) -> Response:
+        projects = set(request.query_params.getlist("project") + request.query_params.getlist("projects"))
+        ns = request.query_params.get("appNamespace")
+        try:
+            wanted = parse_selector(request.query_params.get("selector") or "")
+        except ValueError as exc:
+            return _error(400, 3, str(exc))
+        with self._lock:
+            items = [self._render(a) for a in sorted(self.apps.values(), key=lambda a: a.name)
+                     if (not projects or a.project in projects) and (ns is None or a.namespace == ns)
+                     and not a.forbidden and selector_matches(wanted, a.labels)]
+        # Go's encoding/json writes a nil slice as null
+        return JSONResponse({"items": items or None, "metadata": {"resourceVersion": "1"}})
 
     async def _get(self, request: Request) -> Response:
         found = self._lookup(request)
@@ -491,6 +634,12 @@ class ArgoCDFake:
             return found
         app = found
         with self._lock:
+            # order of AS Sync: sync windows, then RBAC `sync`, then the operation check
+            if app.sync_window:
+                return _error(403, 7, "cannot sync: blocked by sync window")
+            if app.sync_denied:
+                return _error(403, 7, f"permission denied: applications, sync, {app.project}/{app.name}, "
+                                      f"sub: {self.username}, iat: 2026-11-27T00:00:00Z")
             if app.operation is not None:
                 return _error(400, 9, "another operation is already in progress")
             revision = body.get("revision")
@@ -560,6 +709,35 @@ class _Gate:
             await response(scope, receive, logged_send)
             return
         await self.app(scope, receive, logged_send)
+
+
+Requirement = tuple[str, str, frozenset[str]]  # key, operator (in, notin, exists, !exists), values
+
+
+def parse_selector(text: str) -> list[Requirement]:
+    """A Kubernetes label selector: `k=v`, `k==v`, `k!=v`, `k`, `!k`, `k in (a,b)`, `k notin (a,b)`."""
+    out: list[Requirement] = []
+    for part in (p.strip() for p in re.split(r",(?![^(]*\))", text)):
+        if not part:
+            continue
+        if m := re.fullmatch(r"([\w./-]+)\s+(in|notin)\s+\(([^)]*)\)", part):
+            out.append((m.group(1), m.group(2), frozenset(x.strip() for x in m.group(3).split(","))))
+        elif m := re.fullmatch(r"([\w./-]+)\s*(==|=|!=)\s*([\w.-]*)", part):
+            out.append((m.group(1), "notin" if m.group(2) == "!=" else "in", frozenset([m.group(3)])))
+        elif m := re.fullmatch(r"(!?)([\w./-]+)", part):
+            out.append((m.group(2), "!exists" if m.group(1) else "exists", frozenset()))
+        else:
+            raise ValueError(f"unable to parse requirement: {part!r}")
+    return out
+
+
+def selector_matches(requirements: list[Requirement], labels: Mapping[str, str]) -> bool:
+    for key, op, values in requirements:
+        ok = {"in": labels.get(key) in values, "notin": labels.get(key) not in values,
+              "exists": key in labels, "!exists": key not in labels}[op]
+        if not ok:
+            return False
+    return True
 
 
 def git_is_ancestor(repos: Mapping[str, str | Path]) -> Callable[[str, str, str], Awaitable[bool]]:

@@ -8,6 +8,9 @@ Quirks of the real service it reproduces (see the reference notes):
 - path-segment tags (`PUT …/tags/{tag}`) cannot carry `/`; POST/PATCH bodies can;
 - commit statuses answer **201**, need `context.name`, and only exist for known Azure Repos repositories;
 - build lists page with the `x-ms-continuationtoken` response header;
+- pipeline plans (agentless tasks in callback mode): `…/distributedtask/hubs/{hub}/plans/{plan}/events` and the
+  timeline feed answer **204**, take only the plan's own job token (Bearer or Basic `:token`; a token of another
+  plan is refused like a bad PAT), and need `api-version` (`2.0-preview.1` for events, `4.1` for feed/logs);
 - hook subscriptions mask `basicAuthPassword`, refuse basic auth over plain HTTP and localhost targets, and a
   `disabledBySystem` subscription stays disabled when replaced (anecdotal, Sentry #10407).
 
@@ -92,6 +95,7 @@ class FakeAzureDevOps:
         self._sub_org: dict[str, str] = {}
         self._faults: list[_Fault] = []
         self._next_status_id = 1
+        self._plans: dict[str, dict[str, Any]] = {}                      # plan id → {token, events, feed, logs}
         self.page_size: int | None = None  # cap every page (forces continuation tokens in tests)
         self.served: ServedApp | None = None
         p = "/{org}/{project}/_apis"
@@ -106,6 +110,16 @@ class FakeAzureDevOps:
             Route(p + "/build/definitions/{definition_id:int}", self._wrap(self.get_definition), methods=["GET"]),
             Route(p + "/git/repositories/{repo}/commits/{commit}/statuses", self._wrap(self.commit_statuses),
                   methods=["GET", "POST"]),
+            Route(p + "/distributedtask/hubs/{hub}/plans/{plan}/events", self._wrap(self.plan_event, plan=True),
+                  methods=["POST"]),
+            Route(p + "/distributedtask/hubs/{hub}/plans/{plan}/timelines/{timeline}/records/{record}/feed",
+                  self._wrap(self.feed_endpoint, plan=True), methods=["POST"]),
+            Route(p + "/distributedtask/hubs/{hub}/plans/{plan}/logs", self._wrap(self.plan_log_create, plan=True),
+                  methods=["POST"]),
+            Route(p + "/distributedtask/hubs/{hub}/plans/{plan}/logs/{log_id:int}",
+                  self._wrap(self.plan_log_append, plan=True), methods=["POST"]),
+            Route(p + "/distributedtask/hubs/{hub}/plans/{plan}/timelines/{timeline}/records",
+                  self._wrap(self.plan_records, plan=True), methods=["PATCH"]),
             Route("/{org}/_apis/projects/{project}", self._wrap(self.get_project), methods=["GET"]),
             Route("/{org}/_apis/hooks/subscriptions", self._wrap(self.hook_subscriptions), methods=["GET", "POST"]),
             Route("/{org}/_apis/hooks/subscriptions/{sub_id}", self._wrap(self.subscription_item),
@@ -175,6 +189,7 @@ class FakeAzureDevOps:
         b.setdefault("finishTime", _now())
         b.setdefault("queueTime", b["finishTime"])
         b.setdefault("sourceBranch", "refs/heads/main")
+        b.setdefault("orchestrationPlan", {"planId": str(uuid.uuid4())})
         b["project"] = {"id": p["id"], "name": p["name"], "state": "wellFormed"}
         b.setdefault("definition", {"id": 1, "name": "ci"})
         b["definition"] = {**b["definition"], "type": "build", "project": b["project"]}
@@ -192,6 +207,24 @@ class FakeAzureDevOps:
             self._tags.setdefault((org.lower(), build_id), list(b.get("tags") or []))
             self._props.setdefault((org.lower(), build_id), {})
             return copy.deepcopy(b)
+
+    def add_plan(self, plan_id: str | None = None, token: str | None = None) -> tuple[str, str]:
+        """A pipeline run's orchestration plan and its job access token (the `AuthToken` header of a gate call)."""
+        plan_id = (plan_id or str(uuid.uuid4())).lower()
+        token = token or f"job-token-{uuid.uuid4().hex}"
+        with self.lock:
+            self._plans[plan_id] = {"token": token, "events": [], "feed": [], "logs": {}, "records": []}
+        return plan_id, token
+
+    def plan_events(self, plan_id: str) -> list[dict[str, Any]]:
+        """Every event posted to the plan (TaskStarted, TaskCompleted, …), oldest first."""
+        with self.lock:
+            return copy.deepcopy(self._plans[plan_id.lower()]["events"])
+
+    def plan_feed(self, plan_id: str) -> list[str]:
+        """Every live console line posted to the plan's timeline records, oldest first."""
+        with self.lock:
+            return list(self._plans[plan_id.lower()]["feed"])
 
     def _key(self, build_id: int, org: str | None) -> tuple[str, int]:
         if org is not None:
@@ -241,7 +274,7 @@ class FakeAzureDevOps:
 
     # -- request pipeline ------------------------------------------------------------------------------------------
 
-    def _wrap(self, handler: Handler) -> Handler:
+    def _wrap(self, handler: Handler, *, plan: bool = False) -> Handler:
         async def endpoint(request: Request) -> Response:
             raw = await request.body()
             try:
@@ -264,7 +297,9 @@ class FakeAzureDevOps:
                 if fault.retry_after:
                     response.headers["Retry-After"] = fault.retry_after
                 return response
-            if not self._authorized(auth, request.url.path.split("/")[1]):
+            allowed = (self._plan_authorized(auth, request.path_params.get("plan", "")) if plan
+                       else self._authorized(auth, request.url.path.split("/")[1]))
+            if not allowed:
                 if self.bad_auth_status == 203:
                     return HTMLResponse(SIGN_IN_PAGE, status_code=203)
                 return Response("Access Denied: The Personal Access Token used has expired.", status_code=401,
@@ -298,6 +333,73 @@ class FakeAzureDevOps:
         if scheme.lower() == "bearer":
             return value in self.bearer_tokens
         return False
+
+    def _plan_authorized(self, header: str, plan_id: str) -> bool:
+        """Only the plan's own job token: Bearer, or Basic with an empty user (Microsoft's samples use both)."""
+        with self.lock:
+            stored = self._plans.get(plan_id.lower())
+        if stored is None:
+            return False
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer":
+            return bool(value == stored["token"])
+        if scheme.lower() == "basic":
+            try:
+                return bool(base64.b64decode(value, validate=True).decode().partition(":")[2] == stored["token"])
+            except (ValueError, UnicodeDecodeError):
+                return False
+        return False
+
+    def _plan(self, request: Request) -> dict[str, Any]:
+        return self._plans[request.path_params["plan"].lower()]
+
+    async def plan_event(self, request: Request) -> Response:
+        body = request.state.body
+        if not isinstance(body, dict) or not body.get("name") or not body.get("jobId"):
+            return _error(400, "Value cannot be null. Parameter name: eventData", "ArgumentNullException")
+        if body["name"] == "TaskCompleted" and body.get("result") not in ("succeeded", "failed", "skipped",
+                                                                          "canceled", "abandoned"):
+            return _error(400, f"invalid result {body.get('result')!r}", "ArgumentException")
+        with self.lock:
+            self._plan(request)["events"].append(copy.deepcopy(body))
+        return Response(status_code=204)
+
+    async def feed_endpoint(self, request: Request) -> Response:
+        body = request.state.body
+        if not isinstance(body, dict) or not isinstance(body.get("value"), list):
+            return _error(400, "Value cannot be null. Parameter name: lines", "ArgumentNullException")
+        with self.lock:
+            self._plan(request)["feed"].extend(str(line) for line in body["value"])
+        return Response(status_code=204)
+
+    async def plan_log_create(self, request: Request) -> Response:
+        body = request.state.body
+        with self.lock:
+            logs = self._plan(request)["logs"]
+            log_id = len(logs) + 1
+            logs[log_id] = ""
+        path = body.get("path") if isinstance(body, dict) else None
+        return _json({"id": log_id, "path": path, "lineCount": 0, "createdOn": _now()})
+
+    async def plan_log_append(self, request: Request) -> Response:
+        body = request.state.body
+        with self.lock:
+            logs = self._plan(request)["logs"]
+            log_id = int(request.path_params["log_id"])
+            if log_id not in logs:
+                return _error(404, f"Log {log_id} not found", "TaskLogNotFoundException")
+            logs[log_id] += body if isinstance(body, str) else json.dumps(body)
+            count = logs[log_id].count("\n")
+        return _json({"id": log_id, "lineCount": count})
+
+    async def plan_records(self, request: Request) -> Response:
+        body = request.state.body
+        value = body.get("value") if isinstance(body, dict) else None
+        if not isinstance(value, list):
+            return _error(400, "Value cannot be null. Parameter name: records", "ArgumentNullException")
+        with self.lock:
+            self._plan(request)["records"].extend(copy.deepcopy(value))
+        return _json({"count": len(value), "value": value})
 
     def _project(self, org: str, ident: str) -> dict[str, str] | None:
         for p in self._projects.get(org.lower(), []):
