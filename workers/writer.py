@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -29,6 +29,7 @@ from bridge.records import DeploymentRecord, JobSpec
 from bridge.routing import Environment
 from workers import faults
 from workers.context import Ctx, enqueue, keys, routing, settings, store
+from workers.gitobjects import Blob
 from workers.gitrepo import RepoCache
 from workers.lock import LockOutcome, RedisLock, locked
 from workers.ordering import Candidate, Setter, decide
@@ -136,19 +137,21 @@ def commit_message(template: str, bumps: Sequence[Bump]) -> str:
     return f"{head}\n\n{body}\n\n" + "\n".join(line for b in bumps for line in trailers(b)) + "\n"
 
 
-def _edit_files(repos: RepoCache, repository: str, bumps: Sequence[Bump]) -> tuple[list[BumpResult], list[str]]:
-    """Apply each bump to the working tree in order; a failing bump is dropped, the others still apply."""
+def _edit_files(files: Mapping[str, Blob | str], bumps: Sequence[Bump]) -> tuple[list[BumpResult], list[Blob]]:
+    """Apply each bump to its file's text in order (pure); a failing bump is dropped, the others still apply."""
     results: list[BumpResult] = []
-    changed_files: list[str] = []
+    changed_files: list[Blob] = []
     by_file: dict[str, list[Bump]] = {}
     for b in bumps:
         by_file.setdefault(b.file, []).append(b)
     for file, group in by_file.items():
+        blob = files.get(file, f"{file}: not read")
         try:
-            path = repos.file_path(repository, file)
-            original = path.read_bytes().decode("utf-8")
-        except (OSError, UnicodeDecodeError, PermanentError) as exc:
-            reason = f"{file}: cannot read the values file ({getattr(exc, 'strerror', None) or exc})"
+            if isinstance(blob, str):
+                raise PermanentError(blob)
+            original = blob.data.decode("utf-8")
+        except (UnicodeDecodeError, PermanentError) as exc:
+            reason = f"{file}: cannot read the values file ({exc})"
             results += [BumpResult(b, "failed", error=reason) for b in group]
             continue
         text = original
@@ -176,8 +179,7 @@ def _edit_files(repos: RepoCache, repository: str, bumps: Sequence[Bump]) -> tup
             else:
                 results.append(BumpResult(b, "unchanged", {k: b.tag for k in b.keys}))
         if text != original:
-            path.write_bytes(text.encode("utf-8"))
-            changed_files.append(file)
+            changed_files.append(Blob(file, text.encode("utf-8"), blob.mode))
     return results, changed_files
 
 
@@ -198,8 +200,9 @@ async def apply_bumps(
     The caller holds the repository lock. A new `branch` starts from the repository's branch. Bumps whose
     `Deployment-Id:` trailer is already in the branch's recent history are reported "already-pushed" with that commit;
     bumps whose value is already there are "unchanged" (commit_sha = head); failing edits are "failed" and left out.
-    When the push is rejected, the clone is reset onto the new remote head and the edits applied again, up to
-    `settings.git.push_attempts` times (PushRejected after that).
+    The files are read from the fetched branch head and the commit is written on top of it without a work tree
+    (`RepoCache.write_commit`). When the push is rejected, the branch is fetched again and the edits applied to its
+    new head, up to `settings.git.push_attempts` times (PushRejected after that).
     """
     target = branch or repos.config(repository).branch
     attempts = max(1, repos.git.push_attempts)
@@ -207,22 +210,25 @@ async def apply_bumps(
     retries = 0
     for attempt in range(attempts):
         synced = await repos.sync(repository, target)
-        pushed = await repos.find_trailers(repository, [b.deployment_id for b in bumps]) if synced.exists else {}
+        pushed = await repos.find_trailers(repository, [b.deployment_id for b in bumps],
+                                           ref=synced.head) if synced.exists else {}
         results = [BumpResult(b, "already-pushed", commit_sha=pushed[b.deployment_id])
                    for b in bumps if b.deployment_id in pushed]
         todo = [b for b in bumps if b.deployment_id not in pushed]
-        edited, files = await asyncio.to_thread(_edit_files, repos, repository, todo)
+        originals = await repos.read_files(repository, synced.head, (b.file for b in todo)) if todo else {}
+        edited, files = await asyncio.to_thread(_edit_files, originals, todo)
         faults.reached("after-edit")
         changed = [r for r in edited if r.status == "changed"]
         if not changed:
             results += [replace(r, commit_sha=synced.head) if r.status == "unchanged" else r for r in edited]
             return ApplyResult(target, tuple(results), None, synced.head, retries)
-        sha = await repos.commit(repository, commit_message(template, [r.bump for r in changed]), files)
+        sha = await repos.write_commit(repository, synced.head, files,
+                                       commit_message(template, [r.bump for r in changed]))
         faults.reached("after-commit")
         if before_push is not None:
             await before_push()
         try:
-            await repos.push(repository, target)
+            await repos.push(repository, sha, target)
         except PushRejected:
             retries += 1
             metrics.GIT_PUSHES.labels(outcome="rejected").inc()
