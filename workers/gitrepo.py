@@ -20,7 +20,8 @@ of one host.
 Credentials never touch disk: an HTTPS token goes to git as an `http.<origin>.extraHeader` through the
 `GIT_CONFIG_COUNT`/`GIT_CONFIG_KEY_n` environment variables, an SSH key through `GIT_SSH_COMMAND`. Remote URLs are
 stored as configured, and error messages are scrubbed of the secret anyway. Git runs in a thread (`asyncio.to_thread`)
-in its own process group, killed with its children after `timeout_seconds`; git errors become our exceptions
+through GitPython's command runner (`git.cmd.Git`), in its own process group, killed with its children after
+`timeout_seconds`; git errors become our exceptions
 (`bridge.errors`).
 """
 
@@ -40,6 +41,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from git.cmd import Git
 
 from bridge.errors import (
     AuthError,
@@ -165,10 +168,14 @@ class RepoCache:
     def _exec(self, path: Path, *args: str, url: str | None = None, check: bool = True,
               stdin: bytes | None = None) -> tuple[int, bytes, bytes]:
         """Run `git --git-dir=<path> args` in its own process group; the whole group is killed on timeout."""
-        command = ["git", f"--git-dir={path}", *args]
-        proc = subprocess.Popen(command, cwd=path if path.is_dir() else self.work_dir, env=self._env(url),
-                                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        command = [Git.GIT_PYTHON_GIT_EXECUTABLE or "git", f"--git-dir={path}", *args]
+        # GitPython's runner (the git executable it resolves, C locale for the messages we parse), in a process group
+        # of its own that a timeout kills whole.
+        started = Git(str(path if path.is_dir() else self.work_dir)).execute(
+            command, istream=subprocess.PIPE if stdin is not None else None, as_process=True, env=self._env(url),
+            start_new_session=True)
+        assert isinstance(started, Git.AutoInterrupt) and started.proc is not None
+        proc = started.proc
         try:
             out, err = proc.communicate(stdin, timeout=self.git.timeout_seconds)
             status = proc.returncode

@@ -153,6 +153,8 @@ class BridgeWorker(Worker):
     async def _retrying(self, what: str, call: Callable[[], Awaitable[None]]) -> None:
         """A few quick tries; after that the job stays queued and is re-run when its marker expires (idempotent)."""
         for attempt in range(FINISH_ATTEMPTS):
+            if self._pool is None:  # closing: a job cut short stays queued and runs again elsewhere
+                return
             try:
                 await call()
                 return
