@@ -24,6 +24,7 @@ from redis.exceptions import WatchError
 
 from bridge.lifecycle import ACTIVE_STATES, IN_FLIGHT_STATES, VERDICTS, Kind, State, Verdict, allowed
 from bridge.queue import Keys, add_job
+from bridge.routing import Environment, Route
 
 __all__ = ["VERDICTS", "DeploymentRecord", "DeploymentStore", "Effect", "JobSpec", "LastSucceeded", "SortedSetAdd",
            "State", "Verdict", "now_iso"]
@@ -86,6 +87,31 @@ class DeploymentRecord(BaseModel):
     def stamp(self, *names: str) -> None:
         for name in names:
             self.timeline.setdefault(name, now_iso())
+
+
+# The record fields that describe the build (copied as they are when the same build deploys elsewhere).
+BUILD_FIELDS = (
+    "build_key", "build_id", "build_number", "build_url", "build_finished", "organization_url", "organization",
+    "project", "definition", "source_branch", "source_commit", "source_repository_id", "source_repository_type",
+)
+
+
+def build_fields(record: DeploymentRecord) -> dict[str, Any]:
+    """The build's fields of `record`, for another deployment of the same build (a promotion, a release)."""
+    return {name: getattr(record, name) for name in BUILD_FIELDS}
+
+
+def target_fields(route: Route, env: Environment) -> dict[str, Any]:
+    """The record fields that come from the routing target."""
+    return {
+        "route": route.name,
+        "environment": env.name,
+        "repository": env.repository,
+        "file": env.file,
+        "keys": list(env.keys),
+        "promotion": env.promotion,
+        "argocd_app": env.argocd.app if env.argocd else None,
+    }
 
 
 class Effect(Protocol):

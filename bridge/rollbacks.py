@@ -31,15 +31,11 @@ from bridge import metrics
 from bridge.api import _deny_writer, _error, _json_body, _token_ok, _who, _writers, record_json
 from bridge.lifecycle import is_success
 from bridge.queue import ADVANCE_DEPLOYMENT, Keys, advance_job_id
-from bridge.records import DeploymentRecord, DeploymentStore, JobSpec
+from bridge.records import DeploymentRecord, DeploymentStore, JobSpec, build_fields, target_fields
 from bridge.routing import RoutingConfig
 from bridge.settings import Settings
 
 REASON_MAX = 200
-BUILD_FIELDS = (
-    "build_key", "build_id", "build_number", "build_url", "build_finished", "organization_url", "organization",
-    "project", "definition", "source_branch", "source_commit", "source_repository_id", "source_repository_type",
-)
 
 
 class RollbackRefused(Exception):
@@ -110,7 +106,7 @@ async def plan_rollback(store: DeploymentStore, routing: RoutingConfig, route_na
             raise RollbackRefused(f"{route_name}/{environment} runs build {to_build} ({current_tag}) already")
 
     restored = await store.get(str(entry.get("deployment_id", "")))
-    fields: dict[str, Any] = {name: getattr(restored, name) for name in BUILD_FIELDS} if restored else {
+    fields: dict[str, Any] = build_fields(restored) if restored else {
         "build_key": str(entry["build_key"]), "build_id": int(entry["build_id"])}
     rolled_back = int(running["build_id"]) if running and running.get("build_id") is not None else None
     rolled_back_id = str(running.get("deployment_id") or "") if running else ""
@@ -122,13 +118,7 @@ async def plan_rollback(store: DeploymentStore, routing: RoutingConfig, route_na
         kind="rollback",
         state="queued",
         tag=str(entry["tag"]),
-        route=route_name,
-        environment=environment,
-        repository=env.repository,
-        file=env.file,
-        keys=list(env.keys),
-        promotion=env.promotion,
-        argocd_app=env.argocd.app if env.argocd else None,
+        **target_fields(route, env),
         details={
             "rollback_of": {"build_id": rolled_back, "deployment_id": rolled_back_id, "tag": current_tag},
             "restores": str(entry.get("deployment_id", "")),
@@ -175,15 +165,9 @@ async def deploy_latest_held(store: DeploymentStore, routing: RoutingConfig, rou
     record = DeploymentRecord(
         id=f"{newest.id}-release-{seq}",
         state="queued",
-        route=route_name,
-        environment=environment,
-        repository=env.repository,
-        file=env.file,
-        keys=list(env.keys),
-        promotion=env.promotion,
-        argocd_app=env.argocd.app if env.argocd else None,
+        **target_fields(routing.route(route_name), env),
         details={"redeploy_of": newest.id, "released_by": by},
-        **{name: getattr(newest, name) for name in BUILD_FIELDS},
+        **build_fields(newest),
     )
     record.stamp("received", "queued")
     await store.create(record, then=[JobSpec(ADVANCE_DEPLOYMENT, (record.id,), advance_job_id(record.id))])

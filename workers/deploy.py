@@ -16,7 +16,7 @@ from bridge.errors import InvalidBuild, PermanentError, is_transient
 from bridge.events import BuildEvent
 from bridge.lifecycle import is_success
 from bridge.queue import FLUSH_REPOSITORY, OPEN_PULL_REQUEST, deployment_id, open_pr_job_id, unique_job_id
-from bridge.records import DeploymentRecord, Effect, JobSpec, SortedSetAdd, now_iso
+from bridge.records import DeploymentRecord, Effect, JobSpec, SortedSetAdd, build_fields, now_iso, target_fields
 from bridge.routing import Environment, Route, Target, branch_matches, match_event
 from bridge.tags import build_values, render_tag
 from workers.context import Ctx, keys, routing, store
@@ -89,25 +89,6 @@ async def _complete(ctx: Ctx, event: BuildEvent) -> BuildEvent:
         return event
 
 
-def target_fields(route: Route, env: Environment) -> dict[str, Any]:
-    """The record fields that come from the routing target."""
-    return {
-        "route": route.name,
-        "environment": env.name,
-        "repository": env.repository,
-        "file": env.file,
-        "keys": list(env.keys),
-        "promotion": env.promotion,
-        "argocd_app": env.argocd.app if env.argocd else None,
-    }
-
-
-BUILD_FIELDS = (
-    "build_key", "build_id", "build_number", "build_url", "build_finished", "organization_url", "organization",
-    "project", "definition", "source_branch", "source_commit", "source_repository_id", "source_repository_type",
-)
-
-
 def new_record(event: BuildEvent, route: Route, env: Environment, received: str) -> DeploymentRecord:
     record = DeploymentRecord(
         id=deployment_id(event.build_key, route.name, env.name),
@@ -139,7 +120,7 @@ def promoted_record(source: DeploymentRecord, route: Route, env: Environment, by
         promoted_from=source.id,
         details={"promoted_by": by, "force": force},
         state="queued",
-        **{name: getattr(source, name) for name in BUILD_FIELDS},
+        **build_fields(source),
         **target_fields(route, env),
     )
     record.stamp("received", "queued")
