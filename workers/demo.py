@@ -171,6 +171,16 @@ class BridgeThread:
             pass
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             self.error = exc
+            self._drain()
+
+    def _drain(self) -> None:
+        """A failed start (uvicorn exits with SystemExit when its port is taken) stops the loop with the worker's
+        tasks still pending: cancel and finish them, so none is left half-run when the loop goes away."""
+        pending = [task for task in asyncio.all_tasks(self.loop) if not task.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
 
     def start(self, timeout: float = 20.0) -> None:
         self.thread.start()

@@ -221,8 +221,19 @@ class Stack:
         self.org_url = self.ado.org_url(ORG)
         self.settings = self.make_settings()
         if self.options.worker:
-            self.bridge = BridgeThread(self.settings, self.routing, self.redis_url, self.port)
-            self.bridge.start()
+            for attempt in range(3):
+                self.bridge = BridgeThread(self.settings, self.routing, self.redis_url, self.port)
+                try:
+                    self.bridge.start()
+                    break
+                except RuntimeError as exc:  # the free port was taken before the bridge bound it: take another
+                    if attempt == 2 or "did not start" not in str(exc):
+                        raise
+                    self.bridge.loop.close()
+                    self.port = free_port()
+                    self.url = f"http://127.0.0.1:{self.port}"
+                    self.github.webhook_url = f"{self.url}/webhooks/github"
+                    self.settings = self.settings.model_copy(update={"port": self.port})
         else:
             from bridge.app import create_app
 
