@@ -316,7 +316,7 @@ def test_values_validate_against_the_schema(value_file: Path | None) -> None:
     "override",
     [{"web": {"replica": 3}}, {"replicas": 2}, {"metrics": {"serviceMonitor": {"enable": True}}},
      {"podSecurityContext": {"seccompProfile": {"typ": "RuntimeDefault"}}}, {"image": {"pullPolicy": "Sometimes"}},
-     {"redis": {"url": "localhost:6379"}}, {"ingress": {"hosts": [{"host": "x", "paths": [{"path": "webhooks"}]}]}}],
+     {"redis": {"url": "localhost:16379"}}, {"ingress": {"hosts": [{"host": "x", "paths": [{"path": "webhooks"}]}]}}],
 )
 def test_schema_rejects_misspelled_or_invalid_values(override: dict[str, Any]) -> None:
     with pytest.raises(jsonschema.ValidationError):

@@ -61,7 +61,7 @@ def test_the_visualstudio_url_of_a_configured_organization_is_the_same_organizat
 
 @pytest.mark.parametrize(("hdrs", "body", "status", "message"), [
     (headers(PlanUrl="https://dev.azure.com/evil/"), {"buildId": "1", "environment": "dev"}, 403, "not a configured"),
-    (headers(PlanUrl="http://127.0.0.1:6379/"), {"buildId": "1", "environment": "dev"}, 403, "not a configured"),
+    (headers(PlanUrl="http://127.0.0.1:9/"), {"buildId": "1", "environment": "dev"}, 403, "not a configured"),
     (headers(AuthToken=""), {"buildId": "1", "environment": "dev"}, 400, "missing header(s) AuthToken"),
     (headers(PlanId="not-a-guid"), {"buildId": "1", "environment": "dev"}, 400, "PlanId must be a GUID"),
     (headers(), ["buildId"], 400, "body must be a JSON object"),

@@ -13,7 +13,7 @@ from bridge.logs import MASK, SecretFilter, configure_logging
 from bridge.settings import Settings
 
 SECRETS = {"webhook": {"tokens": ["hook-token-1"], "basic": ["ado:basic-pass-9"]},
-           "argocd": {"token": "argo-token-77"}, "redis_url": "redis://:redis-pass-3@127.0.0.1:6379/1"}
+           "argocd": {"token": "argo-token-77"}, "redis_url": "redis://:redis-pass-3@127.0.0.1:16379/1"}
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def test_scrubs_message_args_extras_and_tracebacks(capture: tuple[io.StringIO, S
     log = logging.getLogger("bridge.test")
     log.warning("token %s and %s", "hook-token-1", {"password": "basic-pass-9"}, extra={"url": "x argo-token-77 y"})
     try:
-        raise RuntimeError("connect redis://:redis-pass-3@127.0.0.1:6379/1 failed")
+        raise RuntimeError("connect redis://:redis-pass-3@127.0.0.1:16379/1 failed")
     except RuntimeError:
         log.exception("failed")
     logging.getLogger("uvicorn.error").error("uvicorn says hook-token-1")
