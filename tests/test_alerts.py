@@ -31,6 +31,7 @@ ALERTS = {
     "queueBacklog": "GitopsBridgeQueueBacklog",
     "deploymentsStuck": "GitopsBridgeDeploymentsStuck",
     "pullRequestsWaiting": "GitopsBridgePullRequestsWaiting",
+    "gateCallbacksFailing": "GitopsBridgeGateCallbacksFailing",
     "reportsFailing": "GitopsBridgeReportsFailing",
     "rollbackFailed": "GitopsBridgeRollbackFailed",
     "webhooksLost": "GitopsBridgeWebhooksLost",

@@ -33,6 +33,7 @@ EXCEPTIONS: dict[str, str] = {
     "alert:GitopsBridgeDeploymentsStuck": "no deployment stays 30 minutes in a state",
     "alert:GitopsBridgePullRequestsWaiting": "no pull request in the scenario",
     "alert:GitopsBridgeReportsFailing": "the Azure DevOps fake accepts every report",
+    "alert:GitopsBridgeGateCallbacksFailing": "the scenario makes no pipeline-gate call",
     "alert:GitopsBridgeRollbackFailed": "no rollback in the scenario",
     "alert:GitopsBridgeWebhooksLost": "every build arrives by webhook (the reconciler is off)",
 }
