@@ -79,7 +79,7 @@ def _routing(request: Request) -> RoutingConfig:
 def _store(request: Request) -> DeploymentStore:
     settings = _settings(request)
     return DeploymentStore(request.app.state.redis, Keys(prefix=settings.key_prefix),
-                           retention_seconds=settings.retention_days * 86400)
+                           retention_seconds=settings.retention_days * 86400, queue_name=settings.queue_name)
 
 
 def _readers(request: Request) -> list[SecretStr]:

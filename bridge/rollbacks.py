@@ -28,12 +28,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bridge import metrics
-from bridge.api import _deny_writer, _error, _json_body, _token_ok, _who, _writers, record_json
+from bridge.api import _deny_writer, _error, _json_body, _store, _token_ok, _who, _writers, record_json
 from bridge.lifecycle import is_success
-from bridge.queue import ADVANCE_DEPLOYMENT, Keys, advance_job_id
+from bridge.queue import ADVANCE_DEPLOYMENT, advance_job_id
 from bridge.records import DeploymentRecord, DeploymentStore, JobSpec, build_fields, target_fields
 from bridge.routing import RoutingConfig
-from bridge.settings import Settings
 
 REASON_MAX = 200
 
@@ -175,11 +174,6 @@ async def deploy_latest_held(store: DeploymentStore, routing: RoutingConfig, rou
 
 
 # -- the API endpoints -----------------------------------------------------------------------------------------------
-
-def _store(request: Request) -> DeploymentStore:
-    settings: Settings = request.app.state.settings
-    return DeploymentStore(request.app.state.redis, Keys(prefix=settings.key_prefix),
-                           retention_seconds=settings.retention_days * 86400, queue_name=settings.queue_name)
 
 async def post_rollback(request: Request) -> JSONResponse:
     if not _token_ok(request, _writers(request)):
