@@ -5,6 +5,7 @@ the plan-scoped job token); the bridge runs web + worker in one loop (Redis db 7
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -267,7 +268,9 @@ def test_deadline_ends_before_the_job_timeout(gate_stack: Callable[..., GateStac
     assert "verdict: timed-out" in feed
 
 
-def test_callback_failing_twice_then_landing(gate_stack: Callable[..., GateStack]) -> None:
+def test_callback_failing_twice_then_landing(gate_stack: Callable[..., GateStack],
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     s = gate_stack()
     build, plan, token = s.plan(408)
     s.ado.fail(503, method="POST", path=f"/plans/{plan}/events", times=2)
@@ -275,6 +278,8 @@ def test_callback_failing_twice_then_landing(gate_stack: Callable[..., GateStack
     assert s.wait_completed(plan)["result"] == "succeeded"
     attempts = s.ado.requests_to("POST", f"/plans/{plan}/events")
     assert len(attempts) == 3
+    assert "TaskCompleted will retry" in caplog.text  # the retries were logged, the job's token never
+    assert token not in caplog.text and token not in json.dumps(s.records())
 
 
 @pytest.mark.parametrize(("change", "status", "message"), [
@@ -327,6 +332,19 @@ def test_check_passes_when_the_previous_environment_succeeded(gate_stack: Callab
     # an environment without after: has nothing to check
     answer = s.gate(build, "dev", never_plan, never_token, endpoint="check", hub="checks")
     assert answer.status_code == 400 and "has no 'after:'" in answer.json()["reason"]
+
+
+def test_check_fails_when_the_previous_environment_failed(gate_stack: Callable[..., GateStack]) -> None:
+    s = gate_stack()
+    s.argocd.script("cart-dev", degrade=True)
+    build, _, _ = s.plan(413)
+    assert s.post(build).status_code == 202
+    assert s.wait_finished(413, "dev")["verdict"] == "failed"
+    check_plan, check_token = s.ado.add_plan()
+    assert s.gate(build, "staging", check_plan, check_token, endpoint="check", hub="checks").status_code == 200
+    assert s.wait_completed(check_plan)["result"] == "failed"
+    assert "build 413 failed in dev: " in "\n".join(s.ado.plan_feed(check_plan))
+    assert s.record(413, "staging") is None  # a check deploys nothing
 
 
 def test_wait_sees_a_gated_environment_through_the_api(gate_stack: Callable[..., GateStack]) -> None:
