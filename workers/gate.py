@@ -3,9 +3,11 @@ task's log while it waits, and call back `TaskCompleted` exactly once per verdic
 
     gate_deployment(gate_id)  the build belongs to the plan (PlanId) and to the route's project/definition/branch,
                               `after:` is satisfied (a gated environment) → one deployment per build identity
-    watch_gate(gate_id)       every gate.poll_seconds: new progress lines (timeline feed), the deadline
-                              (timeoutMinutes minus gate.margin_seconds → `timed-out`), the callback once a verdict
-                              exists; a callback failing 5xx/network is retried until the job's own deadline
+    watch_gate(gate_id)       every gate.poll_seconds: new progress lines (timeline feed; each Argo CD application's
+                              sync and health), the output variable `gitopsCommitSha` once the commit exists
+                              (timeline record variables), the deadline (timeoutMinutes minus gate.margin_seconds →
+                              `timed-out`), the callback once a verdict exists; a callback failing 5xx/network is
+                              retried until the job's own deadline
     settle_gates(record)      the gate sink of the final report: `done` only once every gate's callback landed
                               (or its deadline passed)
 

@@ -11,6 +11,8 @@ Quirks of the real service it reproduces (see the reference notes):
 - pipeline plans (agentless tasks in callback mode): `…/distributedtask/hubs/{hub}/plans/{plan}/events` and the
   timeline feed answer **204**, take only the plan's own job token (Bearer or Basic `:token`; a token of another
   plan is refused like a bad PAT), and need `api-version` (`2.0-preview.1` for events, `4.1` for feed/logs);
+  `PATCH …/timelines/{timeline}/records` (a task's output variables) takes records with an `id` and variables as
+  `{name: {"value": …}}`;
 - hook subscriptions mask `basicAuthPassword`, refuse basic auth over plain HTTP and localhost targets, and a
   `disabledBySystem` subscription stays disabled when replaced (anecdotal, Sentry #10407).
 
