@@ -238,9 +238,10 @@ class Progress:
         items = self.items()
         for item in sorted(items, key=lambda i: i["created"]):
             now = (item["state"], item["verdict"])
-            if self.seen.get(item["id"]) == now:
-                continue
+            before = self.seen.get(item["id"])
             self.seen[item["id"]] = now
+            if before == now or (before and item["verdict"] and before[1] == item["verdict"]):
+                continue  # nothing new (reporting → done keeps the verdict printed already)
             what = f"#{item['build_id']} {item['route']}/{item['environment']}"
             detail = item["state"]
             if item["verdict"]:
