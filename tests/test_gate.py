@@ -13,7 +13,7 @@ from bridge.logs import SecretFilter, forget_secret, remember_secret
 from bridge.organizations import Organization
 from bridge.records import DeploymentRecord
 from bridge.routing import parse_routing
-from workers.gate import callback_result, progress_lines
+from workers.gate import AppView, callback_result, is_final, progress_lines
 
 ROUTING = parse_routing({
     "repositories": {"gitops": {"url": "https://git.example.invalid/gitops.git"}},
@@ -109,6 +109,42 @@ def test_progress_lines_grow_with_the_deployment() -> None:
     lines = dict(progress_lines(gate, record, "dev"))
     assert lines["commit"] == "committed aaaaaaaaaa to gitops:api/prod.yaml (image.tag: 41 → 42)"
     assert lines["verdict"].startswith("verdict: pushed (not verified")
+
+
+def _record(**fields: Any) -> DeploymentRecord:
+    base: dict[str, Any] = dict(id="d", build_key="k", build_id=42, route="api", environment="prod",
+                                repository="gitops", file="api/prod.yaml", keys=["image.tag"], tag="42",
+                                old_tags={"image.tag": "41"}, commit_sha="b" * 40, state="verifying",
+                                argocd_app="default/api-eu, api-us")
+    return DeploymentRecord(**{**base, **fields})
+
+
+def test_each_application_of_an_estate_gets_its_own_lines() -> None:
+    gate, _ = parse_call("gate", headers(), {"buildId": "42", "environment": "prod"}, ROUTING, ORGS, 0.0)
+    apps = {"api-us": AppView(snapshot="sync Synced at bbbbbbb; health Progressing; no operation"),
+            "api-eu": AppView("failed", "Degraded: Deployment api/api: Degraded", "")}
+    lines = dict(progress_lines(gate, _record(), "dev", apps))
+    assert lines["argocd"] == "Argo CD apps default/api-eu, api-us: waiting for sync and health at bbbbbbbbbb"
+    assert lines["argocd:api-us:sync Synced at bbbbbbb; health Progressing"] == \
+        "Argo CD app api-us: sync Synced at bbbbbbb; health Progressing"
+    assert lines["app:api-eu:failed"] == "Argo CD app api-eu: failed — Degraded: Deployment api/api: Degraded"
+    assert not any(is_final(k) for k in lines)
+
+
+def test_the_verdict_lists_each_application_the_failed_first() -> None:
+    gate, _ = parse_call("gate", headers(), {"buildId": "42", "environment": "prod"}, ROUTING, ORGS, 0.0)
+    record = _record(state="reporting", verdict="failed", reason="api-us: Degraded", details={"argocd": {"apps": {
+        "api-eu": {"state": "succeeded", "reason": "bbbbbbb synced and Healthy"},
+        "api-us": {"state": "failed", "reason": "Degraded"}, "api-ap": {"state": "waiting", "reason": ""}}}})
+    final = [(k, line) for k, line in progress_lines(gate, record, "dev") if is_final(k)]
+    assert [line for _, line in final] == [
+        "  Argo CD app api-us: failed — Degraded", "  Argo CD app api-ap: waiting",
+        "  Argo CD app api-eu: succeeded — bbbbbbb synced and Healthy", "verdict: failed — api-us: Degraded"]
+    # a single application: its snapshot follows the verdict, as before
+    single = _record(state="reporting", verdict="failed", reason="Degraded", argocd_app="api-prod",
+                     details={"argocd": {"snapshot": "sync Synced at bbbbbbb; health Degraded"}})
+    assert [line for k, line in progress_lines(gate, single, "dev") if is_final(k)] == [
+        "verdict: failed — Degraded", "Argo CD: sync Synced at bbbbbbb; health Degraded"]
 
 
 def test_a_token_learnt_at_run_time_is_scrubbed_until_forgotten() -> None:

@@ -7,8 +7,10 @@ tests use, and the bridge itself (web + worker, as `serve` runs them). Then a re
    merges like a reviewer would, and staging is verified too.
 2. cart #201 and #202 finish at the same moment: one writer, coalesced, the newer tag wins.
 3. cart #204, then #203 finishing last: the older build is `superseded`, never written.
-4. search #300 deploys; #301's rollout degrades in Argo CD, so the deployment `failed` — and the build says so —
-   and, with `on_failure: rollback`, the bridge rolls search back to #300 on its own, verified healthy, and holds it.
+4. search #300 deploys; #301's pipeline deploys through a gated stage (an agentless `InvokeRESTAPI@1` task calling
+   `POST /webhooks/azure-devops/gate`). Its rollout degrades in Argo CD, so the deployment `failed`: the stage's log
+   shows why, live, and `TaskCompleted` `failed` turns the stage (and the run) red. With `on_failure: rollback`, the
+   bridge rolls search back to #300 on its own, verified healthy, and holds it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +154,20 @@ def build_complete(build: dict[str, Any], org_url: str) -> dict[str, Any]:
     }
 
 
+def task_instance_id(plan_id: str, stage: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, f"{plan_id}:{stage}:task"))
+
+
+def gate_headers(org_url: str, project_id: str, plan_id: str, token: str, stage: str, *, hub: str = "build",
+                 job_id: str | None = None) -> dict[str, str]:
+    """The headers `InvokeRESTAPI@1` adds in callback mode (its defaults) for one stage of a run; the job, timeline
+    and task ids are derived from the plan and the stage, as stable as Azure DevOps' own."""
+    return {"PlanUrl": org_url, "ProjectId": project_id, "HubName": hub, "PlanId": plan_id,
+            "JobId": job_id or str(uuid.uuid5(uuid.NAMESPACE_OID, f"{plan_id}:{stage}")),
+            "TimelineId": str(uuid.uuid5(uuid.NAMESPACE_OID, plan_id)),
+            "TaskInstanceId": task_instance_id(plan_id, stage), "AuthToken": token}
+
+
 class BridgeThread:
     """The bridge (web + worker in one event loop, like `gitops-bridge serve`) in a background thread."""
 
@@ -221,9 +238,10 @@ class Progress:
         items = self.items()
         for item in sorted(items, key=lambda i: i["created"]):
             now = (item["state"], item["verdict"])
-            if self.seen.get(item["id"]) == now:
-                continue
+            before = self.seen.get(item["id"])
             self.seen[item["id"]] = now
+            if before == now or (before and item["verdict"] and before[1] == item["verdict"]):
+                continue  # nothing new (reporting → done keeps the verdict printed already)
             what = f"#{item['build_id']} {item['route']}/{item['environment']}"
             detail = item["state"]
             if item["verdict"]:
@@ -304,6 +322,7 @@ def _run(*, keep_running: bool, port: int, out: Callable[[str], None], ado: Fake
             "argocd": {"url": argocd.url, "token": FAKE_TOKEN, "poll_seconds": 0.5, "deadline_seconds": 30,
                        "degraded_grace_seconds": 1, "refresh_timeout_seconds": 2},
             "azure_devops": {"token": PAT, "organization_url": org_url, "reconcile_seconds": 0},
+            "gate": {"poll_seconds": 0.5},
         })
         from bridge.logs import configure_logging
 
@@ -378,6 +397,18 @@ def explore_hints(scenario: Scenario, root: Path, bridge_url: str) -> str:
     ])
 
 
+@dataclass
+class GatedStage:
+    """A stage of a pipeline run waiting on the gate: the plan the bridge calls back, and how much of its log the
+    demo has printed."""
+
+    build_id: int
+    name: str
+    plan: str
+    printed: int = 0
+    result: str = ""
+
+
 class Scenario:
     def __init__(self, ado: FakeAzureDevOps, github: GitHubFake, argocd: ArgoCDFake, bridge_url: str, org_url: str,
                  out: Callable[[str], None]) -> None:
@@ -386,15 +417,45 @@ class Scenario:
         self.progress = Progress(bridge_url, out)
         self.client = httpx.Client(timeout=10, headers={"X-Bridge-Token": WEBHOOK_TOKEN})
         self.commits = 0
+        self.stages: list[GatedStage] = []
 
-    def build(self, build_id: int, app: str, *, commit: str | None = None) -> dict[str, Any]:
+    def build(self, build_id: int, app: str, *, commit: str | None = None, plan: str | None = None) -> dict[str, Any]:
         return self.ado.add_build(ORG, PROJECT, {
             "id": build_id, "buildNumber": f"2026.11.{build_id}", "result": "succeeded",
             "definition": {"id": {"shop": 11, "cart": 12, "search": 13}[app], "name": f"{app}-ci"},
             "sourceBranch": "refs/heads/main",
             "sourceVersion": (commit or f"{build_id:x}".rjust(8, "a")) * 5,
             "repository": {"id": f"{app}-repo-id", "type": "TfsGit", "name": app},
+            **({"orchestrationPlan": {"planId": plan}} if plan else {}),
         })
+
+    def gate(self, build_id: int, app: str, environment: str) -> None:
+        """The run reaches its gated stage: a server job whose `InvokeRESTAPI@1` task (callback mode) calls the gate
+        while the run is still in progress (no build.complete yet)."""
+        plan, token = self.ado.add_plan()
+        build = self.build(build_id, app, plan=plan)
+        stage = f"Deploy {environment}"
+        body = {"buildId": str(build_id), "environment": environment, "route": app, "timeoutMinutes": "10"}
+        response = self.client.post(f"{self.bridge_url}/webhooks/azure-devops/gate", content=json.dumps(body),
+                                    headers={"Content-Type": "application/json",
+                                             **gate_headers(self.org_url, build["project"]["id"], plan, token, stage)})
+        self.out(f"  pipeline #{build_id}, stage '{stage}' (server job, InvokeRESTAPI@1 → /webhooks/azure-devops/gate)"
+                 f" → HTTP {response.status_code} {response.json().get('status')}")
+        self.stages.append(GatedStage(build_id, stage, plan))
+
+    def pipeline_log(self) -> None:
+        """Print what each gated stage shows in Azure DevOps as it arrives: its task log, then its result."""
+        for stage in self.stages:
+            feed = self.ado.plan_feed(stage.plan)
+            for line in feed[stage.printed:]:
+                self.out(f"  | #{stage.build_id} {stage.name}: {line}")
+            stage.printed = len(feed)
+            done = [e for e in self.ado.plan_events(stage.plan) if e["name"] == "TaskCompleted"]
+            if done and not stage.result:
+                stage.result = str(done[0].get("result"))
+                colour = "green" if stage.result == "succeeded" else "red"
+                self.out(f"  | #{stage.build_id} {stage.name}: TaskCompleted {stage.result} → the stage turns "
+                         f"{colour}, and run #{stage.build_id} with it")
 
     def post(self, *builds: dict[str, Any]) -> None:
         """Post finished builds to the webhook, concurrently when there are several."""
@@ -415,6 +476,7 @@ class Scenario:
         deadline = time.monotonic() + timeout
         while True:
             items = self.progress.poll()
+            self.pipeline_log()
             self.merge_open_pull_requests()
             if done(items) or time.monotonic() > deadline:
                 return items
@@ -448,11 +510,12 @@ class Scenario:
         self.post(self.build(203, "cart"))
         self.wait(lambda items: self.finished(items, 203, 204))
 
-        self.out("\n4) search #300 deploys, then #301's rollout degrades in Argo CD (on_failure: rollback)")
+        self.out("\n4) search #300 deploys; #301's pipeline deploys through a gated stage, and its rollout degrades in "
+                 "Argo CD (on_failure: rollback)")
         self.post(self.build(300, "search"))
         self.wait(lambda items: self.finished(items, 300))
         self.argocd.script("search-dev", degrade=True)
-        self.post(self.build(301, "search"))
+        self.gate(301, "search", "dev")
         # Argo CD synced #301 (its health is set at the sync); the environment recovers once #300 is back
         self.wait(lambda items: any(i["build_id"] == 301 and "synced" in i["timeline"] for i in items))
         self.argocd.script("search-dev", health_sequence=["Progressing", "Healthy"])
@@ -470,6 +533,7 @@ class Scenario:
                 break
             time.sleep(0.1)
             items = self.progress.poll()
+        self.pipeline_log()
         return items
 
     def summary(self, items: list[dict[str, Any]], elapsed: float) -> int:
@@ -498,6 +562,11 @@ class Scenario:
             (203, "dev"): {"superseded"}, (204, "dev"): {"succeeded"}, (300, "dev"): {"succeeded"},
             (301, "dev"): {"failed"},
         }
+        callbacks = {(s.build_id, s.name): [e.get("result") for e in self.ado.plan_events(s.plan)
+                                            if e["name"] == "TaskCompleted"] for s in self.stages}
+        if callbacks != {(301, "Deploy dev"): ["failed"]}:
+            self.out(f"\nUNEXPECTED pipeline callbacks (one TaskCompleted failed for #301 expected): {callbacks}")
+            return 1
         if not any(i.get("kind") == "rollback" and i["verdict"] == "succeeded" for i in items):
             self.out("\nUNEXPECTED: search was not rolled back to #300")
             return 1

@@ -3,9 +3,11 @@ task's log while it waits, and call back `TaskCompleted` exactly once per verdic
 
     gate_deployment(gate_id)  the build belongs to the plan (PlanId) and to the route's project/definition/branch,
                               `after:` is satisfied (a gated environment) → one deployment per build identity
-    watch_gate(gate_id)       every gate.poll_seconds: new progress lines (timeline feed), the deadline
-                              (timeoutMinutes minus gate.margin_seconds → `timed-out`), the callback once a verdict
-                              exists; a callback failing 5xx/network is retried until the job's own deadline
+    watch_gate(gate_id)       every gate.poll_seconds: new progress lines (timeline feed; each Argo CD application's
+                              sync and health), the output variable `gitopsCommitSha` once the commit exists
+                              (timeline record variables), the deadline (timeoutMinutes minus gate.margin_seconds →
+                              `timed-out`), the callback once a verdict exists; a callback failing 5xx/network is
+                              retried until the job's own deadline
     settle_gates(record)      the gate sink of the final report: `done` only once every gate's callback landed
                               (or its deadline passed)
 
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -46,6 +50,7 @@ EVENTS_VERSION = "2.0-preview.1"
 FEED_VERSION = "4.1"
 CALLBACK_TIMEOUT_S = 10.0
 MAX_LINE = 1000
+OUTPUT_VARIABLE = "gitopsCommitSha"  # the task's output variable: the GitOps commit Argo CD deploys
 
 
 class PlanClient:
@@ -57,14 +62,14 @@ class PlanClient:
         self._token = token
         self._transport = transport
 
-    async def _post(self, operation: str, path: str, version: str, body: Any) -> None:
+    async def _post(self, operation: str, path: str, version: str, body: Any, method: str = "POST") -> None:
         headers = {"Authorization": f"Bearer {self._token}", "Content-Type": "application/json",
                    "Accept": "application/json", "User-Agent": "gitops-bridge"}
         try:
             async with httpx.AsyncClient(timeout=httpx.Timeout(CALLBACK_TIMEOUT_S, connect=5.0),
                                          transport=self._transport, follow_redirects=False) as http:
-                response = await http.post(self.base + path, params={"api-version": version},
-                                           content=orjson.dumps(body), headers=headers)
+                response = await http.request(method, self.base + path, params={"api-version": version},
+                                              content=orjson.dumps(body), headers=headers)
         except httpx.HTTPError as exc:
             raise UpstreamUnavailable(SYSTEM, f"{operation}: {type(exc).__name__}") from None
         status = response.status_code
@@ -84,6 +89,15 @@ class PlanClient:
         await self._post("feed", f"/timelines/{self.gate.timeline_id}/records/{self.gate.job_id}/feed",
                          FEED_VERSION, {"value": lines, "count": len(lines)})
 
+    async def set_variables(self, variables: dict[str, str]) -> None:
+        """Output variables of the task: the variables of its timeline record (the record's id is the task instance),
+        as the agent sets them for `##vso[task.setvariable …;isOutput=true]`."""
+        if not variables or not self.gate.timeline_id:
+            return
+        record = {"id": self.gate.task_id, "variables": {k: {"value": v} for k, v in variables.items()}}
+        await self._post("output variables", f"/timelines/{self.gate.timeline_id}/records", FEED_VERSION,
+                         {"value": [record], "count": 1}, method="PATCH")
+
     async def task_completed(self, result: str) -> None:
         await self._post("task_completed", "/events", EVENTS_VERSION,
                          {"name": "TaskCompleted", "taskId": self.gate.task_id, "jobId": self.gate.job_id,
@@ -92,10 +106,19 @@ class PlanClient:
 
 # -- what the log says (pure) --------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class AppView:
+    """One Argo CD application of the deployment, as the watcher last saw it."""
+
+    state: str = "waiting"  # waiting | succeeded | failed (an estate's member state)
+    reason: str = ""
+    snapshot: str = ""  # the watcher's last `sync Synced at <sha>; health Progressing; …` ("" once decided)
+
+
 def progress_lines(gate: Gate, record: DeploymentRecord | None, after: str | None,
-                   argo_status: str | None = None) -> list[tuple[str, str]]:
-    """(key, line) for everything the task log should show by now; each key is posted once. `argo_status`: the Argo
-    CD watcher's last snapshot of the application (`sync Synced at <sha>; health Progressing; …`)."""
+                   apps: Mapping[str, AppView] | None = None) -> list[tuple[str, str]]:
+    """(key, line) for everything the task log should show by now; each key is posted once. `apps`: the deployment's
+    Argo CD applications while it is verified (one, or each application of an estate)."""
     if record is None:
         waiting = f"waiting for {after} to succeed for build {gate.build_id}" if after else "waiting for the deployment"
         return [("waiting", f"gitops-bridge: {waiting} ({gate.route}/{gate.environment})")]
@@ -108,18 +131,44 @@ def progress_lines(gate: Gate, record: DeploymentRecord | None, after: str | Non
         lines.append(("pr", f"pull request #{record.pr_number} opened: {record.pr_url} (waiting for review counts "
                             "against this stage's deadline)"))
     if record.argocd_app and record.state == "verifying":
-        lines.append(("argocd", f"Argo CD app {record.argocd_app}: waiting for sync and health at "
-                                f"{(record.commit_sha or '')[:10]}"))
-        if argo_status:
-            status = "; ".join(argo_status.split("; ")[:2])  # sync and health; the rest is for the final report
-            lines.append((f"argocd:{status}", f"Argo CD app {record.argocd_app}: {status}"))
+        several = len(apps or {}) > 1 or ", " in record.argocd_app or "selector " in record.argocd_app
+        lines.append(("argocd", f"Argo CD app{'s' if several else ''} {record.argocd_app}: waiting for sync and health "
+                                f"at {(record.commit_sha or '')[:10]}"))
+        lines += app_lines(apps or {})
     if record.verdict is not None:
+        lines += [(f"app-final:{name}", f"  {line}") for name, line in final_app_lines(record)]
         text = {"pushed": "pushed (not verified: no Argo CD application)"}.get(record.verdict, record.verdict)
         lines.append(("verdict", f"verdict: {text}" + (f" — {record.reason}" if record.reason else "")))
         snapshot = (record.details.get("argocd") or {}).get("snapshot") if isinstance(record.details, dict) else None
         if snapshot:
             lines.append(("argocd-final", f"Argo CD: {snapshot}"))
     return lines
+
+
+def app_lines(apps: Mapping[str, AppView]) -> list[tuple[str, str]]:
+    """Each application's sync and health as they change, and its own verdict within an estate."""
+    lines = []
+    for name, view in sorted(apps.items()):
+        if view.snapshot:
+            status = "; ".join(view.snapshot.split("; ")[:2])  # sync and health; the rest is for the final report
+            lines.append((f"argocd:{name}:{status}", f"Argo CD app {name}: {status}"))
+        if view.state in ("succeeded", "failed"):
+            lines.append((f"app:{name}:{view.state}", f"Argo CD app {name}: {view.state}"
+                                                       + (f" — {view.reason}" if view.reason else "")))
+    return lines
+
+
+def final_app_lines(record: DeploymentRecord) -> list[tuple[str, str]]:
+    """An estate's applications at the verdict (`details.argocd.apps`), the failed ones first."""
+    argocd = record.details.get("argocd") if isinstance(record.details, dict) else None
+    apps = argocd.get("apps") if isinstance(argocd, dict) else None
+    if not isinstance(apps, dict) or not apps:
+        return []
+    order = {"failed": 0, "waiting": 1, "succeeded": 2}
+    members = sorted(((str(n), m) for n, m in apps.items() if isinstance(m, dict)),
+                     key=lambda item: (order.get(str(item[1].get("state")), 1), item[0]))
+    return [(name, f"Argo CD app {name}: {m.get('state') or 'waiting'}" + (f" — {m['reason']}" if m.get("reason")
+                                                                          else "")) for name, m in members]
 
 
 def callback_result(verdict: str | None) -> str:
@@ -332,43 +381,81 @@ async def _rearm(ctx: Ctx, gate: Gate) -> None:
     await enqueue(ctx, WATCH_GATE, gate.id, job_id=tick_job_id("gate", gate.id, poll), defer_by=poll)
 
 
+def is_final(key: str) -> bool:
+    """The lines that go with the callback (the verdict and what explains it), not with a progress tick."""
+    return key in ("verdict", "argocd-final") or key.startswith("app-final:")
+
+
 async def _progress(ctx: Ctx, gate: Gate, state: dict[str, str], record: DeploymentRecord | None,
                     after: str | None) -> None:
-    """Post the lines not posted yet (best effort: a failed feed post is tried again next tick)."""
+    """Post the lines not posted yet, and the output variable once the commit is known (best effort: a failed post
+    is tried again next tick)."""
     posted = set(filter(None, state.get("posted", "").split("\n")))
-    argo = await _argo_status(ctx, gate, record)
-    lines = [(k, line) for k, line in progress_lines(gate, record, after, argo) if k not in posted and k != "verdict"]
-    if not lines:
+    apps = await _argo_view(ctx, gate, record)
+    lines = [(k, line) for k, line in progress_lines(gate, record, after, apps) if k not in posted and not is_final(k)]
+    output = _output(record, state)
+    if not lines and not output:
         return
     token = await _token(ctx, gate)
     org = _org(ctx, gate)
     if token is None or org is None:
         return
+    client = PlanClient(org, gate, token)
     try:
-        await PlanClient(org, gate, token).feed([line for _, line in lines])
+        lines += [("", line) for line in await _set_output(client, gate, output)]
+        await client.feed([line for _, line in lines])
     except BridgeError as exc:
         log.info("gate %s: progress lines not posted: %s", gate.id, exc)
         return
-    await _set_state(ctx, gate, posted="\n".join(sorted(posted | {k for k, _ in lines})))
+    update = {"posted": "\n".join(sorted(posted | {k for k, _ in lines if k}))}
+    if output:
+        update["output"] = output[OUTPUT_VARIABLE]
+    await _set_state(ctx, gate, **update)
 
 
-async def _argo_status(ctx: Ctx, gate: Gate, record: DeploymentRecord | None) -> str | None:
-    """The last snapshot the Argo CD watcher keeps for this deployment (read only; the watcher owns it)."""
-    if record is None or record.state != "verifying":
-        return None
-    env = routing(ctx).route(gate.route).environment(gate.environment)
-    if env.argocd is None:
-        return None
-    from workers.verify import app_key
-
-    raw = await ctx["redis"].hget(keys(ctx).waiting(app_key(env.argocd)), record.id)
-    if raw is None:
-        return None
+async def _set_output(client: PlanClient, gate: Gate, variables: dict[str, str]) -> list[str]:
+    """Set the output variables; the lines that say so (or why not: a refusal is said once, not retried).
+    UpstreamUnavailable (5xx, network) propagates: the caller retries."""
+    if not variables:
+        return []
     try:
-        last = orjson.loads(raw).get("last")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    return str(last) if last else None
+        await client.set_variables(variables)
+    except UpstreamUnavailable:
+        raise
+    except BridgeError as exc:
+        log.info("gate %s: output variables not set: %s", gate.id, exc)
+        return [f"output variable {k} not set: {exc}" for k in variables]
+    return [f"output variable {k} = {v}" for k, v in variables.items()]
+
+
+def _output(record: DeploymentRecord | None, state: dict[str, str]) -> dict[str, str]:
+    """The output variables not set yet: the GitOps commit, once there is one."""
+    if record is None or not record.commit_sha or state.get("output") == record.commit_sha:
+        return {}
+    return {OUTPUT_VARIABLE: record.commit_sha}
+
+
+async def _argo_view(ctx: Ctx, gate: Gate, record: DeploymentRecord | None) -> dict[str, AppView]:
+    """Each Argo CD application of the deployment as the watcher last saw it (read only; the watcher owns it): its
+    last snapshot and, within an estate, its own state."""
+    if record is None or record.state != "verifying":
+        return {}
+    argo = routing(ctx).route(gate.route).environment(gate.environment).argocd
+    if argo is None:
+        return {}
+    from workers.verify import estate, waiter_key
+
+    members = (await estate(ctx, record.id))[0] if argo.is_estate else {}
+    views = {}
+    for name in sorted(set(members) | set(argo.names)):
+        raw = await ctx["redis"].hget(waiter_key(ctx, argo, name), record.id)
+        try:
+            last = str(orjson.loads(raw).get("last") or "") if raw is not None else ""
+        except (orjson.JSONDecodeError, AttributeError):
+            last = ""
+        member = members.get(name)
+        views[name] = AppView(member.state, member.reason, last) if member else AppView(snapshot=last)
+    return views
 
 
 async def _token(ctx: Ctx, gate: Gate) -> str | None:
@@ -390,9 +477,10 @@ def _org(ctx: Ctx, gate: Gate) -> Organization | None:
     return found or (ado.organization(gate.organization) if ado is not None else None)
 
 
-async def _callback(ctx: Ctx, gate: Gate, result: str, lines: list[str]) -> str:
-    """Send the final lines and TaskCompleted: `landed`, `retry` (5xx/network), `refused` (401/403/203), `expired`
-    (no token left: the job's deadline passed) or `error` (another 4xx)."""
+async def _callback(ctx: Ctx, gate: Gate, result: str, lines: list[str],
+                    variables: dict[str, str] | None = None) -> str:
+    """Set the output variables not set yet, send the final lines and TaskCompleted: `landed`, `retry` (5xx/network),
+    `refused` (401/403/203), `expired` (no token left: the job's deadline passed) or `error` (another 4xx)."""
     token = await _token(ctx, gate)
     org = _org(ctx, gate)
     if token is None or org is None:
@@ -400,6 +488,7 @@ async def _callback(ctx: Ctx, gate: Gate, result: str, lines: list[str]) -> str:
         return "expired"
     client = PlanClient(org, gate, token)
     try:
+        lines = [*lines, *await _set_output(client, gate, variables or {})]
         try:
             await client.feed(lines)
         except UpstreamUnavailable:
@@ -441,12 +530,12 @@ async def settle_gate(ctx: Ctx, gate: Gate, record: DeploymentRecord) -> str:
         if state.get("closed") or fresh.delivered.get(sink) == fresh.verdict:
             return "landed"
         result = callback_result(fresh.verdict)
-        lines = [line for key, line in progress_lines(gate, fresh, None) if key in ("verdict", "argocd-final")]
+        lines = [line for key, line in progress_lines(gate, fresh, None) if is_final(key)]
         if fresh.verdict == "held":
             hold = await store(ctx).get_hold(fresh.route, fresh.environment)
             if hold:
                 lines.append(f"held by {hold.get('by', 'unknown')}: {hold.get('reason', '')}")
-        outcome = await _callback(ctx, gate, result, lines)
+        outcome = await _callback(ctx, gate, result, lines, _output(fresh, state))
         if outcome == "retry":
             return outcome
         if outcome == "landed":

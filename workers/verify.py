@@ -77,6 +77,11 @@ def _instance_tag(ctx: Ctx, argo: ArgoApp) -> str | None:
     return argo.instance
 
 
+def waiter_key(ctx: Ctx, argo: ArgoApp, name: str) -> str:
+    """The hash holding each deployment's waiter (and its `last` snapshot) on application `name`: the gate reads it."""
+    return keys(ctx).waiting(app_key(argo, name, _instance_tag(ctx, argo)))
+
+
 def _client(ctx: Ctx, instance: str | None) -> ArgoCDClient | None:
     root: ArgoCDClient | None = ctx.get("argocd")
     return root.instance(instance) if root is not None else None

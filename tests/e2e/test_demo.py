@@ -53,6 +53,12 @@ def test_demo_runs_green_and_its_summary_matches_azure_devops(restore_logging: N
     assert rows[("203", "dev")] == "superseded" and rows[("204", "dev")] == "succeeded"
     assert rows[("301", "dev")] == "failed" and rows[("300", "dev")] == "succeeded"
     assert "rolled back to build 300" in output
+    # #301 deployed through its pipeline's gated stage: the demo prints the stage's log as it arrived, and its end
+    stage = [line for line in lines if line.startswith("  | #301 Deploy dev: ")]
+    assert any("committed" in line and "helm/search/values-dev.yaml" in line for line in stage), stage
+    assert any("output variable gitopsCommitSha = " in line for line in stage), stage
+    assert any(re.search(r"verdict: failed — .*Degraded", line) for line in stage), stage
+    assert stage[-1] == "  | #301 Deploy dev: TaskCompleted failed → the stage turns red, and run #301 with it"
     assert "Merge pull request #1" in output
     # The printed tags are the fake's, read after the demo ended: the summary waited for every final report.
     printed = dict(re.findall(r"^  #(\d+): (.*)$", output.split("(build tags):", 1)[1], re.M))

@@ -5,6 +5,7 @@ the plan-scoped job token); the bridge runs web + worker in one loop (Redis db 7
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,7 +17,7 @@ import pytest
 
 from bridge.routing import parse_routing
 from bridge.settings import Settings
-from workers.demo import ORG, WEBHOOK_TOKEN
+from workers.demo import GITHUB_REPO, ORG, WEBHOOK_TOKEN, gate_headers, task_instance_id
 
 from .conftest import DB, KEY_PREFIX, READ_TOKEN, Options, Stack
 
@@ -36,6 +37,10 @@ class GateStack(Stack):
             {**dev, "name": "prod", "file": "helm/cart/values-prod.yaml", "trigger": "gate", "after": "staging",
              "argocd": None},
         ]
+        # search/dev is an estate of two applications (the second one in another region, same values file)
+        search = next(r for r in self.document["routes"] if r["name"] == "search")
+        search["environments"][0]["argocd"] = {"apps": ["search-dev", "search-eu"], "discovery_seconds": 0}
+        self.argocd.add_app("search-eu", "helm/search/values-dev.yaml", sync_steps=1)
         self.routing = parse_routing(self.document, "e2e routing")
         (self.root / "bridge.yaml").write_text(json.dumps(self.document, indent=2))
 
@@ -52,13 +57,9 @@ class GateStack(Stack):
     def gate(self, build: dict[str, Any], env: str, plan_id: str, token: str, *, route: str | None = "cart",
              timeout: str = "30", plan_url: str | None = None, endpoint: str = "gate", hub: str = "build",
              job_id: str | None = None, **body: Any) -> httpx.Response:
-        headers = {
-            "X-Bridge-Token": WEBHOOK_TOKEN, "Content-Type": "application/json",
-            "PlanUrl": plan_url or self.org_url, "ProjectId": build["project"]["id"], "HubName": hub,
-            "PlanId": plan_id, "JobId": job_id or str(uuid.uuid5(uuid.NAMESPACE_OID, f"{plan_id}:{env}")),
-            "TimelineId": str(uuid.uuid5(uuid.NAMESPACE_OID, plan_id)),
-            "TaskInstanceId": str(uuid.uuid5(uuid.NAMESPACE_OID, f"{plan_id}:{env}:task")), "AuthToken": token,
-        }
+        headers = {"X-Bridge-Token": WEBHOOK_TOKEN, "Content-Type": "application/json",
+                   **gate_headers(plan_url or self.org_url, build["project"]["id"], plan_id, token, env, hub=hub,
+                                  job_id=job_id)}
         payload = {"buildId": str(build["id"]), "environment": env, "timeoutMinutes": timeout, **body}
         if route is not None:
             payload["route"] = route
@@ -109,6 +110,9 @@ def test_gate_for_a_promotion_deploys_and_calls_back_succeeded(gate_stack: Calla
     feed = "\n".join(s.ado.plan_feed(plan))
     assert f"committed {staging['commit_sha'][:10]} to gitops:helm/cart/values-staging.yaml" in feed
     assert "verdict: succeeded" in feed
+    # the GitOps commit is the task's output variable (its timeline record's variables), and the log says so
+    assert s.ado.plan_variables(plan)[task_instance_id(plan, "staging")] == {"gitopsCommitSha": staging["commit_sha"]}
+    assert f"output variable gitopsCommitSha = {staging['commit_sha']}" in feed
     # the ledger says it landed; the token is gone once it did
     assert any(k.startswith("gate:") for k in staging["delivered"])
     assert token not in json.dumps(s.records())
@@ -139,6 +143,70 @@ def test_degraded_rollout_turns_the_stage_red(gate_stack: Callable[..., GateStac
     assert s.wait_completed(plan)["result"] == "failed"
     feed = "\n".join(s.ado.plan_feed(plan))
     assert "verdict: failed" in feed and "Degraded" in feed
+
+
+def test_superseded_through_a_gate_names_the_newer_build(gate_stack: Callable[..., GateStack]) -> None:
+    s = gate_stack()
+    assert s.post(s.build(431, "cart")).status_code == 202  # the newer build deployed first
+    assert s.wait_finished(431, "dev")["verdict"] == "succeeded"
+    build, plan, token = s.plan(430)  # the older run reaches its gated stage last
+    assert s.gate(build, "dev", plan, token).status_code == 200
+    assert s.wait_completed(plan)["result"] == "failed"
+    record = s.record(430, "dev")
+    assert record is not None and record["verdict"] == "superseded" and record["commit_sha"] is None
+    feed = "\n".join(s.ado.plan_feed(plan))
+    assert "verdict: superseded" in feed and "newer build 431" in feed
+    assert "gitopsCommitSha" not in feed and s.ado.plan_variables(plan) == {}  # nothing of #430 was committed
+    assert len(s.commits_since(s.initial)) == 1
+
+
+def test_a_pull_request_closed_unmerged_fails_the_stage_and_names_it(gate_stack: Callable[..., GateStack]) -> None:
+    s = gate_stack()
+    build, plan, token = s.plan(432, "shop")
+    assert s.post(build).status_code == 202
+    assert s.wait_finished(432, "dev")["verdict"] == "succeeded"
+    pull = s.wait("the staging pull request", s.open_pull)  # `after: dev` opened it; the gate attaches
+    assert s.gate(build, "staging", plan, token, route="shop").status_code == 200
+    s.wait("the pull request in the task log", lambda: any("pull request #" in line for line in s.ado.plan_feed(plan)))
+    s.github.close(GITHUB_REPO, pull.number)
+    assert s.wait_completed(plan)["result"] == "failed"
+    record = s.record(432, "staging")
+    assert record is not None and record["verdict"] == "rejected"
+    feed = "\n".join(s.ado.plan_feed(plan))
+    assert f"pull request #{pull.number} opened" in feed and "counts against this stage's deadline" in feed
+    assert f"verdict: rejected — pull request #{pull.number} was closed without merging" in feed
+
+
+def test_an_estate_shows_each_application_and_names_the_failing_one(gate_stack: Callable[..., GateStack]) -> None:
+    s = gate_stack(reconcile=False)  # Argo CD's controller starts once the live lines were seen
+    s.argocd.script("search-eu", degrade=True)
+    build, plan, token = s.plan(433, "search")
+    assert s.gate(build, "dev", plan, token, route="search").status_code == 200
+    # while it waits, the watcher's view of each application, one line per application
+    live = {f"Argo CD app {app}: sync OutOfSync" for app in ("search-dev", "search-eu")}
+    s.wait("a live line per application", lambda: all(any(line.startswith(want) for line in s.ado.plan_feed(plan))
+                                                       for want in live))
+    s.start_argocd_controller()
+    assert s.wait_completed(plan)["result"] == "failed"
+    feed = s.ado.plan_feed(plan)
+    verdict = next(line for line in feed if line.startswith("verdict: "))
+    assert verdict.startswith("verdict: failed — search-eu: ") and "Degraded" in verdict
+    # each application with its own state, the failing one first, then the verdict
+    final = [line.strip() for line in feed[feed.index(verdict) - 2:feed.index(verdict)]]
+    assert final[0].startswith("Argo CD app search-eu: failed — ") and "Degraded" in final[0]
+    assert final[1].startswith("Argo CD app search-dev: ")
+
+
+def test_a_refused_output_variable_neither_stops_the_log_nor_the_callback(gate_stack: Callable[..., GateStack]) -> None:
+    s = gate_stack()
+    build, plan, token = s.plan(434)
+    s.ado.fail(400, method="PATCH", path=f"/plans/{plan}/timelines", times=100)
+    assert s.gate(build, "dev", plan, token).status_code == 200
+    assert s.wait_completed(plan)["result"] == "succeeded"
+    feed = "\n".join(s.ado.plan_feed(plan))
+    assert "committed" in feed and "verdict: succeeded" in feed
+    assert "output variable gitopsCommitSha not set: Azure Pipelines: output variables rejected (400)" in feed
+    assert len(s.ado.requests_to("PATCH", f"/plans/{plan}/timelines")) == 1  # said once, not tried every tick
 
 
 def test_after_not_satisfied_fails_and_deploys_nothing(gate_stack: Callable[..., GateStack]) -> None:
@@ -186,7 +254,7 @@ def test_pushed_passes_and_says_not_verified(gate_stack: Callable[..., GateStack
 
 
 def test_deadline_ends_before_the_job_timeout(gate_stack: Callable[..., GateStack]) -> None:
-    s = gate_stack(margin_seconds=58.0, reconcile=False)  # Argo CD never syncs: only the gate's deadline ends it
+    s = gate_stack(margin_seconds=55.0, reconcile=False)  # Argo CD never syncs: only the gate's deadline ends it
     build, plan, token = s.plan(407)
     started = time.monotonic()
     assert s.gate(build, "dev", plan, token, timeout="1").status_code == 200
@@ -200,7 +268,9 @@ def test_deadline_ends_before_the_job_timeout(gate_stack: Callable[..., GateStac
     assert "verdict: timed-out" in feed
 
 
-def test_callback_failing_twice_then_landing(gate_stack: Callable[..., GateStack]) -> None:
+def test_callback_failing_twice_then_landing(gate_stack: Callable[..., GateStack],
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     s = gate_stack()
     build, plan, token = s.plan(408)
     s.ado.fail(503, method="POST", path=f"/plans/{plan}/events", times=2)
@@ -208,6 +278,8 @@ def test_callback_failing_twice_then_landing(gate_stack: Callable[..., GateStack
     assert s.wait_completed(plan)["result"] == "succeeded"
     attempts = s.ado.requests_to("POST", f"/plans/{plan}/events")
     assert len(attempts) == 3
+    assert "TaskCompleted will retry" in caplog.text  # the retries were logged, the job's token never
+    assert token not in caplog.text and token not in json.dumps(s.records())
 
 
 @pytest.mark.parametrize(("change", "status", "message"), [
@@ -260,6 +332,19 @@ def test_check_passes_when_the_previous_environment_succeeded(gate_stack: Callab
     # an environment without after: has nothing to check
     answer = s.gate(build, "dev", never_plan, never_token, endpoint="check", hub="checks")
     assert answer.status_code == 400 and "has no 'after:'" in answer.json()["reason"]
+
+
+def test_check_fails_when_the_previous_environment_failed(gate_stack: Callable[..., GateStack]) -> None:
+    s = gate_stack()
+    s.argocd.script("cart-dev", degrade=True)
+    build, _, _ = s.plan(413)
+    assert s.post(build).status_code == 202
+    assert s.wait_finished(413, "dev")["verdict"] == "failed"
+    check_plan, check_token = s.ado.add_plan()
+    assert s.gate(build, "staging", check_plan, check_token, endpoint="check", hub="checks").status_code == 200
+    assert s.wait_completed(check_plan)["result"] == "failed"
+    assert "build 413 failed in dev: " in "\n".join(s.ado.plan_feed(check_plan))
+    assert s.record(413, "staging") is None  # a check deploys nothing
 
 
 def test_wait_sees_a_gated_environment_through_the_api(gate_stack: Callable[..., GateStack]) -> None:

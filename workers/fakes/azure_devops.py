@@ -11,6 +11,8 @@ Quirks of the real service it reproduces (see the reference notes):
 - pipeline plans (agentless tasks in callback mode): `…/distributedtask/hubs/{hub}/plans/{plan}/events` and the
   timeline feed answer **204**, take only the plan's own job token (Bearer or Basic `:token`; a token of another
   plan is refused like a bad PAT), and need `api-version` (`2.0-preview.1` for events, `4.1` for feed/logs);
+  `PATCH …/timelines/{timeline}/records` (a task's output variables) takes records with an `id` and variables as
+  `{name: {"value": …}}`;
 - hook subscriptions mask `basicAuthPassword`, refuse basic auth over plain HTTP and localhost targets, and a
   `disabledBySystem` subscription stays disabled when replaced (anecdotal, Sentry #10407).
 
@@ -226,6 +228,15 @@ class FakeAzureDevOps:
         with self.lock:
             return list(self._plans[plan_id.lower()]["feed"])
 
+    def plan_variables(self, plan_id: str) -> dict[str, dict[str, str]]:
+        """The variables set on the plan's timeline records (a task's output variables), by record id."""
+        out: dict[str, dict[str, str]] = {}
+        with self.lock:
+            for record in self._plans[plan_id.lower()]["records"]:
+                for name, value in (record.get("variables") or {}).items():
+                    out.setdefault(str(record["id"]).lower(), {})[name] = value.get("value")
+        return out
+
     def _key(self, build_id: int, org: str | None) -> tuple[str, int]:
         if org is not None:
             return (org.lower(), build_id)
@@ -397,6 +408,12 @@ class FakeAzureDevOps:
         value = body.get("value") if isinstance(body, dict) else None
         if not isinstance(value, list):
             return _error(400, "Value cannot be null. Parameter name: records", "ArgumentNullException")
+        for record in value:
+            variables = record.get("variables") if isinstance(record, dict) else None
+            if not isinstance(record, dict) or not record.get("id") or not (variables is None or isinstance(
+                    variables, dict) and all(isinstance(v, dict) for v in variables.values())):
+                return _error(400, "Invalid timeline record: an id, and variables as {name: {value}}",
+                              "ArgumentException")
         with self.lock:
             self._plan(request)["records"].extend(copy.deepcopy(value))
         return _json({"count": len(value), "value": value})
