@@ -15,6 +15,7 @@ import pytest
 import redis
 from arq import Worker
 from arq.connections import RedisSettings, create_pool
+from arq.constants import in_progress_key_prefix
 from redis_server import shared_redis_url
 
 from bridge import queue
@@ -209,4 +210,42 @@ async def test_a_redis_failure_while_starting_a_job_gives_its_slot_back(tmp_path
         assert worker.job_counter == 0
         assert worker.sem._value == free  # every slot is free again
     finally:
+        await worker.pool.aclose()
+
+
+@pytest.mark.parametrize("elsewhere", [True, False], ids=["running-elsewhere", "claimable"])
+async def test_a_connection_lost_while_unwatching_gives_the_slot_back_exactly_once(
+    tmp_path: Path, private_redis: Any, elsewhere: bool
+) -> None:
+    """The connection drops as the claim's pipeline unwatches (after arq's own code may already have given the slot
+    back): the slot must come back once — twice raised "BoundedSemaphore released too many times" and the worker
+    exited — and no job may start on a claim that was not confirmed."""
+    settings = make_settings(tmp_path, private_redis.url, worker_max_jobs=2)
+    worker = build_worker(settings, RoutingConfig(repositories={}, routes=[]))
+    await worker.pool.zadd(worker.queue_name, {"job-1": 1})
+    if elsewhere:
+        await worker.pool.set(in_progress_key_prefix + "job-1", b"1", px=60_000)
+    real_pipeline = worker.pool.pipeline
+
+    def dropping_pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = real_pipeline(*args, **kwargs)
+        real_reset = pipe.reset
+
+        async def reset() -> None:
+            await real_reset()
+            raise redis.exceptions.ConnectionError("Connection closed by server.")
+
+        pipe.reset = reset  # type: ignore[method-assign]
+        return pipe
+
+    worker.pool.pipeline = dropping_pipeline  # type: ignore[method-assign]
+    free = worker.sem._value
+    try:
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await worker.start_jobs([b"job-1"])
+        assert (worker.job_counter, worker.sem._value, worker.tasks) == (0, free, {})
+        ttl = await worker.pool.pttl(in_progress_key_prefix + "job-1")
+        assert 0 < ttl <= (60_000 if elsewhere else settings.job_lease_seconds * 1000)
+    finally:
+        worker.pool.pipeline = real_pipeline  # type: ignore[method-assign]
         await worker.pool.aclose()

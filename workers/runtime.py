@@ -26,7 +26,8 @@ from typing import Any, cast
 from arq import Retry, Worker
 from arq.constants import in_progress_key_prefix
 from arq.typing import WorkerCoroutine
-from redis.exceptions import RedisError
+from arq.utils import timestamp_ms
+from redis.exceptions import RedisError, ResponseError, WatchError
 
 from bridge.errors import is_transient, retry_delay
 from workers.context import Ctx
@@ -134,15 +135,51 @@ class BridgeWorker(Worker):
                 log.debug("in-progress heartbeat failed: %s", exc)
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """arq takes a job slot (its semaphore and counter) before it marks a job in progress; when Redis fails right
-        there, the exception skips the release and the slot is gone for good — enough outages and the worker takes
-        no job at all. Give the slot of the job that was being started back."""
-        try:
-            await super().start_jobs(job_ids)
-        except Exception:
-            self.job_counter -= 1
-            self.sem.release()
-            raise
+        """arq's `start_jobs`, with the job slot (semaphore and counter) owned by exactly one party at a time.
+
+        arq takes the slot before it marks a job in progress and gives it back on several paths inside a Redis
+        pipeline; when Redis fails there (or while the pipeline unwatches), the slot either leaks for good (enough
+        outages and the worker takes no job at all) or is given back twice ("BoundedSemaphore released too many
+        times", and the worker exits). Here the slot is given back in one place unless a task was started, which
+        then owns it until it completes."""
+        for job_id_b in job_ids:
+            await self.sem.acquire()
+            if self.job_counter >= self.max_jobs:
+                self.sem.release()
+                return
+            self.job_counter += 1
+            job_id = job_id_b.decode()
+            score: int | None = None
+            try:
+                score = await self._claim(job_id)
+            finally:
+                if score is None:  # not ours, or Redis failed: the slot goes back here and only here
+                    self.job_counter -= 1
+                    self.sem.release()
+            if score is None:
+                continue
+            task = self.loop.create_task(self.run_job(job_id, score))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
+
+    async def _claim(self, job_id: str) -> int | None:
+        """Mark the job in progress for this worker (a `lease`-long marker, see the heartbeat); its queue score when
+        this worker now owns it, None when it runs elsewhere, is done or is deferred. A Redis error raises: a
+        marker that was set but not confirmed expires within one lease and the job runs again (idempotent)."""
+        in_progress_key = in_progress_key_prefix + job_id
+        async with self.pool.pipeline(transaction=True) as pipe:
+            await pipe.watch(in_progress_key)
+            ongoing = await pipe.exists(in_progress_key)
+            score = await pipe.zscore(self.queue_name, job_id)
+            if ongoing or not score or score > timestamp_ms():
+                return None
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.psetex(in_progress_key, int(self.in_progress_timeout_s * 1000), b"1")
+            try:
+                await pipe.execute()
+            except (ResponseError, WatchError):  # started elsewhere since the check
+                return None
+        return int(score)
 
     async def finish_job(self, *args: Any, **kwargs: Any) -> None:
         await self._retrying("finishing a job", functools.partial(super().finish_job, *args, **kwargs))
