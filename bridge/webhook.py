@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -34,7 +35,7 @@ from bridge.auth import WebhookAuth
 from bridge.body import BodyError, BodyLimits, read_json
 from bridge.events import BuildEvent, Ignored, InvalidEvent, parse_event
 from bridge.logs import SecretFilter
-from bridge.queue import Keys, deployment_id, enqueue_build
+from bridge.queue import BuildEnqueuer, Keys, deployment_id
 from bridge.records import now_iso
 from bridge.routing import RoutingConfig, match_event
 from bridge.settings import Settings
@@ -71,6 +72,16 @@ class Intake:
         self.organizations = organizations.configured(settings.azure_devops)
         self.retention_s = max(settings.retention_days * 86400, 3600.0)
         self.scrubber = SecretFilter(settings.secret_values())  # reasons may quote the body
+        self._enqueuer: BuildEnqueuer | None = None
+
+    def enqueuer(self, redis: ArqRedis) -> BuildEnqueuer:
+        """The batching enqueuer of the app's current queue pool (a new pool, e.g. after a restart of the lifespan,
+        gets a new one)."""
+        if self._enqueuer is None or self._enqueuer.redis is not redis:
+            self._enqueuer = BuildEnqueuer(redis, self.keys, self.queue_name, self.retention_s,
+                                           min_replicas=self.settings.redis_min_replicas,
+                                           replica_wait_ms=self.settings.redis_replica_wait_ms)
+        return self._enqueuer
 
 
 def _json_media(content_type: str | None) -> bool:
@@ -119,9 +130,7 @@ async def handle(intake: Intake, request: Request) -> Answer:
     payload = {"event": event.to_json(), "received": now_iso()}
     try:
         async with asyncio.timeout(REDIS_TIMEOUT_S):
-            done = await enqueue_build(request.app.state.redis, intake.keys, intake.queue_name, payload, build_key,
-                                       intake.retention_s, min_replicas=intake.settings.redis_min_replicas,
-                                       replica_wait_ms=intake.settings.redis_replica_wait_ms)
+            done = await intake.enqueuer(request.app.state.redis).enqueue(payload, build_key)
     except (RedisError, OSError, TimeoutError) as exc:
         metrics.ENQUEUE_FAILURES.inc()
         log.warning("enqueue failed: %s", type(exc).__name__)
@@ -147,12 +156,14 @@ async def azure_devops(request: Request) -> Response:
     response = Response(orjson.dumps(content), status_code=answer.status, media_type="application/json")
     for name, value in answer.headers:
         response.headers.append(name, value)
-    metrics.WEBHOOK_REQUESTS.labels(answer.event_type, answer.outcome).inc()
-    metrics.WEBHOOK_DURATION.observe(time.perf_counter() - started)
+    metrics.count_webhook(answer.event_type, answer.outcome, time.perf_counter() - started)
+    if not log.isEnabledFor(logging.INFO):
+        return response
     event = answer.event
-    log.info(
-        "azure-devops webhook %s", answer.outcome,
-        extra={
+    # The record is made here rather than by `log.info`, which would walk the stack for a caller no format shows.
+    log.handle(log.makeRecord(
+        log.name, logging.INFO, __file__, 0, "azure-devops webhook %s", (answer.outcome,), None, "azure_devops",
+        {
             "outcome": answer.outcome,
             "status": answer.status,
             "event_type": answer.event_type,
@@ -163,5 +174,5 @@ async def azure_devops(request: Request) -> Response:
             "organization": (event.organization or organizations.url_key(event.base_url)) if event else None,
             "reason": answer.reason,
         },
-    )
+    ))
     return response
