@@ -22,7 +22,7 @@ _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
 
 
 def fields_of(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and k[:1] != "_"}
 
 
 # Credentials learnt while running (a pipeline gate's AuthToken): every SecretFilter masks them too, until forgotten.
@@ -46,31 +46,42 @@ class SecretFilter(logging.Filter):
         # Longest first, so a secret that contains another is masked whole.
         self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
+    def _all(self) -> list[str]:
+        if not _RUNTIME_SECRETS:
+            return self.secrets
+        return [*self.secrets, *sorted(_RUNTIME_SECRETS, key=len, reverse=True)]
+
     def scrub(self, text: str) -> str:
-        runtime = sorted(_RUNTIME_SECRETS, key=len, reverse=True) if _RUNTIME_SECRETS else []
-        for secret in (*self.secrets, *runtime):
-            if secret in text:
-                text = text.replace(secret, MASK)
-        return text
+        return _scrub(text, self._all())
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets and not _RUNTIME_SECRETS:
+        secrets = self._all()  # once per record: a log line per webhook passes here
+        if not secrets:
             return True
         message = record.getMessage()
-        record.msg, record.args = self.scrub(message), None
+        record.msg, record.args = _scrub(message, secrets), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = self.scrub(record.exc_text)
+            record.exc_text = _scrub(record.exc_text, secrets)
             record.exc_info = None  # the scrubbed text is what gets written
         if record.stack_info:
-            record.stack_info = self.scrub(record.stack_info)
+            record.stack_info = _scrub(record.stack_info, secrets)
         for key, value in fields_of(record).items():
-            if isinstance(value, str):
-                setattr(record, key, self.scrub(value))
-            elif value is not None and not isinstance(value, int | float | bool):
-                setattr(record, key, self.scrub(str(value)))
+            if value is None or isinstance(value, int | float):  # bool is an int
+                continue
+            text = value if isinstance(value, str) else str(value)
+            scrubbed = _scrub(text, secrets)
+            if scrubbed is not value:
+                setattr(record, key, scrubbed)
         return True
+
+
+def _scrub(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
 
 
 def _timestamp(record: logging.LogRecord) -> str:
