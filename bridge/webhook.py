@@ -19,6 +19,7 @@ organization is matched against the configured ones without any network call (`b
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -82,6 +83,25 @@ class Intake:
                                            min_replicas=self.settings.redis_min_replicas,
                                            replica_wait_ms=self.settings.redis_replica_wait_ms)
         return self._enqueuer
+
+
+GC_GEN0_THRESHOLD = 10_000  # allocations between young collections (CPython's default: 700)
+_collector_tuned = False
+
+
+def tune_collector() -> None:
+    """Once per web process, before it serves (not in `create_app`, which tests call many times): what start-up
+    built (settings, routing, modules) stays for the process, so the collector stops walking it; and young
+    collections run less often, since each webhook allocates hundreds of short-lived containers (the parsed body)
+    that reference counting frees anyway."""
+    global _collector_tuned
+    if _collector_tuned:
+        return
+    _collector_tuned = True
+    gc.collect()
+    gc.freeze()
+    threshold, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(max(GC_GEN0_THRESHOLD, threshold), gen1, gen2)
 
 
 def _json_media(content_type: str | None) -> bool:
