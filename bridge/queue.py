@@ -325,7 +325,8 @@ class BuildEnqueuer:
         job_id, call = _build_call(self.redis, self.keys, self.queue_name, event, build_key, self.retention_s)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiting.append((call, future))
-        if self._sender is None or self._sender.done():
+        sender = self._sender
+        if sender is None or sender.done() or sender.get_loop() is not future.get_loop():
             self._sender = asyncio.create_task(self._send())
         created = await future  # a caller that gives up cancels only its own future
         return EnqueueOutcome("queued" if created == 1 else "duplicate", job_id)
@@ -340,7 +341,7 @@ class BuildEnqueuer:
                 results = await _run_enqueues(self.redis, [call for call, _ in batch], self.min_replicas,
                                               self.replica_wait_ms)
             except BaseException as exc:  # the round trip failed: every call in it fails (cancelled: the rest too)
-                failed = batch + self._waiting if isinstance(exc, asyncio.CancelledError) else batch
+                failed = batch if isinstance(exc, Exception) else batch + self._waiting
                 for _, future in failed:
                     if not future.done():
                         future.set_exception(exc if isinstance(exc, Exception) else RedisError("enqueue cancelled"))
