@@ -7,6 +7,7 @@ including uvicorn's and those of libraries that put a URL with a password into a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -121,9 +122,63 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str)
 
 
+def _is_file(stream: Any) -> bool:
+    try:
+        stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return False
+    return True
+
+
+class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A StreamHandler that, inside a running event loop and on a real file (stderr, a pipe, a file), writes the lines
+    of one loop iteration together: one write and one flush, one system call, instead of one per line (the intake logs
+    a line per webhook). Every line is written, in order, before the loop runs anything else; outside a loop, or to an
+    in-memory stream, each line is written at once. `flush()` (also at exit) writes what is pending."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+        self._coalesce = _is_file(stream)
+        self._flush_on: asyncio.AbstractEventLoop | None = None  # the loop a flush is scheduled on
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self._coalesce:
+            super().emit(record)
+            return
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        self._pending.append(line)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        if self._flush_on is not loop:  # (a loop that stopped before running it would keep the lines: schedule anew)
+            self._flush_on = loop
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            self._flush_on = None
+            if self._pending:
+                lines, self._pending = self._pending, []
+                try:
+                    self.stream.write("".join(lines))
+                except Exception:
+                    self.handleError(logging.makeLogRecord({"msg": "".join(lines)}))
+            super().flush()
+        finally:
+            self.release()
+
+
 def configure_logging(settings: Settings, stream: Any = None) -> logging.Handler:
     """Root handler with our format and the secret filter; uvicorn's loggers write through it too."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = LineHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if settings.log_json else TextFormatter())
     handler.addFilter(SecretFilter(settings.secret_values()))
     # Our formats show no caller, thread or process: the stack walk (findCaller), and the thread and process look-ups
@@ -133,6 +188,7 @@ def configure_logging(settings: Settings, stream: Any = None) -> logging.Handler
     root = logging.getLogger()
     for old in list(root.handlers):
         if getattr(old, "_bridge", False):
+            old.flush()
             root.removeHandler(old)
     handler._bridge = True  # type: ignore[attr-defined]
     root.addHandler(handler)
