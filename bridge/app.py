@@ -165,4 +165,6 @@ def app_from_environment() -> Starlette:
 
     settings = load_settings()
     configure_logging(settings)
-    return create_app(settings)
+    app = create_app(settings)
+    webhook.tune_collector()
+    return app

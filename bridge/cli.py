@@ -151,12 +151,14 @@ def cmd_web(args: argparse.Namespace) -> int:
     import uvicorn
 
     from bridge.app import create_app
+    from bridge.webhook import tune_collector
 
     settings, routing = _load(args)
     if not settings.has_redis:
         raise ConfigError("settings: redis_url: `web` needs BRIDGE_REDIS_URL or BRIDGE_REDIS_SENTINELS "
                           "(use `serve` for an embedded Redis)")
     app = create_app(settings, routing)
+    tune_collector()
     uvicorn.run(app, host=args.host or settings.host, port=args.port or settings.port, log_level="warning",
                 access_log=False, proxy_headers=True)
     return 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 BUILD_COMPLETE = "build.complete"
@@ -94,9 +94,15 @@ class BuildEvent:
     def to_json(self) -> dict[str, Any]:
         """JSON-able dict, equal to `dataclasses.asdict(self)` (built by hand: asdict deep-copies, slowly)."""
         data = dict(self.__dict__)
-        data["repository"] = asdict(self.repository) if self.repository is not None else None
+        data["repository"] = dict(self.repository.__dict__) if self.repository is not None else None  # all str
         data["extra"] = copy.deepcopy(self.extra) if self.extra else {}
         return data
+
+    def with_organization(self, organization: str | None) -> BuildEvent:
+        """`dataclasses.replace(self, organization=...)` without running `__init__` again (the intake's hot path)."""
+        event = object.__new__(BuildEvent)
+        event.__dict__.update(self.__dict__, organization=organization)
+        return event
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BuildEvent:

@@ -7,6 +7,7 @@ including uvicorn's and those of libraries that put a URL with a password into a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -22,7 +23,7 @@ _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
 
 
 def fields_of(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and k[:1] != "_"}
 
 
 # Credentials learnt while running (a pipeline gate's AuthToken): every SecretFilter masks them too, until forgotten.
@@ -46,31 +47,42 @@ class SecretFilter(logging.Filter):
         # Longest first, so a secret that contains another is masked whole.
         self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
+    def _all(self) -> list[str]:
+        if not _RUNTIME_SECRETS:
+            return self.secrets
+        return [*self.secrets, *sorted(_RUNTIME_SECRETS, key=len, reverse=True)]
+
     def scrub(self, text: str) -> str:
-        runtime = sorted(_RUNTIME_SECRETS, key=len, reverse=True) if _RUNTIME_SECRETS else []
-        for secret in (*self.secrets, *runtime):
-            if secret in text:
-                text = text.replace(secret, MASK)
-        return text
+        return _scrub(text, self._all())
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets and not _RUNTIME_SECRETS:
+        secrets = self._all()  # once per record: a log line per webhook passes here
+        if not secrets:
             return True
         message = record.getMessage()
-        record.msg, record.args = self.scrub(message), None
+        record.msg, record.args = _scrub(message, secrets), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = self.scrub(record.exc_text)
+            record.exc_text = _scrub(record.exc_text, secrets)
             record.exc_info = None  # the scrubbed text is what gets written
         if record.stack_info:
-            record.stack_info = self.scrub(record.stack_info)
+            record.stack_info = _scrub(record.stack_info, secrets)
         for key, value in fields_of(record).items():
-            if isinstance(value, str):
-                setattr(record, key, self.scrub(value))
-            elif value is not None and not isinstance(value, int | float | bool):
-                setattr(record, key, self.scrub(str(value)))
+            if value is None or isinstance(value, int | float):  # bool is an int
+                continue
+            text = value if isinstance(value, str) else str(value)
+            scrubbed = _scrub(text, secrets)
+            if scrubbed is not value:
+                setattr(record, key, scrubbed)
         return True
+
+
+def _scrub(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
 
 
 def _timestamp(record: logging.LogRecord) -> str:
@@ -110,14 +122,73 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str)
 
 
+def _is_file(stream: Any) -> bool:
+    try:
+        stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return False
+    return True
+
+
+class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A StreamHandler that, inside a running event loop and on a real file (stderr, a pipe, a file), writes the lines
+    of one loop iteration together: one write and one flush, one system call, instead of one per line (the intake logs
+    a line per webhook). Every line is written, in order, before the loop runs anything else; outside a loop, or to an
+    in-memory stream, each line is written at once. `flush()` (also at exit) writes what is pending."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+        self._coalesce = _is_file(stream)
+        self._flush_on: asyncio.AbstractEventLoop | None = None  # the loop a flush is scheduled on
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self._coalesce:
+            super().emit(record)
+            return
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        self._pending.append(line)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        if self._flush_on is not loop:  # (a loop that stopped before running it would keep the lines: schedule anew)
+            self._flush_on = loop
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            self._flush_on = None
+            if self._pending:
+                lines, self._pending = self._pending, []
+                try:
+                    self.stream.write("".join(lines))
+                except Exception:
+                    self.handleError(logging.makeLogRecord({"msg": "".join(lines)}))
+            super().flush()
+        finally:
+            self.release()
+
+
 def configure_logging(settings: Settings, stream: Any = None) -> logging.Handler:
     """Root handler with our format and the secret filter; uvicorn's loggers write through it too."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = LineHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if settings.log_json else TextFormatter())
     handler.addFilter(SecretFilter(settings.secret_values()))
+    # Our formats show no caller, thread or process: the stack walk (findCaller), and the thread and process look-ups
+    # of every LogRecord are skipped (logging HOWTO, "Optimization"). The intake logs one line per webhook.
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
     for old in list(root.handlers):
         if getattr(old, "_bridge", False):
+            old.flush()
             root.removeHandler(old)
     handler._bridge = True  # type: ignore[attr-defined]
     root.addHandler(handler)

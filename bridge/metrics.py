@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -77,6 +77,19 @@ WEBHOOK_DURATION = Histogram(
     "bridge_webhook_request_duration_seconds", "Time to answer a webhook request.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=REGISTRY,
 )
+_WEBHOOK_SERIES: dict[tuple[str, str], Any] = {}
+
+
+def count_webhook(event_type: str, outcome: str, seconds: float) -> None:
+    """One answered webhook: its request counter and its duration. The series are kept (both labels come from
+    closed sets), so the hot path skips `labels()`' validation and lock."""
+    series = _WEBHOOK_SERIES.get((event_type, outcome))
+    if series is None:
+        series = _WEBHOOK_SERIES[(event_type, outcome)] = WEBHOOK_REQUESTS.labels(event_type, outcome)
+    series.inc()
+    WEBHOOK_DURATION.observe(seconds)
+
+
 ENQUEUE_FAILURES = Counter("bridge_enqueue_failures_total", "Events not queued because Redis failed.",
                            registry=REGISTRY)
 QUEUE_DEPTH = Gauge("bridge_queue_depth", "Jobs ready to run now, running ones included (sampled at scrape).",

@@ -15,7 +15,7 @@ normalised URL), and nothing outbound is possible (no credential).
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -48,6 +48,7 @@ class Organization:
         return self.token is not None and bool(self.token.get_secret_value())
 
 
+@functools.lru_cache(maxsize=1024)  # pure; each event and each configured organization asks (bounded: hostile URLs)
 def url_key(url: str | None) -> str | None:
     """The normalised identity of an organization URL, or None for anything that is not an http(s) URL.
 
@@ -179,8 +180,8 @@ def assign(organizations: list[Organization], event: BuildEvent) -> BuildEvent |
     configured (with none configured: the fallback identity). `base_url` stays what the payload claimed: it is shown,
     and compared, never used as an address."""
     if not organizations:
-        return dataclasses.replace(event, organization=fallback_identity(event.base_url, event.collection_id))
+        return event.with_organization(fallback_identity(event.base_url, event.collection_id))
     org = match(organizations, event.base_url, event.collection_id)
     if org is None:
         return None
-    return dataclasses.replace(event, organization=org.name)
+    return event.with_organization(org.name)

@@ -6,6 +6,7 @@ which makes enqueueing idempotent (arq refuses a second job with the same id whi
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import time
@@ -250,6 +251,46 @@ return created
 _ENQUEUE_BUILD_SHA = hashlib.sha1(_ENQUEUE_BUILD_LUA.encode()).hexdigest()
 
 
+def _build_call(redis: ArqRedis, keys: Keys, queue_name: str, event: dict[str, Any], build_key: str,
+                retention_s: float) -> tuple[str, tuple[Any, ...]]:
+    """The job id and the `EVALSHA` arguments (keys count, keys, args) that queue PROCESS_BUILD(event) once."""
+    job_id = build_job_id(build_key)
+    enqueue_time_ms = int(time.time() * 1000)
+    job = serialize_job(PROCESS_BUILD, (event,), {}, None, enqueue_time_ms, serializer=redis.job_serializer)
+    return job_id, (4, keys.seen(build_key), job_key_prefix + job_id, result_key_prefix + job_id, queue_name,
+                    job_id, job, redis.expires_extra_ms, enqueue_time_ms, max(int(retention_s), 1))
+
+
+async def _run_enqueues(redis: ArqRedis, calls: list[tuple[Any, ...]], min_replicas: int,
+                        replica_wait_ms: int) -> list[int | Exception]:
+    """Every call's Lua script in one pipelined round trip (then `WAIT` on the same connection when replicas are
+    required): each call's own result, or its own error. An error of the round trip itself is raised (it affects
+    every call)."""
+    results: list[int | Exception] = [NoScriptError()] * len(calls)
+    todo = list(range(len(calls)))
+    for attempt in range(2):  # the second attempt only when the server did not know the script
+        pipe = redis.pipeline(transaction=False)
+        for i in todo:
+            if attempt == 0:
+                pipe.evalsha(_ENQUEUE_BUILD_SHA, *calls[i])
+            else:
+                pipe.eval(_ENQUEUE_BUILD_LUA, *calls[i])
+        if min_replicas > 0:  # also for duplicates: their first delivery may not have reached the replicas
+            pipe.wait(min_replicas, replica_wait_ms)
+        answers = await pipe.execute(raise_on_error=False)
+        if min_replicas > 0:
+            acked = answers.pop()
+            if isinstance(acked, Exception) or int(acked) < min_replicas:
+                answers = [a if isinstance(a, Exception) else NotReplicated(
+                    f"{acked} of {min_replicas} replicas acknowledged the job") for a in answers]
+        for i, answer in zip(todo, answers, strict=True):
+            results[i] = answer if isinstance(answer, Exception) else int(answer)
+        todo = [i for i in todo if isinstance(results[i], NoScriptError)]
+        if not todo:
+            break
+    return results
+
+
 async def enqueue_build(
     redis: ArqRedis, keys: Keys, queue_name: str, event: dict[str, Any], build_key: str, retention_s: float,
     *, min_replicas: int = 0, replica_wait_ms: int = 1000,
@@ -257,17 +298,61 @@ async def enqueue_build(
     """Durably queue one build (job PROCESS_BUILD(event)), once. Raises redis errors unchanged (the caller answers
     503). Equivalent to `redis.enqueue_job(PROCESS_BUILD, event, _job_id=..., _queue_name=...)` guarded by the
     `seen` key, in a single Lua call instead of five round trips."""
-    job_id = build_job_id(build_key)
-    enqueue_time_ms = int(time.time() * 1000)
-    job = serialize_job(PROCESS_BUILD, (event,), {}, None, enqueue_time_ms, serializer=redis.job_serializer)
-    script_keys = (keys.seen(build_key), job_key_prefix + job_id, result_key_prefix + job_id, queue_name)
-    args = (job_id, job, redis.expires_extra_ms, enqueue_time_ms, max(int(retention_s), 1))
-    try:
-        created = await redis.evalsha(_ENQUEUE_BUILD_SHA, len(script_keys), *script_keys, *args)  # type: ignore[arg-type,misc]
-    except NoScriptError:  # first call on this server (or it restarted): send the script itself
-        created = await redis.eval(_ENQUEUE_BUILD_LUA, len(script_keys), *script_keys, *args)  # type: ignore[arg-type,misc]
-    if min_replicas > 0:  # also for a duplicate: its first delivery may not have reached the replicas
-        acked = int(await redis.wait(min_replicas, replica_wait_ms))
-        if acked < min_replicas:
-            raise NotReplicated(f"{acked} of {min_replicas} replicas acknowledged the job")
+    job_id, call = _build_call(redis, keys, queue_name, event, build_key, retention_s)
+    (created,) = await _run_enqueues(redis, [call], min_replicas, replica_wait_ms)
+    if isinstance(created, Exception):
+        raise created
     return EnqueueOutcome("queued" if created == 1 else "duplicate", job_id)
+
+
+class BuildEnqueuer:
+    """`enqueue_build` for many concurrent callers: the calls that arrive while a round trip is under way go
+    together in the next one (one pipeline, one socket write and read, one `WAIT`), instead of one round trip each.
+
+    Each call is still its own atomic Lua script and gets its own answer: queued, duplicate, or its own error (a
+    round trip that fails, or too few replicas, fails exactly the calls it carried). A caller that stops waiting
+    (timeout) is left out of the next round trip, or ignored by the one already carrying its call."""
+
+    def __init__(self, redis: ArqRedis, keys: Keys, queue_name: str, retention_s: float, *, min_replicas: int = 0,
+                 replica_wait_ms: int = 1000, max_batch: int = 256) -> None:
+        self.redis = redis
+        self.keys, self.queue_name, self.retention_s = keys, queue_name, retention_s
+        self.min_replicas, self.replica_wait_ms, self.max_batch = min_replicas, replica_wait_ms, max_batch
+        self._waiting: list[tuple[tuple[Any, ...], asyncio.Future[int]]] = []
+        self._sender: asyncio.Task[None] | None = None
+
+    async def enqueue(self, event: dict[str, Any], build_key: str) -> EnqueueOutcome:
+        job_id, call = _build_call(self.redis, self.keys, self.queue_name, event, build_key, self.retention_s)
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiting.append((call, future))
+        sender = self._sender
+        if sender is None or sender.done() or sender.get_loop() is not future.get_loop():
+            self._sender = asyncio.create_task(self._send())
+        created = await future  # a caller that gives up cancels only its own future
+        return EnqueueOutcome("queued" if created == 1 else "duplicate", job_id)
+
+    async def _send(self) -> None:
+        while self._waiting:
+            batch = [item for item in self._waiting[:self.max_batch] if not item[1].done()]
+            self._waiting = self._waiting[self.max_batch:]
+            if not batch:
+                continue
+            try:
+                results = await _run_enqueues(self.redis, [call for call, _ in batch], self.min_replicas,
+                                              self.replica_wait_ms)
+            except BaseException as exc:  # the round trip failed: every call in it fails (cancelled: the rest too)
+                failed = batch if isinstance(exc, Exception) else batch + self._waiting
+                for _, future in failed:
+                    if not future.done():
+                        future.set_exception(exc if isinstance(exc, Exception) else RedisError("enqueue cancelled"))
+                if not isinstance(exc, Exception):
+                    self._waiting = []
+                    raise
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)

@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bridge import metrics
-from bridge.api import _deny_writer, _error, _json_body, _store, _token_ok, _who, _writers, record_json
+from bridge.endpoints import deny_writer, error, json_body, record_json, store_of, token_ok, who, writers
 from bridge.lifecycle import is_success
 from bridge.queue import ADVANCE_DEPLOYMENT, advance_job_id
 from bridge.records import DeploymentRecord, DeploymentStore, JobSpec, build_fields, target_fields
@@ -176,29 +176,29 @@ async def deploy_latest_held(store: DeploymentStore, routing: RoutingConfig, rou
 # -- the API endpoints -----------------------------------------------------------------------------------------------
 
 async def post_rollback(request: Request) -> JSONResponse:
-    if not _token_ok(request, _writers(request)):
-        return _deny_writer(request, "rollbacks")
-    body = await _json_body(request, "rollbacks")
+    if not token_ok(request, writers(request)):
+        return deny_writer(request, "rollbacks")
+    body = await json_body(request, "rollbacks")
     if isinstance(body, JSONResponse):
         return body
     route, environment = body.get("route"), body.get("environment")
     to_build, reason, force = body.get("to_build"), body.get("reason"), body.get("force", False)
     if not isinstance(route, str) or not isinstance(environment, str):
-        return _error("rollbacks", 400, "'route' and 'environment' (names) are required")
+        return error("rollbacks", 400, "'route' and 'environment' (names) are required")
     if to_build is not None and (not isinstance(to_build, int) or isinstance(to_build, bool)):
-        return _error("rollbacks", 400, "'to_build' must be a build id (integer)")
+        return error("rollbacks", 400, "'to_build' must be a build id (integer)")
     if reason is not None and not isinstance(reason, str):
-        return _error("rollbacks", 400, "'reason' must be text")
+        return error("rollbacks", 400, "'reason' must be text")
     if not isinstance(force, bool):
-        return _error("rollbacks", 400, "'force' must be true or false")
+        return error("rollbacks", 400, "'force' must be true or false")
     routing: RoutingConfig = request.app.state.routing
-    store = _store(request)
+    store = store_of(request)
     try:
         plan = await plan_rollback(store, routing, route, environment, to_build=to_build, force=force,
-                                   reason=reason, by=_who(request, write=True) or "unknown")
+                                   reason=reason, by=who(request, write=True) or "unknown")
         record = await launch_rollback(store, plan)
     except RollbackRefused as refused:
-        return _error("rollbacks", refused.status, refused.reason)
+        return error("rollbacks", refused.status, refused.reason)
     metrics.API_REQUESTS.labels(endpoint="rollbacks", outcome="ok").inc()
     return JSONResponse(record_json(record), status_code=202)
 
@@ -206,23 +206,23 @@ async def post_rollback(request: Request) -> JSONResponse:
 async def post_release(request: Request) -> JSONResponse:
     """POST {"route", "environment", "deploy_latest"?} → the hold lifted and, with deploy_latest, the newest build it
     stopped deployed again: {"released", "route", "environment", "deployment"}."""
-    if not _token_ok(request, _writers(request)):
-        return _deny_writer(request, "holds")
-    body = await _json_body(request, "holds")
+    if not token_ok(request, writers(request)):
+        return deny_writer(request, "holds")
+    body = await json_body(request, "holds")
     if isinstance(body, JSONResponse):
         return body
     route, environment, latest = body.get("route"), body.get("environment"), body.get("deploy_latest", False)
     if not isinstance(route, str) or not isinstance(environment, str) or not isinstance(latest, bool):
-        return _error("holds", 400, "'route' and 'environment' (names) are required; 'deploy_latest' is true or false")
+        return error("holds", 400, "'route' and 'environment' (names) are required; 'deploy_latest' is true or false")
     routing: RoutingConfig = request.app.state.routing
     try:
         routing.route(route).environment(environment)
     except KeyError:
-        return _error("holds", 404, f"no environment {environment!r} in a route {route!r}")
-    store = _store(request)
+        return error("holds", 404, f"no environment {environment!r} in a route {route!r}")
+    store = store_of(request)
     released = await store.release_hold(route, environment)
     record = await deploy_latest_held(store, routing, route, environment,
-                                      _who(request, write=True) or "unknown") if latest else None
+                                      who(request, write=True) or "unknown") if latest else None
     metrics.API_REQUESTS.labels(endpoint="holds", outcome="ok").inc()
     return JSONResponse({"released": released, "route": route, "environment": environment,
                          "deployment": record.id if record else None})
