@@ -26,8 +26,8 @@ from bridge.lifecycle import ACTIVE_STATES, IN_FLIGHT_STATES, VERDICTS, Kind, St
 from bridge.queue import Keys, add_job
 from bridge.routing import Environment, Route
 
-__all__ = ["VERDICTS", "DeploymentRecord", "DeploymentStore", "Effect", "JobSpec", "LastSucceeded", "SortedSetAdd",
-           "State", "Verdict", "now_iso"]
+__all__ = ["VERDICTS", "DeploymentRecord", "DeploymentStore", "Effect", "FailingSince", "JobSpec", "LastSucceeded",
+           "Restored", "SortedSetAdd", "State", "Verdict", "now_iso"]
 
 STAMPS = (
     "received", "queued", "started", "committed", "pushed", "pr_opened", "merged",
@@ -47,6 +47,7 @@ class DeploymentRecord(BaseModel):
     build_number: str | None = None
     build_url: str | None = None
     build_finished: str | None = None
+    build_queued: str | None = None  # the build's queueTime: DORA's lead time for changes starts here
     organization_url: str | None = None
     organization: str | None = None  # the configured organization's name; report-back resolves URL and token from it
     project: str | None = None
@@ -91,8 +92,9 @@ class DeploymentRecord(BaseModel):
 
 # The record fields that describe the build (copied as they are when the same build deploys elsewhere).
 BUILD_FIELDS = (
-    "build_key", "build_id", "build_number", "build_url", "build_finished", "organization_url", "organization",
-    "project", "definition", "source_branch", "source_commit", "source_repository_id", "source_repository_type",
+    "build_key", "build_id", "build_number", "build_url", "build_finished", "build_queued", "organization_url",
+    "organization", "project", "definition", "source_branch", "source_commit", "source_repository_id",
+    "source_repository_type",
 )
 
 
@@ -165,6 +167,38 @@ class LastSucceeded:
         pipe.expire(self.key, self.ttl)
 
 
+@dataclass(frozen=True)
+class FailingSince:
+    """Start the environment's restore clock, in the transaction that sets a `failed`/`timed-out` verdict; a clock
+    already running (an earlier failure not yet restored) keeps its start."""
+
+    key: str
+    ttl: int
+
+    def write(self, pipe: Pipeline, queue_name: str | None) -> None:
+        pipe.set(self.key, f"{time.time():.3f}", nx=True, ex=self.ttl)
+
+
+@dataclass
+class Restored:
+    """Stop the environment's restore clock, in the transaction that sets a success verdict (GETDEL): `since` is the
+    failure's time afterwards, in the one process whose transaction set the verdict (None when nothing was failing).
+    A re-run finds the verdict set, writes nothing and reads nothing: time to restore is observed at most once."""
+
+    key: str
+    since: float | None = None
+
+    def write(self, pipe: Pipeline, queue_name: str | None) -> None:
+        pipe.getdel(self.key)
+
+    def took(self, results: builtins.list[Any]) -> None:
+        raw = results[0] if results else None
+        try:
+            self.since = float(raw) if raw is not None else None
+        except ValueError:
+            self.since = None
+
+
 class DeploymentStore:
     def __init__(self, redis: Redis, keys: Keys | None = None, retention_seconds: float = 30 * 86400,
                  queue_name: str | None = None) -> None:
@@ -182,9 +216,22 @@ class DeploymentStore:
         if record.state in ACTIVE_STATES:
             pipe.zadd(self.keys.state_index(record.state), {record.id: time.time()})
 
-    def _outbox(self, pipe: Pipeline, effects: Iterable[Effect]) -> None:
+    def _outbox(self, pipe: Pipeline, effects: Iterable[Effect]) -> builtins.list[tuple[Effect, int, int]]:
+        """Queue the effects; returns where each one's replies will be in the transaction's results."""
+        spans = []
         for effect in effects:
+            start = len(pipe.command_stack)
             effect.write(pipe, self.queue_name)
+            spans.append((effect, start, len(pipe.command_stack)))
+        return spans
+
+    @staticmethod
+    def _hand_back(spans: builtins.list[tuple[Effect, int, int]], results: builtins.list[Any]) -> None:
+        """Give the effects that read (e.g. `Restored`) their replies, once the transaction executed."""
+        for effect, start, end in spans:
+            took = getattr(effect, "took", None)
+            if took is not None:
+                took(results[start:end])
 
     async def create(self, record: DeploymentRecord, *, then: Iterable[Effect] = ()) -> bool:
         """Store a new record with its indexes (and queue `then`), in one transaction; False (and nothing changed)
@@ -241,8 +288,8 @@ class DeploymentStore:
                     pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.set(key, record.model_dump_json(), keepttl=True)
                     self._index(pipe, record, old_state)
-                    self._outbox(pipe, jobs)
-                    await pipe.execute()
+                    spans = self._outbox(pipe, jobs)
+                    self._hand_back(spans, await pipe.execute())
                     return record
                 except WatchError:
                     continue
@@ -409,6 +456,12 @@ class DeploymentStore:
 
     def last_succeeded_effect(self, record: DeploymentRecord) -> LastSucceeded:
         return LastSucceeded(self.keys.last_succeeded(record.route, record.environment), record, self.ttl)
+
+    def failing_effect(self, record: DeploymentRecord) -> FailingSince:
+        return FailingSince(self.keys.failing_since(record.route, record.environment), self.ttl)
+
+    def restored_effect(self, record: DeploymentRecord) -> Restored:
+        return Restored(self.keys.failing_since(record.route, record.environment))
 
     async def last_succeeded(self, route: str, environment: str) -> builtins.list[dict[str, Any]]:
         """What `LastSucceeded` wrote, newest first: deployment_id, kind, build_key, build_id, tag, commit, at."""
