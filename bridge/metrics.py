@@ -142,7 +142,8 @@ ROLLBACKS = Counter("bridge_rollbacks_total", "Rollbacks started, by environment
                     ["environment", "cause"], registry=REGISTRY)
 TIME_TO_RESTORE = Histogram(
     "bridge_time_to_restore_seconds",
-    "From the verdict of the deployment a rollback undid to the rollback's success (DORA time to restore).",
+    "From an environment's first failed or timed-out verdict to its next success, a fix or a rollback (DORA time to "
+    "restore).",
     ["environment"], buckets=(5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400), registry=REGISTRY,
 )
 ROLLBACKS_FAILED = Counter("bridge_rollbacks_failed_total",

@@ -19,6 +19,7 @@ from bridge import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT_TESTS = ROOT / "tests" / "promtool" / "alerts.test.yaml"
+DORA_TESTS = ROOT / "tests" / "promtool" / "dora.test.yaml"
 OPERATIONS = ROOT / "docs" / "operations.md"
 INSTALL = "apt-get install -y prometheus   # or: make tools"
 
@@ -111,6 +112,14 @@ def test_promtool_unit_tests_of_every_alert(rules: dict[str, dict[str, Any]], tm
         assert any(promise in name for name in names), promise
 
 
+def test_promtool_unit_tests_of_the_dora_rules(rules: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    write_rules(rules["defaults"], tmp_path / "rules.yaml")
+    shutil.copy(DORA_TESTS, tmp_path / "dora.test.yaml")
+    proc = subprocess.run([promtool(), "test", "rules", str(tmp_path / "dora.test.yaml")], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_every_alert_is_actionable(rules: dict[str, dict[str, Any]]) -> None:
     anchors = {re.sub(r"[^a-z0-9-]", "", h.strip().lower().replace(" ", "-"))
                for h in re.findall(r"^#+ (.+)$", OPERATIONS.read_text(), re.MULTILINE)}
@@ -158,7 +167,9 @@ def test_dora_recording_rules(rules: dict[str, dict[str, Any]]) -> None:
     records = {r["record"]: r["expr"] for r in dora["rules"]}
     assert set(records) == {"environment:bridge_deployment_frequency:increase1d",
                             "environment:bridge_change_failure_rate:ratio_7d",
-                            "span:bridge_lead_time_seconds:p50_7d", "span:bridge_lead_time_seconds:p90_7d"}
+                            "span:bridge_lead_time_seconds:p50_7d", "span:bridge_lead_time_seconds:p90_7d",
+                            "environment:bridge_time_to_restore_seconds:p50_7d",
+                            "environment:bridge_time_to_restore_seconds:p90_7d"}
     assert 'verdict=~"succeeded|pushed"' in records["environment:bridge_deployment_frequency:increase1d"]
 
 
