@@ -12,6 +12,7 @@ from __future__ import annotations
 import builtins
 import json
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,12 +28,52 @@ from bridge.queue import Keys, add_job
 from bridge.routing import Environment, Route
 
 __all__ = ["VERDICTS", "DeploymentRecord", "DeploymentStore", "Effect", "FailingSince", "JobSpec", "LastSucceeded",
-           "Restored", "SortedSetAdd", "State", "Verdict", "now_iso"]
+           "Restored", "SortedSetAdd", "State", "Verdict", "decode_record", "encode_record", "now_iso"]
 
 STAMPS = (
     "received", "queued", "started", "committed", "pushed", "pr_opened", "merged",
     "sync_started", "synced", "healthy", "finished", "reported",
 )
+
+
+# -- the stored form -------------------------------------------------------------------------------------------------
+# A record is kept for the retention period, so its bytes count (issue 12: <= 1 KB per deployment). It is stored as
+# JSON without the fields that hold their default (null, empty, `kind` build, `promotion` push), raw-deflated with a
+# preset dictionary of the words every record repeats, behind a version byte. Records that start with `{` are the
+# plain JSON of earlier versions and read as they are. RECORD_ZDICT_V1 must never change: records written with it
+# are read with it for the whole retention period; a better dictionary is a new version byte.
+RECORD_V1 = b"\x01"
+RECORD_ZDICT_V1 = (
+    b'"pr_url":"","pr_number":,"promoted_from":"","kind":"rollback","promotion":"pull-request","details":{"by":"'
+    b'"rollback_of":{"deployment_id":"","build_id":},"gate":"check","superseded","held","rejected","timed-out",'
+    b'"failed","pushed","awaiting-merge","verifying","writing","reporting","queued","merged","pr_opened",'
+    b'"Degraded","Progressing","not healthy","refs/heads/release/","refs/heads/main","GitHub","Git",'
+    b'https://dev.azure.com/","organization_url":"https://","/_apis/build/Builds/","/_build/results?buildId='
+    b'{"id":"","build_key":"","build_id":,"build_number":"","build_url":"","build_finished":"","build_queued":"'
+    b'","organization":"","project":"","definition":"","source_branch":"refs/heads/main","source_commit":"'
+    b'","source_repository_id":"","source_repository_type":"TfsGit","route":"","environment":"dev","repository":"'
+    b'","file":"/values-dev.yaml","keys":["image.tag"],"tag":"","old_tags":{"image.tag":"'
+    b'"},"argocd_app":"-dev","argocd_url":"/applications/","state":"done","verdict":"succeeded","reason":"'
+    b' synced and Healthy","commit_sha":"","delivered":{"tags":"succeeded","properties":"succeeded",'
+    b'"commit_status":"succeeded"},"timeline":{"received":"2026-01-01T00:00:00.000Z","queued":"'
+    b'Z","started":"Z","committed":"Z","pushed":"Z","sync_started":"Z","synced":"Z","healthy":"Z","finished":"'
+    b'Z","reported":"Z"},"created":1.0,"updated":1.0}'
+)
+
+
+def encode_record(record: DeploymentRecord) -> bytes:
+    """The stored form of `record` (see RECORD_ZDICT_V1)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, RECORD_ZDICT_V1)
+    body = record.model_dump_json(exclude_defaults=True).encode()
+    return RECORD_V1 + packer.compress(body) + packer.flush()
+
+
+def decode_record(raw: bytes | str) -> DeploymentRecord:
+    """A stored record, in any form this or an earlier version wrote."""
+    if isinstance(raw, bytes) and raw[:1] == RECORD_V1:
+        unpacker = zlib.decompressobj(-15, RECORD_ZDICT_V1)
+        raw = unpacker.decompress(raw[1:]) + unpacker.flush()
+    return DeploymentRecord.model_validate_json(raw)
 
 
 def now_iso() -> str:
@@ -246,11 +287,12 @@ class DeploymentStore:
                         await pipe.reset()  # type: ignore[no-untyped-call]
                         return False
                     pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.set(key, record.model_dump_json(), ex=self.ttl)
+                    pipe.set(key, encode_record(record), ex=self.ttl)
                     pipe.zadd(self.keys.deployments, {record.id: record.created})
                     pipe.zremrangebyscore(self.keys.deployments, 0, time.time() - self.ttl)
-                    pipe.sadd(self.keys.build_deployments(record.build_key), record.id)
-                    pipe.expire(self.keys.build_deployments(record.build_key), self.ttl)
+                    if record.organization is None:  # only the legacy identity is ever looked up (`for_build`)
+                        pipe.sadd(self.keys.build_deployments(record.build_key), record.id)
+                        pipe.expire(self.keys.build_deployments(record.build_key), self.ttl)
                     self._index(pipe, record, None)
                     self._outbox(pipe, jobs)
                     await pipe.execute()
@@ -261,7 +303,7 @@ class DeploymentStore:
 
     async def get(self, deployment_id: str) -> DeploymentRecord | None:
         raw = await self.redis.get(self.keys.deployment(deployment_id))
-        return DeploymentRecord.model_validate_json(raw) if raw else None
+        return decode_record(raw) if raw else None
 
     async def _mutate(self, deployment_id: str, change: Callable[[DeploymentRecord], bool],
                       then: Iterable[Effect] = ()) -> DeploymentRecord | None:
@@ -279,14 +321,14 @@ class DeploymentStore:
                     raw = await pipe.get(key)
                     if raw is None:
                         raise KeyError(deployment_id)
-                    record = DeploymentRecord.model_validate_json(raw)
+                    record = decode_record(raw)
                     old_state = record.state
                     if not change(record):
                         await pipe.reset()  # type: ignore[no-untyped-call]
                         return None
                     record.updated = time.time()
                     pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.set(key, record.model_dump_json(), keepttl=True)
+                    pipe.set(key, encode_record(record), keepttl=True)
                     self._index(pipe, record, old_state)
                     spans = self._outbox(pipe, jobs)
                     self._hand_back(spans, await pipe.execute())
@@ -408,6 +450,8 @@ class DeploymentStore:
         return moved
 
     async def for_build(self, build_key: str) -> list[DeploymentRecord]:
+        """Deployments of a build under the legacy identity (records without an organization, and every record of the
+        versions before organizations were configuration): the only ones `workers.deploy` looks up this way."""
         ids = sorted(await self.redis.smembers(self.keys.build_deployments(build_key)))  # type: ignore[misc]
         records = [await self.get(i.decode() if isinstance(i, bytes) else i) for i in ids]
         return [r for r in records if r is not None]
@@ -437,7 +481,7 @@ class DeploymentStore:
             for raw in raws:
                 if raw is None:
                     continue
-                rec = DeploymentRecord.model_validate_json(raw)
+                rec = decode_record(raw)
                 if build_id is not None and rec.build_id != build_id:
                     continue
                 if route is not None and rec.route != route:

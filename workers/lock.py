@@ -35,6 +35,9 @@ return 0
 """
 
 
+FENCE_TTL_SECONDS = 86400
+
+
 class LockOutcome(enum.Enum):
     ACQUIRED = "acquired"
     TIMED_OUT = "timed-out"
@@ -69,8 +72,13 @@ class RedisLock:
         delay = 0.02
         while True:
             if await self.redis.set(self.key, token, nx=True, px=self.lease_ms):
-                # Taken after acquiring, so fences grow in the order holders got the lock.
-                self.fence = int(await self.redis.incr(self.fence_key))
+                # Taken after acquiring, so fences grow in the order holders got the lock. The counter outlives every
+                # lease by far but not forever: per-deployment locks (the report's) would otherwise leave one behind.
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.incr(self.fence_key)
+                    pipe.expire(self.fence_key, FENCE_TTL_SECONDS)
+                    fence, _ = await pipe.execute()
+                self.fence = int(fence)
                 self.token, self.lost = token, False
                 if self.renew:
                     self._renewer = asyncio.create_task(self._renew_loop(), name=f"lock-renew:{self.key}")
