@@ -97,12 +97,17 @@ def test_promtool_accepts_the_rendered_rules(rules: dict[str, dict[str, Any]], c
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_promtool_unit_tests_of_every_alert(rules: dict[str, dict[str, Any]], tmp_path: Path) -> None:
-    write_rules(rules["defaults"], tmp_path / "rules.yaml")
-    shutil.copy(UNIT_TESTS, tmp_path / "alerts.test.yaml")
-    proc = subprocess.run([promtool(), "test", "rules", str(tmp_path / "alerts.test.yaml")], capture_output=True,
+def promtool_unit_tests(spec: dict[str, Any], tests: Path, tmp_path: Path) -> None:
+    """Run `promtool test rules` on `tests` next to the rendered rules (the tests name them `rules.yaml`)."""
+    write_rules(spec, tmp_path / "rules.yaml")
+    shutil.copy(tests, tmp_path / tests.name)
+    proc = subprocess.run([promtool(), "test", "rules", str(tmp_path / tests.name)], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_promtool_unit_tests_of_every_alert(rules: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    promtool_unit_tests(rules["defaults"], UNIT_TESTS, tmp_path)
     # every alert has a case where it fires, and the promised "must not fire" cases exist
     firing = {t["alertname"] for test in yaml.safe_load(UNIT_TESTS.read_text())["tests"]
               for t in test["alert_rule_test"] if t["exp_alerts"]}
@@ -113,11 +118,7 @@ def test_promtool_unit_tests_of_every_alert(rules: dict[str, dict[str, Any]], tm
 
 
 def test_promtool_unit_tests_of_the_dora_rules(rules: dict[str, dict[str, Any]], tmp_path: Path) -> None:
-    write_rules(rules["defaults"], tmp_path / "rules.yaml")
-    shutil.copy(DORA_TESTS, tmp_path / "dora.test.yaml")
-    proc = subprocess.run([promtool(), "test", "rules", str(tmp_path / "dora.test.yaml")], capture_output=True,
-                          text=True, timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    promtool_unit_tests(rules["defaults"], DORA_TESTS, tmp_path)
 
 
 def test_every_alert_is_actionable(rules: dict[str, dict[str, Any]]) -> None:
