@@ -65,6 +65,8 @@ class BuildEvent:
     # The configured organization's name (or, with none configured, the normalised URL): set by the intake, never
     # read from the payload. None only in jobs queued before organizations were configuration (old build keys).
     organization: str | None = None
+    # When the build was queued (`queueTime`; a run's `createdDate`): where DORA's lead time for changes starts.
+    queue_time: str | None = None
 
     @property
     def needs_lookup(self) -> bool:
@@ -227,6 +229,7 @@ def _build_complete(body: dict[str, Any], r: dict[str, Any]) -> BuildEvent | Ign
         repository=repo,
         web_url=web,
         finish_time=_str(r.get("finishTime")),
+        queue_time=_str(r.get("queueTime")),
     )
 
 
@@ -272,4 +275,5 @@ def _run_state_changed(body: dict[str, Any], r: dict[str, Any]) -> BuildEvent | 
         repository=None,
         web_url=web,
         finish_time=_str(run.get("finishedDate")),
+        queue_time=_str(run.get("createdDate")),
     )

@@ -59,7 +59,7 @@ GATE_CALL_OUTCOMES = ("accepted", "attached", "unauthorized", "invalid", "foreig
 # deadline passed while Azure DevOps failed), error (another 4xx).
 GATE_CALLBACK_OUTCOMES = ("landed", "refused", "expired", "error")
 STAGES = ("queue", "write", "review", "sync", "health")
-SPANS = ("build_to_commit", "commit_to_synced", "build_to_healthy")
+SPANS = ("build_to_commit", "commit_to_synced", "build_to_healthy", "queue_to_healthy")
 GIT_PUSH_OUTCOMES = ("pushed", "rejected", "failed")
 ARGOCD_OUTCOMES = ("ok", "timeout", "unavailable", "error")
 ADO_OPERATIONS = ("get_build", "list_builds", "tags", "properties", "definitions", "projects", "commit_status",
@@ -124,7 +124,8 @@ STAGE_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800), registry=REGISTRY,
 )
 LEAD_TIME = Histogram(
-    "bridge_lead_time_seconds", "Lead times: build_to_commit, commit_to_synced, build_to_healthy.", ["span"],
+    "bridge_lead_time_seconds",
+    "Lead times: build_to_commit, commit_to_synced, build_to_healthy, queue_to_healthy (DORA).", ["span"],
     buckets=(1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200), registry=REGISTRY,
 )
 
@@ -154,7 +155,8 @@ ROLLBACKS = Counter("bridge_rollbacks_total", "Rollbacks started, by environment
                     ["environment", "cause"], registry=REGISTRY)
 TIME_TO_RESTORE = Histogram(
     "bridge_time_to_restore_seconds",
-    "From the verdict of the deployment a rollback undid to the rollback's success (DORA time to restore).",
+    "From an environment's first failed or timed-out verdict to its next success, a fix or a rollback (DORA time to "
+    "restore).",
     ["environment"], buckets=(5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400), registry=REGISTRY,
 )
 ROLLBACKS_FAILED = Counter("bridge_rollbacks_failed_total",

@@ -147,6 +147,10 @@ class Keys:
         """The deployment that last succeeded in an environment (written with its verdict; rollbacks read it)."""
         return f"{self.prefix}:last-ok:{route}:{environment}"
 
+    def failing_since(self, route: str, environment: str) -> str:
+        """When an environment's first failed verdict since its last success was set (DORA time to restore)."""
+        return f"{self.prefix}:failing:{route}:{environment}"
+
     def rollback_sequence(self, route: str, environment: str) -> str:
         return f"{self.prefix}:rollback-seq:{route}:{environment}"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import builtins
 import json
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,13 +27,53 @@ from bridge.lifecycle import ACTIVE_STATES, IN_FLIGHT_STATES, VERDICTS, Kind, St
 from bridge.queue import Keys, add_job
 from bridge.routing import Environment, Route
 
-__all__ = ["VERDICTS", "DeploymentRecord", "DeploymentStore", "Effect", "JobSpec", "LastSucceeded", "SortedSetAdd",
-           "State", "Verdict", "now_iso"]
+__all__ = ["VERDICTS", "DeploymentRecord", "DeploymentStore", "Effect", "FailingSince", "JobSpec", "LastSucceeded",
+           "Restored", "SortedSetAdd", "State", "Verdict", "decode_record", "encode_record", "now_iso"]
 
 STAMPS = (
     "received", "queued", "started", "committed", "pushed", "pr_opened", "merged",
     "sync_started", "synced", "healthy", "finished", "reported",
 )
+
+
+# -- the stored form -------------------------------------------------------------------------------------------------
+# A record is kept for the retention period, so its bytes count (issue 12: <= 1 KB per deployment). It is stored as
+# JSON without the fields that hold their default (null, empty, `kind` build, `promotion` push), raw-deflated with a
+# preset dictionary of the words every record repeats, behind a version byte. Records that start with `{` are the
+# plain JSON of earlier versions and read as they are. RECORD_ZDICT_V1 must never change: records written with it
+# are read with it for the whole retention period; a better dictionary is a new version byte.
+RECORD_V1 = b"\x01"
+RECORD_ZDICT_V1 = (
+    b'"pr_url":"","pr_number":,"promoted_from":"","kind":"rollback","promotion":"pull-request","details":{"by":"'
+    b'"rollback_of":{"deployment_id":"","build_id":},"gate":"check","superseded","held","rejected","timed-out",'
+    b'"failed","pushed","awaiting-merge","verifying","writing","reporting","queued","merged","pr_opened",'
+    b'"Degraded","Progressing","not healthy","refs/heads/release/","refs/heads/main","GitHub","Git",'
+    b'https://dev.azure.com/","organization_url":"https://","/_apis/build/Builds/","/_build/results?buildId='
+    b'{"id":"","build_key":"","build_id":,"build_number":"","build_url":"","build_finished":"","build_queued":"'
+    b'","organization":"","project":"","definition":"","source_branch":"refs/heads/main","source_commit":"'
+    b'","source_repository_id":"","source_repository_type":"TfsGit","route":"","environment":"dev","repository":"'
+    b'","file":"/values-dev.yaml","keys":["image.tag"],"tag":"","old_tags":{"image.tag":"'
+    b'"},"argocd_app":"-dev","argocd_url":"/applications/","state":"done","verdict":"succeeded","reason":"'
+    b' synced and Healthy","commit_sha":"","delivered":{"tags":"succeeded","properties":"succeeded",'
+    b'"commit_status":"succeeded"},"timeline":{"received":"2026-01-01T00:00:00.000Z","queued":"'
+    b'Z","started":"Z","committed":"Z","pushed":"Z","sync_started":"Z","synced":"Z","healthy":"Z","finished":"'
+    b'Z","reported":"Z"},"created":1.0,"updated":1.0}'
+)
+
+
+def encode_record(record: DeploymentRecord) -> bytes:
+    """The stored form of `record` (see RECORD_ZDICT_V1)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, RECORD_ZDICT_V1)
+    body = record.model_dump_json(exclude_defaults=True).encode()
+    return RECORD_V1 + packer.compress(body) + packer.flush()
+
+
+def decode_record(raw: bytes | str) -> DeploymentRecord:
+    """A stored record, in any form this or an earlier version wrote."""
+    if isinstance(raw, bytes) and raw[:1] == RECORD_V1:
+        unpacker = zlib.decompressobj(-15, RECORD_ZDICT_V1)
+        raw = unpacker.decompress(raw[1:]) + unpacker.flush()
+    return DeploymentRecord.model_validate_json(raw)
 
 
 def now_iso() -> str:
@@ -47,6 +88,7 @@ class DeploymentRecord(BaseModel):
     build_number: str | None = None
     build_url: str | None = None
     build_finished: str | None = None
+    build_queued: str | None = None  # the build's queueTime: DORA's lead time for changes starts here
     organization_url: str | None = None
     organization: str | None = None  # the configured organization's name; report-back resolves URL and token from it
     project: str | None = None
@@ -91,8 +133,9 @@ class DeploymentRecord(BaseModel):
 
 # The record fields that describe the build (copied as they are when the same build deploys elsewhere).
 BUILD_FIELDS = (
-    "build_key", "build_id", "build_number", "build_url", "build_finished", "organization_url", "organization",
-    "project", "definition", "source_branch", "source_commit", "source_repository_id", "source_repository_type",
+    "build_key", "build_id", "build_number", "build_url", "build_finished", "build_queued", "organization_url",
+    "organization", "project", "definition", "source_branch", "source_commit", "source_repository_id",
+    "source_repository_type",
 )
 
 
@@ -165,6 +208,38 @@ class LastSucceeded:
         pipe.expire(self.key, self.ttl)
 
 
+@dataclass(frozen=True)
+class FailingSince:
+    """Start the environment's restore clock, in the transaction that sets a `failed`/`timed-out` verdict; a clock
+    already running (an earlier failure not yet restored) keeps its start."""
+
+    key: str
+    ttl: int
+
+    def write(self, pipe: Pipeline, queue_name: str | None) -> None:
+        pipe.set(self.key, f"{time.time():.3f}", nx=True, ex=self.ttl)
+
+
+@dataclass
+class Restored:
+    """Stop the environment's restore clock, in the transaction that sets a success verdict (GETDEL): `since` is the
+    failure's time afterwards, in the one process whose transaction set the verdict (None when nothing was failing).
+    A re-run finds the verdict set, writes nothing and reads nothing: time to restore is observed at most once."""
+
+    key: str
+    since: float | None = None
+
+    def write(self, pipe: Pipeline, queue_name: str | None) -> None:
+        pipe.getdel(self.key)
+
+    def took(self, results: builtins.list[Any]) -> None:
+        raw = results[0] if results else None
+        try:
+            self.since = float(raw) if raw is not None else None
+        except ValueError:
+            self.since = None
+
+
 class DeploymentStore:
     def __init__(self, redis: Redis, keys: Keys | None = None, retention_seconds: float = 30 * 86400,
                  queue_name: str | None = None) -> None:
@@ -182,9 +257,22 @@ class DeploymentStore:
         if record.state in ACTIVE_STATES:
             pipe.zadd(self.keys.state_index(record.state), {record.id: time.time()})
 
-    def _outbox(self, pipe: Pipeline, effects: Iterable[Effect]) -> None:
+    def _outbox(self, pipe: Pipeline, effects: Iterable[Effect]) -> builtins.list[tuple[Effect, int, int]]:
+        """Queue the effects; returns where each one's replies will be in the transaction's results."""
+        spans = []
         for effect in effects:
+            start = len(pipe.command_stack)
             effect.write(pipe, self.queue_name)
+            spans.append((effect, start, len(pipe.command_stack)))
+        return spans
+
+    @staticmethod
+    def _hand_back(spans: builtins.list[tuple[Effect, int, int]], results: builtins.list[Any]) -> None:
+        """Give the effects that read (e.g. `Restored`) their replies, once the transaction executed."""
+        for effect, start, end in spans:
+            took = getattr(effect, "took", None)
+            if took is not None:
+                took(results[start:end])
 
     async def create(self, record: DeploymentRecord, *, then: Iterable[Effect] = ()) -> bool:
         """Store a new record with its indexes (and queue `then`), in one transaction; False (and nothing changed)
@@ -199,11 +287,12 @@ class DeploymentStore:
                         await pipe.reset()  # type: ignore[no-untyped-call]
                         return False
                     pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.set(key, record.model_dump_json(), ex=self.ttl)
+                    pipe.set(key, encode_record(record), ex=self.ttl)
                     pipe.zadd(self.keys.deployments, {record.id: record.created})
                     pipe.zremrangebyscore(self.keys.deployments, 0, time.time() - self.ttl)
-                    pipe.sadd(self.keys.build_deployments(record.build_key), record.id)
-                    pipe.expire(self.keys.build_deployments(record.build_key), self.ttl)
+                    if record.organization is None:  # only the legacy identity is ever looked up (`for_build`)
+                        pipe.sadd(self.keys.build_deployments(record.build_key), record.id)
+                        pipe.expire(self.keys.build_deployments(record.build_key), self.ttl)
                     self._index(pipe, record, None)
                     self._outbox(pipe, jobs)
                     await pipe.execute()
@@ -214,7 +303,7 @@ class DeploymentStore:
 
     async def get(self, deployment_id: str) -> DeploymentRecord | None:
         raw = await self.redis.get(self.keys.deployment(deployment_id))
-        return DeploymentRecord.model_validate_json(raw) if raw else None
+        return decode_record(raw) if raw else None
 
     async def _mutate(self, deployment_id: str, change: Callable[[DeploymentRecord], bool],
                       then: Iterable[Effect] = ()) -> DeploymentRecord | None:
@@ -232,17 +321,17 @@ class DeploymentStore:
                     raw = await pipe.get(key)
                     if raw is None:
                         raise KeyError(deployment_id)
-                    record = DeploymentRecord.model_validate_json(raw)
+                    record = decode_record(raw)
                     old_state = record.state
                     if not change(record):
                         await pipe.reset()  # type: ignore[no-untyped-call]
                         return None
                     record.updated = time.time()
                     pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.set(key, record.model_dump_json(), keepttl=True)
+                    pipe.set(key, encode_record(record), keepttl=True)
                     self._index(pipe, record, old_state)
-                    self._outbox(pipe, jobs)
-                    await pipe.execute()
+                    spans = self._outbox(pipe, jobs)
+                    self._hand_back(spans, await pipe.execute())
                     return record
                 except WatchError:
                     continue
@@ -361,6 +450,8 @@ class DeploymentStore:
         return moved
 
     async def for_build(self, build_key: str) -> list[DeploymentRecord]:
+        """Deployments of a build under the legacy identity (records without an organization, and every record of the
+        versions before organizations were configuration): the only ones `workers.deploy` looks up this way."""
         ids = sorted(await self.redis.smembers(self.keys.build_deployments(build_key)))  # type: ignore[misc]
         records = [await self.get(i.decode() if isinstance(i, bytes) else i) for i in ids]
         return [r for r in records if r is not None]
@@ -390,7 +481,7 @@ class DeploymentStore:
             for raw in raws:
                 if raw is None:
                     continue
-                rec = DeploymentRecord.model_validate_json(raw)
+                rec = decode_record(raw)
                 if build_id is not None and rec.build_id != build_id:
                     continue
                 if route is not None and rec.route != route:
@@ -409,6 +500,12 @@ class DeploymentStore:
 
     def last_succeeded_effect(self, record: DeploymentRecord) -> LastSucceeded:
         return LastSucceeded(self.keys.last_succeeded(record.route, record.environment), record, self.ttl)
+
+    def failing_effect(self, record: DeploymentRecord) -> FailingSince:
+        return FailingSince(self.keys.failing_since(record.route, record.environment), self.ttl)
+
+    def restored_effect(self, record: DeploymentRecord) -> Restored:
+        return Restored(self.keys.failing_since(record.route, record.environment))
 
     async def last_succeeded(self, route: str, environment: str) -> builtins.list[dict[str, Any]]:
         """What `LastSucceeded` wrote, newest first: deployment_id, kind, build_key, build_id, tag, commit, at."""

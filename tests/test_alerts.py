@@ -19,6 +19,7 @@ from bridge import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT_TESTS = ROOT / "tests" / "promtool" / "alerts.test.yaml"
+DORA_TESTS = ROOT / "tests" / "promtool" / "dora.test.yaml"
 OPERATIONS = ROOT / "docs" / "operations.md"
 INSTALL = "apt-get install -y prometheus   # or: make tools"
 
@@ -96,12 +97,17 @@ def test_promtool_accepts_the_rendered_rules(rules: dict[str, dict[str, Any]], c
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_promtool_unit_tests_of_every_alert(rules: dict[str, dict[str, Any]], tmp_path: Path) -> None:
-    write_rules(rules["defaults"], tmp_path / "rules.yaml")
-    shutil.copy(UNIT_TESTS, tmp_path / "alerts.test.yaml")
-    proc = subprocess.run([promtool(), "test", "rules", str(tmp_path / "alerts.test.yaml")], capture_output=True,
+def promtool_unit_tests(spec: dict[str, Any], tests: Path, tmp_path: Path) -> None:
+    """Run `promtool test rules` on `tests` next to the rendered rules (the tests name them `rules.yaml`)."""
+    write_rules(spec, tmp_path / "rules.yaml")
+    shutil.copy(tests, tmp_path / tests.name)
+    proc = subprocess.run([promtool(), "test", "rules", str(tmp_path / tests.name)], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_promtool_unit_tests_of_every_alert(rules: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    promtool_unit_tests(rules["defaults"], UNIT_TESTS, tmp_path)
     # every alert has a case where it fires, and the promised "must not fire" cases exist
     firing = {t["alertname"] for test in yaml.safe_load(UNIT_TESTS.read_text())["tests"]
               for t in test["alert_rule_test"] if t["exp_alerts"]}
@@ -109,6 +115,10 @@ def test_promtool_unit_tests_of_every_alert(rules: dict[str, dict[str, Any]], tm
     names = [test["name"] for test in yaml.safe_load(UNIT_TESTS.read_text())["tests"]]
     for promise in ("first failure after a restart", "pull request in review", "deferred jobs", "bad request at night"):
         assert any(promise in name for name in names), promise
+
+
+def test_promtool_unit_tests_of_the_dora_rules(rules: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    promtool_unit_tests(rules["defaults"], DORA_TESTS, tmp_path)
 
 
 def test_every_alert_is_actionable(rules: dict[str, dict[str, Any]]) -> None:
@@ -158,7 +168,9 @@ def test_dora_recording_rules(rules: dict[str, dict[str, Any]]) -> None:
     records = {r["record"]: r["expr"] for r in dora["rules"]}
     assert set(records) == {"environment:bridge_deployment_frequency:increase1d",
                             "environment:bridge_change_failure_rate:ratio_7d",
-                            "span:bridge_lead_time_seconds:p50_7d", "span:bridge_lead_time_seconds:p90_7d"}
+                            "span:bridge_lead_time_seconds:p50_7d", "span:bridge_lead_time_seconds:p90_7d",
+                            "environment:bridge_time_to_restore_seconds:p50_7d",
+                            "environment:bridge_time_to_restore_seconds:p90_7d"}
     assert 'verdict=~"succeeded|pushed"' in records["environment:bridge_deployment_frequency:increase1d"]
 
 

@@ -213,6 +213,7 @@ def test_build_event_from_api_has_the_webhook_build_key() -> None:
     assert event.build_key == hook.build_key == "fabrikamfiber:33dd33dd-ee44-ff55-aa66-77bb77bb77bb:2727068"
     assert event.source_version == SHA and event.definition_name == "MainRepo (1)"
     assert event.extra == {"source": "reconciler"}
+    assert event.queue_time == "2024-12-02T12:18:45.7367977Z"
 
 
 async def test_lookup_build_fills_a_run_state_changed_event(fake: FakeAzureDevOps, client: AzureDevOpsClient) -> None:
@@ -223,6 +224,7 @@ async def test_lookup_build_fills_a_run_state_changed_event(fake: FakeAzureDevOp
     assert not full.needs_lookup
     assert full.source_version == SHA and full.definition_id == 7 and full.repository is not None
     assert full.build_key == minimal.build_key
+    assert minimal.queue_time is None and full.queue_time is not None  # the look-up's queueTime
     no_project = build_event_from_api(org(fake.org_url("org")), {"id": 101, "result": "succeeded"})
     with pytest.raises(InvalidBuild):
         await lookup_build(client, no_project)

@@ -92,6 +92,7 @@ async def test_build_starts_one_deployment_per_direct_environment_with_rendered_
     assert record.tag == "20241202.1-6e12f61"
     assert record.state == "writing"
     assert record.timeline["received"] == "2026-11-26T05:00:00.000Z"
+    assert record.build_queued == "2024-12-02T12:18:45.7367977Z"  # the event's queueTime: DORA's lead time starts
     jobs = await queued(ctx)
     assert ("open_pull_request", (record.id,)) in jobs
     assert ("report_deployment", (record.id, "started")) in jobs
@@ -151,6 +152,7 @@ async def test_promotion_refused_until_previous_environment_succeeded(ctx: dict[
     assert forced["status"] == "started"
     prod = await ctx["store"].get(forced["deployment"])
     assert prod.environment == "prod" and prod.promoted_from == staging and prod.details["force"] is True
+    assert prod.build_queued == "2024-12-02T12:18:45.7367977Z"  # the build's fields travel with a promotion
 
 
 async def test_success_starts_the_after_environment(ctx: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ def test_full_sample_with_its_doc_defects() -> None:
     assert event.collection_id == "b1b1b1b1-cccc-dddd-eeee-f2f2f2f2f2f2"
     assert event.repository is not None and event.repository.type == "TfsGit"
     assert event.build_key == "dev.azure.com/fabrikamfiber:33dd33dd-ee44-ff55-aa66-77bb77bb77bb:2727068"
+    assert event.queue_time == "2024-12-02T12:18:45.7367977Z"  # where DORA's lead time for changes starts
 
 
 def test_real_delivery_shape_has_the_commit() -> None:
@@ -81,6 +83,7 @@ def test_run_state_sample() -> None:
     assert event.project_id == "11bb11bb-cc22-dd33-ee44-55ff55ff55ff" and event.project_name is None
     assert event.base_url == "https://codedev.ms/org/"
     assert event.source_branch is None and event.needs_lookup
+    assert event.queue_time == "2024-07-17T21:34:22.338Z"  # the run's createdDate; the look-up's queueTime wins
 
 
 def test_both_event_types_share_the_build_key() -> None:
@@ -103,6 +106,8 @@ def test_json_round_trip() -> None:
     assert isinstance(event, BuildEvent)
     data = json.loads(json.dumps(event.to_json()))
     assert BuildEvent.from_json(data) == event
+    del data["queue_time"]  # a job queued before events carried the queue time
+    assert BuildEvent.from_json(data) == dataclasses.replace(event, queue_time=None)
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 from redis_server import shared_redis_url
 
 from bridge.errors import LockBusy
-from workers.lock import LockLost, LockOutcome, RedisLock, locked
+from workers.lock import FENCE_TTL_SECONDS, LockLost, LockOutcome, RedisLock, locked
 
 REDIS_URL = shared_redis_url(2)
 
@@ -35,6 +35,13 @@ async def test_one_holder_at_a_time_and_bounded_wait(redis: Redis, key: str) -> 
     assert await second.acquire(0) is LockOutcome.ACQUIRED
     assert second.fence is not None and first.fence is not None and second.fence > first.fence
     await second.release()
+    # the fence counter outlives every lease but does not stay forever; an unfenced lock leaves no key behind
+    assert 0 < await redis.ttl(second.fence_key) <= FENCE_TTL_SECONDS
+    unfenced = RedisLock(redis, key + ":unfenced", lease_seconds=5, fenced=False)
+    assert await unfenced.acquire(0) is LockOutcome.ACQUIRED and unfenced.fence is None
+    await unfenced.ensure_held()
+    assert await unfenced.release() is True
+    assert await redis.exists(unfenced.key, unfenced.fence_key) == 0
 
 
 async def test_waiter_gets_the_lock_when_released(redis: Redis, key: str) -> None:

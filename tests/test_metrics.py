@@ -171,6 +171,73 @@ async def test_a_verdict_is_counted_once_however_many_steps_race_or_rerun(redis:
     assert value("bridge_deployments_total", environment="prod", verdict="succeeded") == 0
 
 
+def restores(env: str) -> tuple[float, float]:
+    return (value("bridge_time_to_restore_seconds_count", environment=env) or 0.0,
+            value("bridge_time_to_restore_seconds_sum", environment=env) or 0.0)
+
+
+async def test_time_to_restore_runs_from_the_first_failure_to_the_next_success_once(redis: ArqRedis) -> None:
+    settings = Settings(queue_name="m:queue", key_prefix="m")
+    store = DeploymentStore(redis, Keys(prefix="m"), queue_name=settings.queue_name)
+    ctx: dict[str, Any] = {"settings": settings, "routing": ROUTING, "store": store, "redis": redis}
+    metrics.init(ROUTING, "worker")
+    for dep in ("ok-0", "bad-1", "bad-2", "fix-3", "ok-4"):
+        assert await store.create(record(dep, "dev", "verifying"))
+    count, total = restores("dev")
+    assert await outcome.finish_deployment(ctx, "ok-0", "succeeded", "healthy")  # nothing was failing
+    assert restores("dev") == (count, total)
+
+    assert await outcome.finish_deployment(ctx, "bad-1", "failed", "Degraded")
+    clock = Keys(prefix="m").failing_since("shop", "dev")
+    first = float(await redis.get(clock))
+    await redis.set(clock, f"{first - 120:.3f}", keepttl=True)  # the first failure was two minutes ago
+    assert await outcome.finish_deployment(ctx, "bad-2", "timed-out", "not healthy in time")
+    assert float(await redis.get(clock)) == pytest.approx(first - 120, abs=0.01)  # the clock keeps its start
+    assert 0 < await redis.ttl(clock) <= store.ttl
+
+    # the fix: many racing steps and a re-run after a restart, one observation
+    results = await asyncio.gather(*[outcome.finish_deployment(ctx, "fix-3", "succeeded", f"healthy {i}")
+                                     for i in range(8)])
+    assert results.count(True) == 1
+    assert not await outcome.finish_deployment(ctx, "fix-3", "succeeded", "a re-run after a restart")
+    after_count, after_total = restores("dev")
+    assert after_count == count + 1
+    assert 120 <= after_total - total < 130
+    assert await redis.exists(clock) == 0
+
+    assert await outcome.finish_deployment(ctx, "ok-4", "succeeded", "healthy")  # restored already: not again
+    assert restores("dev") == (after_count, after_total)
+
+
+def test_lead_time_for_changes_runs_from_the_build_queue_time_and_skips_rollbacks() -> None:
+    metrics.init(ROUTING, "worker")
+
+    def observed(span: str) -> tuple[float, float]:
+        return (value("bridge_lead_time_seconds_count", span=span) or 0.0,
+                value("bridge_lead_time_seconds_sum", span=span) or 0.0)
+
+    build = record("lead", "dev", "reporting")
+    build.build_queued, build.build_finished = "2026-11-27T10:00:00Z", "2026-11-27T10:05:00Z"
+    build.timeline.update(received="2026-11-27T10:05:01Z", committed="2026-11-27T10:05:02Z",
+                          synced="2026-11-27T10:05:10Z", healthy="2026-11-27T10:05:30Z")
+    before = {span: observed(span) for span in metrics.SPANS}
+    outcome.observe_lead_times(build)
+    grew = {span: (observed(span)[0] - before[span][0], observed(span)[1] - before[span][1]) for span in metrics.SPANS}
+    assert grew == {"build_to_commit": (1, 2), "commit_to_synced": (1, 8), "build_to_healthy": (1, 30),
+                    "queue_to_healthy": (1, 330)}
+
+    legacy = record("legacy", "dev", "reporting")  # written before records kept the queue time
+    legacy.timeline.update(received="2026-11-27T10:05:01Z", healthy="2026-11-27T10:05:30Z")
+    before = {span: observed(span) for span in metrics.SPANS}
+    outcome.observe_lead_times(legacy)
+    assert observed("queue_to_healthy") == before["queue_to_healthy"]
+
+    rollback = build.model_copy(update={"kind": "rollback"})  # carries the restored build's times
+    before = {span: observed(span) for span in metrics.SPANS}
+    outcome.observe_lead_times(rollback)
+    assert {span for span in metrics.SPANS if observed(span) != before[span]} == {"commit_to_synced"}
+
+
 # -- promtool check metrics on both processes' /metrics ----------------------------------------------------------------
 
 def promtool_check_metrics(text: bytes) -> None:

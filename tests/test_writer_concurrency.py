@@ -137,8 +137,8 @@ def await_get(dep_id: str, prefix: str):  # type: ignore[no-untyped-def]
     import redis
 
     from bridge.queue import Keys
-    from bridge.records import DeploymentRecord
+    from bridge.records import decode_record
 
     with redis.Redis.from_url(shared_redis_url(2)) as client:
         raw = client.get(Keys(prefix=prefix).deployment(dep_id))
-    return DeploymentRecord.model_validate_json(raw) if raw else None
+    return decode_record(raw) if raw else None

@@ -438,6 +438,7 @@ def build_event_from_api(org: Organization, build: dict[str, Any], *, source: st
         repository=repo,
         web_url=web,
         finish_time=_s(build.get("finishTime")),
+        queue_time=_s(build.get("queueTime")),
         extra={"source": source},
         organization=org.name,
     )
@@ -472,4 +473,5 @@ async def lookup_build(ado: AzureDevOpsClient, event: BuildEvent) -> BuildEvent:
         repository=api.repository or event.repository,
         web_url=event.web_url or api.web_url,
         finish_time=event.finish_time or api.finish_time,
+        queue_time=api.queue_time or event.queue_time,
     )

@@ -97,6 +97,7 @@ def new_record(event: BuildEvent, route: Route, env: Environment, received: str)
         build_number=event.build_number,
         build_url=event.web_url,
         build_finished=event.finish_time,
+        build_queued=event.queue_time,
         organization_url=event.base_url,
         organization=event.organization,
         project=event.project_id or event.project_name,

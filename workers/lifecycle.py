@@ -41,7 +41,7 @@ from bridge.queue import (
     tick_job_id,
     verify_job_id,
 )
-from bridge.records import DeploymentRecord
+from bridge.records import DeploymentRecord, decode_record
 from workers.context import Ctx, enqueue, keys, routing, settings, store
 from workers.outcome import FINAL, finish_deployment, report
 
@@ -113,7 +113,7 @@ async def sweep_deployments(ctx: Ctx) -> dict[str, int]:
             if raw is None:  # expired with the retention period: nothing left to move
                 await store(ctx).drop_from_index(state, dep_id)
                 continue
-            record = DeploymentRecord.model_validate_json(raw)
+            record = decode_record(raw)
             if record.state != state:
                 continue
             if await _repair(ctx, record, flushed, apps):

@@ -35,6 +35,9 @@ return 0
 """
 
 
+FENCE_TTL_SECONDS = 86400
+
+
 class LockOutcome(enum.Enum):
     ACQUIRED = "acquired"
     TIMED_OUT = "timed-out"
@@ -47,9 +50,11 @@ class LockLost(LockBusy):
 class RedisLock:
     """One acquisition of the lock at `key`. Not reentrant; make a new instance per acquisition."""
 
-    def __init__(self, redis: Redis, key: str, *, lease_seconds: float, renew: bool = True) -> None:
+    def __init__(self, redis: Redis, key: str, *, lease_seconds: float, renew: bool = True,
+                 fenced: bool = True) -> None:
         self.redis = redis
         self.key = key
+        self.fenced = fenced  # False: no fencing counter, so a per-deployment lock leaves no key behind
         self.lease_ms = max(100, int(lease_seconds * 1000))
         self.renew = renew
         self.fence: int | None = None
@@ -69,8 +74,14 @@ class RedisLock:
         delay = 0.02
         while True:
             if await self.redis.set(self.key, token, nx=True, px=self.lease_ms):
-                # Taken after acquiring, so fences grow in the order holders got the lock.
-                self.fence = int(await self.redis.incr(self.fence_key))
+                if self.fenced:
+                    # Taken after acquiring, so fences grow in the order holders got the lock. The counter outlives
+                    # every lease by far but not forever.
+                    async with self.redis.pipeline(transaction=True) as pipe:
+                        pipe.incr(self.fence_key)
+                        pipe.expire(self.fence_key, FENCE_TTL_SECONDS)
+                        fence, _ = await pipe.execute()
+                    self.fence = int(fence)
                 self.token, self.lost = token, False
                 if self.renew:
                     self._renewer = asyncio.create_task(self._renew_loop(), name=f"lock-renew:{self.key}")
@@ -119,9 +130,10 @@ class RedisLock:
 
 
 @contextlib.asynccontextmanager
-async def locked(redis: Redis, key: str, *, lease_seconds: float, wait_seconds: float) -> AsyncIterator[RedisLock]:
+async def locked(redis: Redis, key: str, *, lease_seconds: float, wait_seconds: float,
+                 fenced: bool = True) -> AsyncIterator[RedisLock]:
     """`async with locked(...) as lock:`; raises LockBusy when the lock is not acquired within `wait_seconds`."""
-    lock = RedisLock(redis, key, lease_seconds=lease_seconds)
+    lock = RedisLock(redis, key, lease_seconds=lease_seconds, fenced=fenced)
     if await lock.acquire(wait_seconds) is not LockOutcome.ACQUIRED:
         raise LockBusy(f"lock {key} is busy")
     try:

@@ -62,7 +62,9 @@ def job_functions(settings: Settings) -> list[Any]:
 
     git_timeout = settings.git.timeout_seconds * (settings.git.push_attempts + 2)
     return [
-        func(step(process_build), name=PROCESS_BUILD, max_tries=STEP_TRIES, keep_result=3600),
+        # No result either: the intake's `seen` key (written with the job, kept for the retention period) refuses a
+        # second copy of a build (bridge.queue.enqueue_build); a result would only repeat the event for an hour.
+        func(step(process_build), name=PROCESS_BUILD, max_tries=STEP_TRIES, keep_result=0),
         func(step(advance_deployment), name=ADVANCE_DEPLOYMENT, max_tries=STEP_TRIES, keep_result=0),
         func(step(flush_repository), name=FLUSH_REPOSITORY, max_tries=STEP_TRIES, timeout=git_timeout, keep_result=0),
         func(step(open_pull_request), name=OPEN_PULL_REQUEST, max_tries=STEP_TRIES, timeout=git_timeout,

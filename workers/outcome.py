@@ -16,6 +16,7 @@ from workers.context import Ctx, enqueue, routing, store
 log = logging.getLogger("gitops_bridge.outcome")
 
 FINAL = "final"
+FAILURES = ("failed", "timed-out")  # the verdicts that start an environment's restore clock
 
 
 def _parse(ts: str | None) -> datetime | None:
@@ -52,14 +53,27 @@ def observe_lead_times(record: DeploymentRecord) -> None:
         if seconds is not None:
             metrics.STAGE_SECONDS.labels(stage=stage).observe(seconds)
     build_done = record.build_finished or t.get("received")
-    for span, span_start, span_end in (
-        ("build_to_commit", build_done, t.get("committed") or t.get("merged")),
-        ("commit_to_synced", t.get("committed") or t.get("merged"), t.get("synced")),
-        ("build_to_healthy", build_done, t.get("healthy")),
-    ):
+    spans = [("commit_to_synced", t.get("committed") or t.get("merged"), t.get("synced"))]
+    if record.kind != "rollback":  # a rollback carries the restored build's times: no lead time for a change
+        spans += [
+            ("build_to_commit", build_done, t.get("committed") or t.get("merged")),
+            ("build_to_healthy", build_done, t.get("healthy")),
+            # DORA's lead time for changes: from the build's queue time (no look-up gives the source commit's time)
+            ("queue_to_healthy", record.build_queued, t.get("healthy")),
+        ]
+    for span, span_start, span_end in spans:
         seconds = _span(span_start, span_end)
         if seconds is not None:
             metrics.LEAD_TIME.labels(span=span).observe(seconds)
+
+
+def observe_restore(record: DeploymentRecord, failing_since: float) -> None:
+    """DORA time to restore: from the environment's first failure to this success (a fix or a rollback). Called only
+    by the process whose transaction set the success verdict and stopped the clock, so at most once per restore."""
+    end = _parse(record.timeline.get("finished"))
+    if end is not None:
+        seconds = max(0.0, end.timestamp() - failing_since)
+        metrics.TIME_TO_RESTORE.labels(environment=record.environment).observe(seconds)
 
 
 def final_report(deployment_id: str) -> JobSpec:
@@ -78,18 +92,25 @@ async def finish_deployment(ctx: Ctx, deployment_id: str, verdict: Verdict, reas
     Returns False when the deployment already had a verdict: a re-run job then does nothing more.
     """
     then: list[Effect] = [final_report(deployment_id)]
-    if verdict in ("failed", "timed-out"):  # `on_failure: rollback`: the rollback job rides with the verdict
+    if verdict in FAILURES:  # `on_failure: rollback`: the rollback job rides with the verdict
         from workers.rollback import rollback_on_failure
 
         reason, then = await rollback_on_failure(ctx, deployment_id, verdict, reason, then)
-    if is_success(verdict):  # the environment's "last succeeded" pointer moves with the verdict (rollbacks read it)
-        before = await store(ctx).get(deployment_id)
-        if before is not None and before.verdict is None:
+    before = await store(ctx).get(deployment_id)
+    restored = None
+    if before is not None and before.verdict is None:
+        if verdict in FAILURES:  # the environment's restore clock starts (unless it runs already)
+            then.append(store(ctx).failing_effect(before))
+        if is_success(verdict):  # "last succeeded" moves with the verdict (rollbacks read it); the clock stops
             then.append(store(ctx).last_succeeded_effect(before.model_copy(update=changes)))
+            restored = store(ctx).restored_effect(before)
+            then.append(restored)
     record = await store(ctx).finish(deployment_id, verdict, reason, then=then, **changes)
     if record is None:
         return False
     metrics.DEPLOYMENTS.labels(environment=record.environment, verdict=verdict).inc()
+    if restored is not None and restored.since is not None:
+        observe_restore(record, restored.since)
     if record.kind == "rollback":
         from workers.rollback import rollback_finished
 

@@ -249,8 +249,9 @@ async def report_deployment(ctx: Ctx, deployment_id: str, phase: str) -> str:
         if final:
             await complete(ctx, record, reported=False)
         return "failed"
+    # Unfenced: the lock is per deployment, and its holder checks the token (ensure_held), not a fence.
     async with locked(ctx["redis"], keys(ctx).lock(f"report:{deployment_id}"), lease_seconds=REPORT_LEASE_SECONDS,
-                      wait_seconds=REPORT_LOCK_WAIT_SECONDS) as lock:
+                      wait_seconds=REPORT_LOCK_WAIT_SECONDS, fenced=False) as lock:
         record = await store(ctx).get(deployment_id) or record
         if (final and record.state == "done") or (not final and record.verdict is not None):
             return "done" if final else "skipped"

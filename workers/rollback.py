@@ -28,7 +28,6 @@ from bridge.rollbacks import RollbackRefused, launch_rollback, plan_rollback
 from bridge.routing import Environment
 from workers.context import Ctx, routing, store
 from workers.outcome import report
-from workers.verdict import parse_time
 
 log = logging.getLogger("gitops_bridge.rollback")
 
@@ -68,18 +67,6 @@ def rolled_back_tag(record: DeploymentRecord) -> tuple[int, str] | None:
     if build is None or record.verdict is None or not record.commit_sha or build == record.build_id:
         return None
     return build, ROLLED_BACK_TAG.format(env=record.environment)
-
-
-async def observe_restore(ctx: Ctx, record: DeploymentRecord) -> None:
-    """Time to restore: from the failed verdict of the deployment the rollback undid to the rollback's success (not
-    observed when the undone deployment had not failed: then nothing was being restored)."""
-    of = str((record.details.get("rollback_of") or {}).get("deployment_id") or "")
-    undone = await store(ctx).get(of) if of else None
-    failed = undone is not None and undone.verdict in ("failed", "timed-out")
-    start = parse_time(undone.timeline.get("finished")) if undone is not None and failed else None
-    end = parse_time(record.timeline.get("finished"))
-    if start is not None and end is not None:
-        metrics.TIME_TO_RESTORE.labels(environment=record.environment).observe(max(0.0, (end - start).total_seconds()))
 
 
 # -- automatic rollback ------------------------------------------------------------------------------------------
@@ -143,10 +130,10 @@ async def rollback_after_failure(ctx: Ctx, deployment_id: str, to_build: int) ->
 
 
 async def rollback_finished(ctx: Ctx, record: DeploymentRecord) -> None:
-    """After a rollback's verdict: time to restore when it succeeded; otherwise the hold stays, says so, and alerts
+    """After a rollback's verdict: nothing more when it succeeded (its time to restore was observed with the verdict,
+    as for any success, by `workers.outcome`); otherwise the hold stays, says so, and alerts
     (bridge_rollbacks_failed_total). Never another rollback."""
     if is_success(record.verdict):
-        await observe_restore(ctx, record)
         return
     metrics.ROLLBACKS_FAILED.labels(environment=record.environment).inc()
     log.error("rollback %s of %s/%s ended %s: the environment stays held (%s)", record.id, record.route,

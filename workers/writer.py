@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from bridge import metrics
 from bridge.errors import BridgeError, PermanentError, PushRejected, is_transient, retry_delay
 from bridge.queue import FLUSH_REPOSITORY, VERIFY_DEPLOYMENT, tick_job_id, unique_job_id, verify_job_id
-from bridge.records import DeploymentRecord, JobSpec
+from bridge.records import DeploymentRecord, JobSpec, decode_record
 from bridge.routing import Environment
 from workers import faults
 from workers.context import Ctx, enqueue, keys, routing, settings, store
@@ -344,7 +344,7 @@ async def _drain(ctx: Ctx, repository: str, lock: RedisLock, deadline: float) ->
 
 async def _load(ctx: Ctx, ids: list[str]) -> dict[str, DeploymentRecord | None]:
     raws = await ctx["redis"].mget([keys(ctx).deployment(i) for i in ids])
-    return {i: DeploymentRecord.model_validate_json(r) if r else None for i, r in zip(ids, raws, strict=True)}
+    return {i: decode_record(r) if r else None for i, r in zip(ids, raws, strict=True)}
 
 
 async def _flush_batch(ctx: Ctx, repository: str, lock: RedisLock, ids: list[str]) -> None:

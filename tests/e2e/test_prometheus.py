@@ -1,7 +1,7 @@
 """A real Prometheus (Debian's `prometheus`, on a loopback port) scrapes a running web and a real worker process with
-the chart's rules loaded. After a short scenario (one success, one failure, three unauthorized webhooks) every alert and
-every dashboard expression is queried through Prometheus' HTTP API: the expected alerts are firing or pending, the
-others evaluate to nothing, and every panel returns data except those in EXCEPTIONS."""
+the chart's rules loaded. After a short scenario (one success, one failure and its fix, three unauthorized webhooks)
+every alert and every dashboard expression is queried through Prometheus' HTTP API: the expected alerts are firing or
+pending, the others evaluate to nothing, and every panel returns data except those in EXCEPTIONS."""
 
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def test_alerts_and_dashboard_against_a_real_prometheus(stack: StackFactory, pro
     # both processes scraped once before anything happens: every series has its 0 sample
     prom.wait("both targets up", lambda: len(prom.query("up == 1")) == 2)
 
-    # the scenario: one success, one failure, three unauthorized webhooks
+    # the scenario: one success, one failure (then its fix), three unauthorized webhooks
     s.argocd.script("search-dev", degrade=True)
     assert s.post(s.build(500, "cart")).status_code == 202
     assert s.post(s.build(501, "search")).status_code == 202
@@ -152,6 +152,10 @@ def test_alerts_and_dashboard_against_a_real_prometheus(stack: StackFactory, pro
         assert s.http.post(f"{s.url}/webhooks/azure-devops", json={"eventType": "build.complete"}).status_code == 401
     assert s.wait_finished(500, "dev")["verdict"] == "succeeded"
     assert s.wait_finished(501, "dev")["verdict"] == "failed"
+    # ... and its fix: the next build of search succeeds in dev, which restores the environment (time to restore)
+    s.argocd.script("search-dev", health_sequence=["Progressing", "Healthy"])
+    assert s.post(s.build(502, "search")).status_code == 202
+    assert s.wait_finished(502, "dev")["verdict"] == "succeeded"
 
     # the expected alerts rise (firing, or pending while their `for:` runs) ...
     raised = prom.wait(f"alerts {sorted(EXPECTED)}", lambda: (a := prom.alerts()) and EXPECTED <= a.keys() and a)
