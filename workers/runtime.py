@@ -67,6 +67,13 @@ class BridgeWorker(Worker):
         log.info("worker started: %d functions, queue %s", len(self.functions), self.queue_name)
         self._heartbeat = asyncio.create_task(self._renew_in_progress(), name="in-progress-heartbeat")
         self._listener = asyncio.create_task(self._listen_to_queue(), name="queue-listener")
+        try:
+            await self._poll_loop()
+        finally:  # the loop's end (burst done, an error, cancelled) ends the listener and closes its connection
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+
+    async def _poll_loop(self) -> None:
         failures = 0
         while True:
             try:
@@ -222,9 +229,8 @@ class BridgeWorker(Worker):
 
     async def close(self) -> None:
         """Stop: cancel the running jobs (re-run elsewhere, they are idempotent), then close Redis."""
-        for task in (self._heartbeat, self._listener):
-            if task is not None:
-                task.cancel()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         running = [t for t in self.tasks.values() if not t.done()]
         if running:
             log.info("worker stopping: %d job(s) cut short will run again elsewhere", len(running))
