@@ -88,6 +88,7 @@ _NETWORK_HINTS = (
     "no such file or directory", "repository not found", "couldn't find remote ref",
 )
 _RETRYABLE_REMOTE = ("cannot lock ref", "failed to update ref", "failed to lock", "incorrect old value")
+_COMMIT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _CONFIG = (("gc.auto", "0"), ("maintenance.auto", "false"), ("core.logAllRefUpdates", "false"))
 
 
@@ -295,7 +296,7 @@ class RepoCache:
         """The commit a ref points to: the loose ref file fetch just wrote (no process), else `git rev-parse`."""
         try:
             value = (path / ref).read_text(encoding="ascii").strip()
-            if re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", value):
+            if _COMMIT_ID.fullmatch(value):
                 return value
         except (OSError, UnicodeDecodeError):
             pass
@@ -351,7 +352,8 @@ class RepoCache:
             raise self._error(name, "cat-file", failed) from None
         objects = batch_objects(out, len(dirs) + len(asked))
         trees = {d: (obj[0], obj[2]) for d, obj in zip(dirs, objects, strict=False) if obj and obj[1] == "tree"}
-        self._trees[name] = (rev, trees)
+        if _COMMIT_ID.fullmatch(rev):  # what a commit id names never changes
+            self._trees[name] = (rev, trees)
         for file, blob in zip(asked, objects[len(dirs):], strict=True):
             folder, _, base = file.rpartition("/")
             tree = trees.get(folder)
@@ -402,6 +404,8 @@ class RepoCache:
         committer = (self.git.committer_name or author[0], self.git.committer_email or author[1])
         files = [check_path(b.path) for b in blobs]
         try:
+            if not _COMMIT_ID.fullmatch(parent):  # a commit object names its parent by id
+                parent = self._resolve(path, parent)
             root, trees = replaced_trees(self._path_trees(name, parent, files), blobs)
             for blob in blobs:
                 self._store(path, "blob", blob.data, parent)
@@ -488,7 +492,7 @@ class RepoCache:
                 sha, _, values = entry.strip().partition("\x1f")
                 if sha:
                     history.append((sha, tuple(v.strip() for v in values.split("\x1e") if v.strip())))
-        if re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", ref):  # a commit id: the same history for good
+        if _COMMIT_ID.fullmatch(ref):  # a commit id: the same history for good
             self._scans[scan] = (ref, history)
         return history
 
