@@ -192,13 +192,20 @@ class BridgeWorker(Worker):
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """arq takes a job slot (its semaphore and counter) before it marks a job in progress; when Redis fails right
         there, the exception skips the release and the slot is gone for good — enough outages and the worker takes
-        no job at all. Give the slot of the job that was being started back."""
-        try:
-            await super().start_jobs(job_ids)
-        except Exception:
-            self.job_counter -= 1
-            self.sem.release()
-            raise
+        no job at all. Give the slot of the job that was being started back — unless its task holds it already: the
+        error can also come after the hand-over (resetting the pipeline on a dropped connection), and releasing then
+        releases the slot twice (a ValueError that ended the worker). Hence one job per call."""
+        for job_id in job_ids:
+            before = self.tasks.get(job_id.decode())
+            try:
+                await super().start_jobs([job_id])
+            except Exception:
+                if self.tasks.get(job_id.decode()) is before:  # no new task took this job's slot
+                    self.job_counter -= 1
+                    self.sem.release()
+                raise
+            if self.job_counter >= self.max_jobs:
+                return
 
     async def finish_job(self, *args: Any, **kwargs: Any) -> None:
         await self._retrying("finishing a job", functools.partial(super().finish_job, *args, **kwargs))
