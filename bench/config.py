@@ -9,15 +9,24 @@
 2. Start-up, `--starts` times per run, each a fresh process: `python -c "import starlette, redis, uvicorn"` (the
    anchor), `python -c "import bridge.app"`, and `gitops-bridge web` from exec to the first `/readyz` 200 with a
    1-route and with the big routing file (private redis-server from `bridge.embedded_redis`, free port); the web
-   process's VmRSS once ready.
+   process's VmRSS once ready. Each start's CPU time (user + system, of the child; `/proc/<pid>/stat` for the web
+   process when ready) is printed too: on a shared machine the wall-clock ratio moves with the load, the CPU ratio
+   much less.
 Printed: medians over the runs (min–max), ratios to the anchors of the same run, the load average.
 It prints figures; it does not pass or fail.
+
+Both sides start from bytecode, as installed: the anchor's libraries were compiled when pip installed them, and the
+script compiles `bridge/` and `workers/` first (`compileall`). An editable install never does, and with
+PYTHONDONTWRITEBYTECODE=1 in the environment every start would compile the bridge's ~25 modules from source again
+(~0.2 s, more than half of the web's own start-up).
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -86,14 +95,23 @@ def free_port() -> int:
         return port
 
 
-def process_time(code: str) -> float:
+def process_time(code: str) -> tuple[float, float]:
+    """Wall-clock and CPU seconds of `python -c code`."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run([str(PYTHON), "-c", code], check=True, cwd=ROOT)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
-def web_start(root: Path, redis_url: str, config: Path) -> tuple[float, int]:
-    """Seconds from exec to the first /readyz 200, and VmRSS then."""
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def web_start(root: Path, redis_url: str, config: Path) -> tuple[float, int, float]:
+    """Seconds from exec to the first /readyz 200, VmRSS then, and the CPU seconds the process used until then."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     env.update({"BRIDGE_REDIS_URL": redis_url, "BRIDGE_CONFIG": str(config), "BRIDGE_WEBHOOK__TOKENS": TOKEN,
@@ -116,11 +134,12 @@ def web_start(root: Path, redis_url: str, config: Path) -> tuple[float, int]:
                     raise RuntimeError("web not ready after 120 s")
                 time.sleep(0.005)
         ready = time.perf_counter() - start
+        cpu = cpu_seconds(proc.pid)
         rss = 0
         for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 rss = int(line.split()[1]) * 1024
-        return ready, rss
+        return ready, rss, cpu
     finally:
         proc.terminate()
         proc.wait(timeout=15)
@@ -141,6 +160,8 @@ def main() -> None:
     from bridge.routing import load_routing
     from bridge.yamlload import safe_load
 
+    for package in ("bridge", "workers"):
+        compileall.compile_dir(ROOT / package, quiet=1)
     root = Path(tempfile.mkdtemp(prefix="bench-config-"))
     redis = EmbeddedRedis(root / "redis").start()
     try:
@@ -154,21 +175,23 @@ def main() -> None:
               f"load average {load()}")
         figures: dict[str, list[float]] = {k: [] for k in (
             "c", "ours", "routing", "ruamel", "import-anchor", "import-app", "ready-1", "ready-big", "rss-1",
-            "rss-big")}
+            "rss-big", "cpu-anchor", "cpu-1", "cpu-big")}
         for run in range(args.runs):
             figures["c"].append(timed(yaml.load, text, yaml.CSafeLoader))
             figures["ours"].append(timed(safe_load, text))
             figures["routing"].append(timed(load_routing, big))
             if not args.no_ruamel:
                 figures["ruamel"].append(timed(YAML(typ="safe").load, text))
-            figures["import-anchor"].append(statistics.median(
-                process_time("import starlette, redis, uvicorn") for _ in range(args.starts)))
+            anchors = [process_time("import starlette, redis, uvicorn") for _ in range(args.starts)]
+            figures["import-anchor"].append(statistics.median(a[0] for a in anchors))
+            figures["cpu-anchor"].append(statistics.median(a[1] for a in anchors))
             figures["import-app"].append(statistics.median(
-                process_time("import bridge.app") for _ in range(args.starts)))
+                process_time("import bridge.app")[0] for _ in range(args.starts)))
             for name, config in (("1", small), ("big", big)):
                 starts = [web_start(root, redis.url, config) for _ in range(args.starts)]
                 figures[f"ready-{name}"].append(statistics.median(s[0] for s in starts))
                 figures[f"rss-{name}"].append(statistics.median(s[1] for s in starts))
+                figures[f"cpu-{name}"].append(statistics.median(s[2] for s in starts))
             print(f"run {run + 1}: C loader {figures['c'][-1] * 1000:.0f} ms, bridge reader "
                   f"{figures['ours'][-1] * 1000:.0f} ms, load_routing {figures['routing'][-1] * 1000:.0f} ms"
                   + (f", ruamel {figures['ruamel'][-1] * 1000:.0f} ms" if figures["ruamel"] else "")
@@ -190,6 +213,9 @@ def main() -> None:
         print(f"  web exec → /readyz 200: 1 route {across_ms(figures['ready-1'])} = "
               f"{ratio('ready-1', 'import-anchor')}× the import anchor; {args.routes} routes "
               f"{across_ms(figures['ready-big'])} = {ratio('ready-big', 'import-anchor')}×")
+        print(f"  CPU time: anchor {across_ms(figures['cpu-anchor'])}; web until ready, 1 route "
+              f"{across_ms(figures['cpu-1'])} = {ratio('cpu-1', 'cpu-anchor')}×; {args.routes} routes "
+              f"{across_ms(figures['cpu-big'])} = {ratio('cpu-big', 'cpu-anchor')}×")
         print(f"  web VmRSS when ready: 1 route {statistics.median(figures['rss-1']) / 2**20:.0f} MB, {args.routes} "
               f"routes {statistics.median(figures['rss-big']) / 2**20:.0f} MB = {ratio('rss-big', 'rss-1')}×")
         print(f"load average after the runs: {load()}")

@@ -21,16 +21,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridge import output
 from bridge.errors import ConfigError
-from bridge.records import VERDICTS
-from bridge.routing import RoutingConfig, load_routing
-from bridge.settings import Settings, load_settings, unknown_variables
+from bridge.lifecycle import VERDICTS
+
+if TYPE_CHECKING:
+    from bridge.routing import RoutingConfig
+    from bridge.settings import Settings
 
 EXIT_CONFIG, EXIT_USAGE, EXIT_PIPE = 2, 2, 141  # 141 = 128 + SIGPIPE, what a shell reports for `... | head`
 
@@ -46,6 +49,8 @@ def version() -> str:
 
 
 def _warn_unknown_variables() -> None:
+    from bridge.settings import unknown_variables
+
     for name, close in unknown_variables():
         hint = f" (did you mean {close}?)" if close else ""
         print(f"warning: {name} is not a gitops-bridge setting and is ignored{hint}", file=sys.stderr)
@@ -55,6 +60,8 @@ def _settings(**overrides: Any) -> Settings:
     """load_settings, with invalid values reported as a ConfigError that names the setting (never its value)."""
     from pydantic import ValidationError
     from pydantic_settings import SettingsError
+
+    from bridge.settings import load_settings
 
     _warn_unknown_variables()
     try:
@@ -71,6 +78,8 @@ def _settings(**overrides: Any) -> Settings:
 
 
 def _load(args: argparse.Namespace) -> tuple[Settings, RoutingConfig]:
+    from bridge.routing import load_routing
+
     overrides: dict[str, Any] = {}
     if getattr(args, "config", None):
         overrides["config"] = args.config
@@ -80,6 +89,17 @@ def _load(args: argparse.Namespace) -> tuple[Settings, RoutingConfig]:
 
     configure_logging(settings)
     return settings, routing
+
+
+SERVING_COMMANDS = ("web", "worker", "serve")
+
+
+def _serving() -> None:
+    """Start-up is over. The collector was off while it ran (`main`): imports, settings and the routing model make
+    tens of thousands of objects that live as long as the process and almost no garbage, and the full collections
+    they triggered were a sixth of the web's start-up. `gc.freeze` keeps later collections from scanning them again."""
+    gc.freeze()
+    gc.enable()
 
 
 def _fail(exc: ConfigError) -> int:
@@ -97,6 +117,8 @@ def cmd_check_routing(args: argparse.Namespace) -> int:
     """The routing file alone: no secrets needed (a GitOps repository's CI can run it on every change)."""
     from pathlib import Path
 
+    from bridge.routing import load_routing
+
     path = Path(args.config) if args.config else _settings().config
     routing = load_routing(path)
     print(f"{path}: OK — {len(routing.repositories)} repositories, {len(routing.routes)} routes "
@@ -108,6 +130,7 @@ def cmd_check_routing(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from bridge.config_check import findings
+    from bridge.routing import load_routing
 
     settings = _settings(**({"config": args.config} if args.config else {}))
     routing = load_routing(settings.config)
@@ -158,6 +181,7 @@ def cmd_web(args: argparse.Namespace) -> int:
         raise ConfigError("settings: redis_url: `web` needs BRIDGE_REDIS_URL or BRIDGE_REDIS_SENTINELS "
                           "(use `serve` for an embedded Redis)")
     app = create_app(settings, routing)
+    _serving()
     tune_collector()
     uvicorn.run(app, host=args.host or settings.host, port=args.port or settings.port, log_level="warning",
                 access_log=False, proxy_headers=True)
@@ -172,6 +196,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not settings.has_redis:
         raise ConfigError("settings: redis_url: `worker` needs BRIDGE_REDIS_URL or BRIDGE_REDIS_SENTINELS "
                           "(use `serve` for an embedded Redis)")
+    _serving()
     asyncio.run(until_signalled(run_worker(settings, routing)))
     return 0
 
@@ -183,6 +208,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     url, embedded = _redis_url(settings)
     host, port = args.host or settings.host, args.port or settings.port
     print(f"gitops-bridge serving on http://{host}:{port} (webhook: /webhooks/azure-devops)", file=sys.stderr)
+    _serving()
     try:
         asyncio.run(serve(settings, routing, url, host=host, port=port))
     except KeyboardInterrupt:
@@ -573,7 +599,17 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    gc.disable()  # until the process serves (`_serving`); the other commands collect as usual
+    try:
+        return _main(argv)
+    finally:
+        gc.enable()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = parser().parse_args(argv)
+    if args.command not in SERVING_COMMANDS:
+        gc.enable()
     try:
         code: int = args.fn(args)
         sys.stdout.flush()

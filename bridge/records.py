@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
@@ -81,6 +81,9 @@ def now_iso() -> str:
 
 
 class DeploymentRecord(BaseModel):
+    # Built on first use: the web process needs it for the operator API only, not to start (bench/config.py).
+    model_config = ConfigDict(defer_build=True)
+
     id: str
     kind: Kind = "build"
     build_key: str

@@ -86,6 +86,7 @@ class _Builder:
     def __init__(self, parser: Any) -> None:
         self.parser = parser
         self.anchors: dict[str, Any] = {}
+        self.strings: dict[str, str] = {}  # one object per distinct text: keys and repeated values are shared
         self._timestamps = SafeConstructor()
 
     def value(self, event: Event) -> Any:
@@ -122,7 +123,7 @@ class _Builder:
                                    event.start_mark)
 
     def scalar(self, event: ScalarEvent) -> Any:
-        value, tag = event.value, event.tag
+        value, tag = self.strings.setdefault(event.value, event.value), event.tag
         if tag is None or tag == "!":
             if not event.implicit[0] or (value and value[0] not in _MAYBE):
                 return value

@@ -11,10 +11,13 @@ from workers.gitobjects import (
     batch_objects,
     check_path,
     clean_message,
-    commit_stream,
+    commit_object,
     diff_changes,
     ident,
+    loose_object,
     object_id,
+    replaced_trees,
+    tree_dirs,
     tree_modes,
 )
 
@@ -65,20 +68,48 @@ def test_object_ids_trees_and_batch_answers_match_git(tmp_path: Path) -> None:
     assert tree_modes(objects[0][2], 20) == {"values.yaml": "100644", "run.sh": "100755", "link": "120000"}
 
 
-def test_a_commit_stream_gives_exactly_the_intended_change(tmp_path: Path) -> None:
+def test_tree_dirs_are_every_directory_deepest_first() -> None:
+    assert tree_dirs(["top.yaml"]) == [""]
+    assert tree_dirs(["a/b/c.yaml", "a/v.yaml", "x/y.yaml"]) == ["a/b", "a", "x", ""]
+
+
+def test_new_objects_give_exactly_the_intended_change(tmp_path: Path) -> None:
+    """The trees, blobs and commit written as loose objects are what git reads back: fsck --strict finds nothing
+    wrong, diff-tree shows exactly the edit, the message and identities are as `git commit` would write them."""
     work = tmp_path / "w"
     git("init", "-q", str(work), cwd=tmp_path)
-    (work / "a").mkdir()
-    (work / "a" / "v.yaml").write_text("tag: '1'\n")
-    (work / "other.yaml").write_text("x: 1\n")
+    files = {"a/v.yaml": "tag: '1'\n", "a/b/deep.yaml": "x: 1\n", "a-b.yaml": "y: 1\n", "a.yaml": "z: 1\n",
+             "other.yaml": "x: 1\n"}
+    for name, text in files.items():
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text(text)
     git("add", "-A", cwd=work)
     git("-c", "user.name=x", "-c", "user.email=x@x", "commit", "-qm", "init", cwd=work)
     parent = git("rev-parse", "HEAD", cwd=work).decode().strip()
-    new = Blob("a/v.yaml", b"tag: '2'\n")
-    stream = commit_stream("refs/heads/next", parent, [new], "ci: bump\n\n\nDeployment-Id: d\n",
-                           ("Bot <b>", "bot@example.com"), ("Bot", "bot@example.com"), "1700000000 +0000")
-    git("fast-import", "--quiet", "--done", cwd=work, data=stream)
+    new = [Blob("a/v.yaml", b"tag: '2'\n"), Blob("a/b/deep.yaml", b"x: 2\n", "100755")]
+    dirs = tree_dirs(b.path for b in new)
+    out = git("cat-file", "--batch", cwd=work, data="".join(f"{parent}:{d}\n" for d in dirs).encode())
+    trees = {d: (obj[0], obj[2]) for d, obj in zip(dirs, batch_objects(out, len(dirs)), strict=True) if obj}
+    root, written = replaced_trees(trees, new)
+    commit = commit_object(root, parent, "ci: bump\n\n\nDeployment-Id: d\n", ("Bot <b>", "bot@example.com"),
+                           ("Bot", "bot@example.com"), "1700000000 +0000")
+    objects = [("blob", b.data) for b in new] + [("tree", raw) for raw in written.values()] + [("commit", commit)]
+    for kind, data in objects:
+        oid = object_id(kind, data, parent)
+        (work / ".git" / "objects" / oid[:2]).mkdir(exist_ok=True)
+        (work / ".git" / "objects" / oid[:2] / oid[2:]).write_bytes(loose_object(kind, data))
+    sha = object_id("commit", commit, parent)
+    git("update-ref", "refs/heads/next", sha, cwd=work)
+    git("fsck", "--strict", "--no-dangling", cwd=work)
     raw = git("diff-tree", "-r", "-z", "--raw", parent, "refs/heads/next", cwd=work)
-    assert diff_changes(raw) == {"a/v.yaml": ("100644", object_id("blob", new.data, parent))}
-    log = git("log", "-1", "--format=%an <%ae>|%B", "refs/heads/next", cwd=work).decode()
-    assert log == "Bot b <bot@example.com>|ci: bump\n\nDeployment-Id: d\n\n"
+    assert diff_changes(raw) == {b.path: (b.mode, object_id("blob", b.data, parent)) for b in new}
+    log = git("log", "-1", "--format=%an <%ae>|%cn|%ct|%B", "refs/heads/next", cwd=work).decode()
+    assert log == "Bot b <bot@example.com>|Bot|1700000000|ci: bump\n\nDeployment-Id: d\n\n"
+
+
+def test_only_files_of_the_parent_are_replaced() -> None:
+    tree = b"100644 v.yaml\0" + bytes(20)
+    with pytest.raises(ValueError, match="new.yaml"):
+        replaced_trees({"": ("0" * 40, tree)}, [Blob("new.yaml", b"x")])
+
+

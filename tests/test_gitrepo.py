@@ -284,3 +284,27 @@ async def test_bad_token_is_an_auth_error_without_the_secret(
     no_token = cache_for(tmp_path / "other", url)
     with pytest.raises(AuthError):
         await no_token.sync("gitops")
+
+
+async def test_trailers_of_its_own_commits_match_what_git_reads(tmp_path: Path, remote: Path) -> None:
+    """The trailer scan knows the commits this cache wrote on top of its last scan without running git; the answer
+    is the one a fresh cache gets from `git log`, also across a human commit and beyond the scan's depth."""
+    cache = cache_for(tmp_path, f"file://{remote}")
+    ids: list[str] = []
+    for i in range(4):
+        if i == 2:
+            human_commit(remote, tmp_path, "README.md", "a human was here\n")
+        head = (await cache.sync("gitops")).head
+        await cache.find_trailers("gitops", ["x"], ref=head, depth=3)  # the scan the next one builds on
+        ids.append(f"d-{i}")
+        message = f"bump {i}\n\napps/a/values.yaml: image.tag → {i}\n\nBuild-Id: {i}\nDeployment-Id: {ids[-1]}\n"
+        sha = await cache.write_commit("gitops", head, [Blob("apps/a/values.yaml", values_file("a", f"{i}.0.0")
+                                                             .encode())], message)
+        await cache.push("gitops", sha, "main")
+        head = (await cache.sync("gitops")).head
+        fresh = cache_for(tmp_path / f"fresh-{i}", f"file://{remote}")
+        await fresh.sync("gitops")
+        for depth in (1, 3, 500):
+            assert (await cache.find_trailers("gitops", ids, ref=head, depth=depth)
+                    == await fresh.find_trailers("gitops", ids, ref=head, depth=depth))
+    assert set(await cache.find_trailers("gitops", ids, ref=head)) == set(ids)

@@ -249,3 +249,24 @@ async def test_a_connection_lost_while_unwatching_gives_the_slot_back_exactly_on
     finally:
         worker.pool.pipeline = real_pipeline  # type: ignore[method-assign]
         await worker.pool.aclose()
+
+
+async def test_a_queued_job_wakes_the_poll_loop_at_once(tmp_path: Path, private_redis: Any) -> None:
+    """The worker hears of a job when it is queued (Redis's broadcast tracking of the keys under the queue's name)
+    instead of at its next poll."""
+    worker = build_worker(make_settings(tmp_path, private_redis.url), RoutingConfig(repositories={}, routes=[]))
+    listener = asyncio.ensure_future(worker._listen_to_queue())
+    pool = await create_pool(RedisSettings.from_dsn(private_redis.url), default_queue_name=QUEUE)
+    try:
+        for _ in range(200):  # until the listener is subscribed
+            if (await pool.pubsub_numsub("__redis__:invalidate"))[0][1] == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert await pool.enqueue_job(REPORT_DEPLOYMENT, "nope-dep", "started", _job_id="wake-probe") is not None
+        await asyncio.wait_for(worker.queue_changed.wait(), 10)
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+        await pool.aclose()
+        await worker.pool.aclose()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -249,8 +250,8 @@ async def test_unreachable_remote_retries_until_the_deadline(make: Any, remote: 
 
     ctx = await make()
     await submit(ctx, record("api", 700))
-    ctx["repos"].repositories["gitops"] = ctx["repos"].repositories["gitops"].model_copy(
-        update={"url": "file:///nowhere.git"})
+    ctx["repos"].repositories["gitops"] = dataclasses.replace(ctx["repos"].repositories["gitops"],
+                                                              url="file:///nowhere.git")
     with pytest.raises(Retry):
         await flush_repository(ctx, "gitops")
     assert await ctx["redis"].zcard(ctx["keys"].pending("gitops")) == 1

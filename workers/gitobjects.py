@@ -1,9 +1,13 @@
-"""Git's object formats, as the writer needs them (pure): paths, ids, trees, messages, fast-import and diff output.
+"""Git's object formats, as the writer needs them (pure): paths, ids, trees, commits, loose objects and diff output.
 
     check_path(file)            a repository-relative path we may write, or PermanentError
     batch_objects(out)          the objects of a `git cat-file --batch` answer, in order (None: missing)
     tree_modes(data, id_size)   name → mode of a raw tree object
-    commit_stream(...)          the `git fast-import` input for one commit replacing some files
+    tree_dirs(files)            the directories whose trees change when `files` do, deepest first
+    replaced_trees(...)         the new trees of one commit replacing some files, and its root tree
+    commit_object(...)          the raw commit object
+    loose_object(kind, data)    an object as git stores it loose (zlib of header and content)
+    trailer_values(message, key) the values of `key:` trailers of a message the bridge wrote
     diff_changes(raw)           path → (new mode, new id) from `git diff-tree -r -z --raw`
 """
 
@@ -12,7 +16,8 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Sequence
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from bridge.errors import PermanentError
@@ -95,18 +100,89 @@ def git_time(now: float) -> str:
     return f"{int(now)} {'-' if offset < 0 else '+'}{abs(offset) // 60:02d}{abs(offset) % 60:02d}"
 
 
-def commit_stream(ref: str, parent: str, blobs: Sequence[Blob], message: str, author: tuple[str, str],
-                  committer: tuple[str, str], when: str) -> bytes:
-    """`git fast-import` input: one commit (mark :1) on top of `parent` that replaces `blobs`, then `done`."""
-    text = clean_message(message).encode()
-    parts = [f"commit {ref}\nmark :1\nauthor {ident(author[0])} <{ident(author[1])}> {when}\n"
-             f"committer {ident(committer[0])} <{ident(committer[1])}> {when}\n".encode(),
-             b"data %d\n" % len(text), text, f"from {parent}\n".encode()]
+def tree_dirs(files: Iterable[str]) -> list[str]:
+    """Every directory from the root ("") to each file's own, deepest first (each directory's tree is rewritten
+    before its parent's)."""
+    dirs = {""}
+    for file in files:
+        parts = file.split("/")[:-1]
+        dirs.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return sorted(dirs, key=lambda d: (-(d.count("/") + 1 if d else 0), d))
+
+
+def _replace_entries(data: bytes, changes: Mapping[str, tuple[str, str]], id_size: int) -> bytes:
+    """A raw tree with the entries named in `changes` (name → (mode, hex id)) given their new mode and id. Each must
+    exist already: names, order and every other entry stay byte for byte."""
+    out, i, found = bytearray(), 0, 0
+    while i < len(data):
+        space = data.index(b" ", i)
+        nul = data.index(b"\0", space)
+        name = data[space + 1:nul].decode("utf-8", "surrogateescape")
+        change = changes.get(name)
+        if change is None:
+            out += data[i:nul + 1 + id_size]
+        else:
+            out += change[0].lstrip("0").encode() + data[space:nul + 1] + bytes.fromhex(change[1])
+            found += 1
+        i = nul + 1 + id_size
+    if found != len(changes):
+        raise ValueError(f"not in the tree: {sorted(set(changes) - set(tree_modes(data, id_size)))}")
+    return bytes(out)
+
+
+def replaced_trees(trees: Mapping[str, tuple[str, bytes]], blobs: Sequence[Blob]) -> tuple[str, dict[str, bytes]]:
+    """The root tree id of the parent's tree with `blobs` replaced, and every new tree (id → raw).
+
+    `trees`: directory → (id, raw tree) at the parent, for every directory of `tree_dirs`. Only existing files are
+    replaced, so no entry is added, removed or moved.
+    """
+    like = next(iter(trees.values()))[0]
+    id_size = len(like) // 2
+    changes: dict[str, dict[str, tuple[str, str]]] = {}
     for blob in blobs:
-        parts += [f"M {blob.mode} inline {check_path(blob.path)}\n".encode(), b"data %d\n" % len(blob.data),
-                  blob.data, b"\n"]
-    parts.append(b"\ndone\n")
-    return b"".join(parts)
+        folder, _, name = check_path(blob.path).rpartition("/")
+        changes.setdefault(folder, {})[name] = (blob.mode, object_id("blob", blob.data, like))
+    written: dict[str, bytes] = {}
+    root = trees[""][0]
+    for folder in tree_dirs(b.path for b in blobs):
+        if folder not in changes:
+            continue
+        raw = _replace_entries(trees[folder][1], changes[folder], id_size)
+        tree_id = object_id("tree", raw, like)
+        written[tree_id] = raw
+        if folder:
+            parent, _, name = folder.rpartition("/")
+            changes.setdefault(parent, {})[name] = ("40000", tree_id)
+        else:
+            root = tree_id
+    return root, written
+
+
+def commit_object(tree: str, parent: str, message: str, author: tuple[str, str], committer: tuple[str, str],
+                  when: str) -> bytes:
+    """A commit of `tree` on top of `parent`, its message cleaned as `git commit` does."""
+    head = (f"tree {tree}\nparent {parent}\nauthor {ident(author[0])} <{ident(author[1])}> {when}\n"
+            f"committer {ident(committer[0])} <{ident(committer[1])}> {when}\n\n")
+    return (head + clean_message(message)).encode()
+
+
+def loose_object(kind: str, data: bytes) -> bytes:
+    """The bytes of a loose object file (`objects/xx/yyyy…`)."""
+    return zlib.compress(f"{kind} {len(data)}\0".encode() + data)
+
+
+def trailer_values(message: str, key: str) -> tuple[str, ...]:
+    """The values of the `key:` trailers (case-insensitive key) of a message the bridge wrote: a subject, then
+    paragraphs, the last one all `Key: value` lines. What `git log --format=%(trailers:key=…,valueonly)` gives for
+    it; anyone else's messages go through git's own parser."""
+    paragraphs = message.strip("\n").split("\n\n")
+    if len(paragraphs) < 2:
+        return ()
+    lines = paragraphs[-1].split("\n")
+    pairs = [line.partition(":") for line in lines]
+    if not all(sep and re.fullmatch(r"[A-Za-z0-9-]+", k) for k, sep, _ in pairs):
+        return ()
+    return tuple(v.strip() for k, _, v in pairs if k.lower() == key.lower() and v.strip())
 
 
 def diff_changes(raw: bytes) -> dict[str, tuple[str, str]]:

@@ -4,14 +4,19 @@ Each repository named in the routing file gets a bare repository under `settings
 tree: nothing is checked out, cleaned or added). A write is
 
     sync         fetch the branch into refs/remotes/origin/<branch>; its commit is the parent
-    read_files   the values files (and their modes) at that commit, in one `git cat-file --batch`
-    write_commit one `git fast-import` writes the changed blobs, the trees along their paths and the commit (same
-                 message, trailers, author and committer), then `git diff-tree` against the parent must show exactly
-                 the intended files with exactly the intended blobs (UnsafeWrite otherwise)
+    read_files   the values files (and the trees of the directories along their paths) at that commit, in one
+                 `git cat-file --batch`
+    write_commit the changed blobs, the trees along their paths and the commit (same message, trailers, author and
+                 committer as `git commit` would write) are written as loose objects by the bridge itself (the
+                 trees are the parent's with only the changed entries' ids replaced), then `git diff-tree` against
+                 the parent must show exactly the intended files with exactly the intended blobs (UnsafeWrite
+                 otherwise): git's own reading of what was written is the check
     push         `<sha>:refs/heads/<branch>`, never forced; PushRejected when the remote moved
 
 so its cost depends on the edited paths (and the width of the directories on them, as for any `git commit`), not on
-how many files or commits the repository has (bench/writer.py, docs/benchmarks.md). Automatic maintenance
+how many files or commits the repository has (bench/writer.py, docs/benchmarks.md). The check that a bump is not
+pushed already (`find_trailers`, a walk of the last 500 commits) knows the commits this process wrote on top of its
+last walk, so after the bridge's own push it runs no git at all. Automatic maintenance
 is off (`gc.auto=0`, `maintenance.auto=false`): objects fetched only for ancestry checks must stay, and no flush pays
 for a repack. A cache git cannot use any more (or one of the older work-tree layout) is deleted and made again. Every
 writer holds the repository's Redis lock (`workers.lock`), which also guards the cache shared by the worker processes
@@ -60,10 +65,15 @@ from workers.gitobjects import (
     Blob,
     batch_objects,
     check_path,
-    commit_stream,
+    clean_message,
+    commit_object,
     diff_changes,
     git_time,
+    loose_object,
     object_id,
+    replaced_trees,
+    trailer_values,
+    tree_dirs,
     tree_modes,
 )
 
@@ -78,8 +88,8 @@ _NETWORK_HINTS = (
     "no such file or directory", "repository not found", "couldn't find remote ref",
 )
 _RETRYABLE_REMOTE = ("cannot lock ref", "failed to update ref", "failed to lock", "incorrect old value")
+_COMMIT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _CONFIG = (("gc.auto", "0"), ("maintenance.auto", "false"), ("core.logAllRefUpdates", "false"))
-_WRITE_REF = "refs/bridge/last-write"  # fast-import needs a ref to update; nothing reads it
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,9 @@ class RepoCache:
         self._known: set[str] = set()
         self._ancestry: dict[tuple[str, str, str], bool] = {}
         self._local_locks: dict[str, asyncio.Lock] = {}
+        self._trees: dict[str, tuple[str, dict[str, tuple[str, bytes]]]] = {}  # name → (commit, its path trees)
+        self._commits: dict[str, tuple[str, str]] = {}  # id → (parent, message) of the commits written here
+        self._scans: dict[tuple[str, str, int], tuple[str, list[tuple[str, tuple[str, ...]]]]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, routing: RoutingConfig) -> RepoCache:
@@ -283,7 +296,7 @@ class RepoCache:
         """The commit a ref points to: the loose ref file fetch just wrote (no process), else `git rev-parse`."""
         try:
             value = (path / ref).read_text(encoding="ascii").strip()
-            if re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", value):
+            if _COMMIT_ID.fullmatch(value):
                 return value
         except (OSError, UnicodeDecodeError):
             pass
@@ -329,19 +342,25 @@ class RepoCache:
                 found[file] = str(exc)
         if not asked:
             return found
-        # For each file: its directory's tree (for the mode: a symlink or submodule is not a values file), then it.
-        query = "".join(f"{rev}:{f.rpartition('/')[0]}\n{rev}:{f}\n" for f in asked)
+        # The tree of every directory along the files (their modes: a symlink or submodule is not a values file; and
+        # kept for the write that follows), then the files, in one cat-file.
+        dirs = tree_dirs(asked)
+        query = "".join(f"{rev}:{d}\n" for d in dirs) + "".join(f"{rev}:{f}\n" for f in asked)
         try:
             _, out, _ = self._exec(self.path(name), "cat-file", "--batch", stdin=query.encode())
         except _GitFailed as failed:
             raise self._error(name, "cat-file", failed) from None
-        objects = batch_objects(out, 2 * len(asked))
-        for i, file in enumerate(asked):
-            tree, blob = objects[2 * i], objects[2 * i + 1]
-            if tree is None or tree[1] != "tree" or blob is None:
+        objects = batch_objects(out, len(dirs) + len(asked))
+        trees = {d: (obj[0], obj[2]) for d, obj in zip(dirs, objects, strict=False) if obj and obj[1] == "tree"}
+        if _COMMIT_ID.fullmatch(rev):  # what a commit id names never changes
+            self._trees[name] = (rev, trees)
+        for file, blob in zip(asked, objects[len(dirs):], strict=True):
+            folder, _, base = file.rpartition("/")
+            tree = trees.get(folder)
+            if tree is None or blob is None:
                 found[file] = f"{file}: no such file at {rev[:12]}"
                 continue
-            mode = tree_modes(tree[2], len(tree[0]) // 2).get(file.rpartition("/")[2], "")
+            mode = tree_modes(tree[1], len(tree[0]) // 2).get(base, "")
             if blob[1] != "blob" or mode not in REGULAR_MODES:
                 found[file] = f"{file}: not a regular file at {rev[:12]}"
                 continue
@@ -352,26 +371,62 @@ class RepoCache:
         """The regular files `files` at commit `rev`: path → Blob, or path → why it cannot be edited."""
         return await asyncio.to_thread(self._read, name, rev, list(dict.fromkeys(files)))
 
+    def _path_trees(self, name: str, rev: str, files: Sequence[str]) -> dict[str, tuple[str, bytes]]:
+        """directory → (id, raw tree) at `rev` for every directory along `files` (what `_read` kept, else cat-file)."""
+        dirs = tree_dirs(files)
+        kept_rev, kept = self._trees.get(name, ("", {}))
+        if kept_rev == rev and all(d in kept for d in dirs):
+            return kept
+        _, out, _ = self._exec(self.path(name), "cat-file", "--batch",
+                               stdin="".join(f"{rev}:{d}\n" for d in dirs).encode())
+        trees = {}
+        for folder, obj in zip(dirs, batch_objects(out, len(dirs)), strict=True):
+            if obj is None or obj[1] != "tree":
+                raise PermanentError(f"git: {name}: {folder}: no such directory at {rev[:12]}")
+            trees[folder] = (obj[0], obj[2])
+        return trees
+
+    def _store(self, path: Path, kind: str, data: bytes, like: str) -> str:
+        """Write one loose object (as `git hash-object -w` does: a temporary file renamed into place)."""
+        oid = object_id(kind, data, like)
+        target = path / "objects" / oid[:2] / oid[2:]
+        if not target.exists():
+            target.parent.mkdir(exist_ok=True)
+            tmp = target.parent / f"tmp_obj_{uuid.uuid4().hex[:12]}"
+            tmp.write_bytes(loose_object(kind, data))
+            tmp.chmod(0o444)
+            os.replace(tmp, target)
+        return oid
+
     def _write(self, name: str, parent: str, blobs: Sequence[Blob], message: str) -> str:
         path = self.path(name)
         author = (self.git.author_name, self.git.author_email)
         committer = (self.git.committer_name or author[0], self.git.committer_email or author[1])
-        stream = commit_stream(_WRITE_REF, parent, blobs, message, author, committer, git_time(time.time()))
-        marks = path / f"bridge-marks-{uuid.uuid4().hex[:8]}"
+        files = [check_path(b.path) for b in blobs]
         try:
-            self._exec(path, "fast-import", "--quiet", "--done", "--force", f"--export-marks={marks}", stdin=stream)
-            sha = marks.read_text().split()[1]
+            if not _COMMIT_ID.fullmatch(parent):  # a commit object names its parent by id
+                parent = self._resolve(path, parent)
+            root, trees = replaced_trees(self._path_trees(name, parent, files), blobs)
+            for blob in blobs:
+                self._store(path, "blob", blob.data, parent)
+            for raw in trees.values():
+                self._store(path, "tree", raw, parent)
+            commit = commit_object(root, parent, message, author, committer, git_time(time.time()))
+            sha = self._store(path, "commit", commit, parent)
             _, diff, _ = self._exec(path, "diff-tree", "-r", "-z", "--no-renames", "--raw", parent, sha)
         except _GitFailed as failed:
             raise self._error(name, "commit", failed) from None
-        except (OSError, IndexError) as exc:
+        except ValueError as exc:  # a file that is not in the parent commit: the writer only replaces files
+            raise PermanentError(f"git: {name}: {exc}") from None
+        except OSError as exc:
             raise UpstreamUnavailable("git", f"{name}: commit failed: {exc}") from None
-        finally:
-            marks.unlink(missing_ok=True)
-        # The commit must change exactly the intended files, to exactly the intended content and mode.
+        # Git's own reading of the new commit must show exactly the intended files, content and modes.
         if diff_changes(diff) != {b.path: (b.mode, object_id("blob", b.data, sha)) for b in blobs}:
             raise UnsafeWrite(f"{name}: the new commit does not change exactly {sorted(b.path for b in blobs)}; "
                               "nothing was pushed")
+        if len(self._commits) >= 1000:
+            self._commits.clear()
+        self._commits[sha] = (parent, clean_message(message))
         return sha
 
     async def write_commit(self, name: str, parent: str, blobs: Sequence[Blob], message: str) -> str:
@@ -405,18 +460,41 @@ class RepoCache:
         await asyncio.to_thread(self._push, name, sha, branch)
 
     def _trailers(self, name: str, ref: str, key: str, wanted: set[str], depth: int) -> dict[str, str]:
-        fmt = f"%H%x1f%(trailers:key={key},valueonly,separator=%x1e)%x1d"
-        status, out, _ = self._run(self.path(name), "log", f"-n{depth}", f"--format={fmt}", ref, "--", check=False)
         found: dict[str, str] = {}
-        if status != 0:
-            return found
-        for entry in out.split("\x1d"):
-            sha, _, values = entry.strip().partition("\x1f")
-            for value in values.split("\x1e"):
-                value = value.strip()
+        for sha, values in self._history(name, ref, key, depth):
+            for value in values:
                 if value in wanted and value not in found:
                     found[value] = sha
         return found
+
+    def _history(self, name: str, ref: str, key: str, depth: int) -> list[tuple[str, tuple[str, ...]]]:
+        """(commit, its `key:` trailer values) for the last `depth` commits of `ref`, newest first, as `git log`
+        walks them. The commits this process wrote on top of the last walk are known without running git (their
+        ids are their content); the last walk is kept per commit id."""
+        scan = (name, key, depth)
+        last = self._scans.get(scan)
+        own: list[tuple[str, tuple[str, ...]]] = []
+        at = ref
+        while last is not None and at != last[0] and len(own) < depth and at in self._commits:
+            parent, message = self._commits[at]
+            own.append((at, trailer_values(message, key)))
+            at = parent
+        if last is not None and at == last[0]:
+            history = (own + last[1])[:depth]
+        else:
+            fmt = f"%H%x1f%(trailers:key={key},valueonly,separator=%x1e)%x1d"
+            status, out, _ = self._run(self.path(name), "log", f"-n{depth}", f"--format={fmt}", ref, "--",
+                                       check=False)
+            if status != 0:
+                return []
+            history = []
+            for entry in out.split("\x1d"):
+                sha, _, values = entry.strip().partition("\x1f")
+                if sha:
+                    history.append((sha, tuple(v.strip() for v in values.split("\x1e") if v.strip())))
+        if _COMMIT_ID.fullmatch(ref):  # a commit id: the same history for good
+            self._scans[scan] = (ref, history)
+        return history
 
     async def find_trailers(
         self, name: str, values: Iterable[str], *, key: str = "Deployment-Id", ref: str | None = None,

@@ -12,6 +12,12 @@ jobs, still in the queue, are taken by another worker within one lease (every jo
 Redis outages: connecting, the poll loop, finishing a job and the health record all retry with bounded, jittered
 back-off (`bridge.errors.retry_delay`) instead of letting arq's main loop end. `connected` is false meanwhile (the
 readiness probe); `last_loop` keeps moving (the liveness probe), so a failover does not get every worker restarted.
+
+Pickup: arq polls the queue every `poll_delay`, so a job waited half of it on average before it started. Redis (6 or
+later) also tells a connection whenever a key under the queue's name changes (client-side caching's broadcast mode:
+`CLIENT TRACKING ... BCAST PREFIX <queue>`, redirected to itself and read as `__redis__:invalidate` messages; no
+server configuration, no change to who enqueues). Each message wakes the poll loop at once. It is only a hint: a lost
+message, an older Redis or a dropped listener means polling every `poll_delay`, as before.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from workers.context import Ctx
 log = logging.getLogger("gitops_bridge.worker")
 
 FINISH_ATTEMPTS = 8
+LISTEN_PING_S = 15.0  # a listener that heard nothing for this long checks its connection
 
 
 class BridgeWorker(Worker):
@@ -48,6 +55,8 @@ class BridgeWorker(Worker):
         self.last_loop = time.monotonic()
         self.outages = 0
         self._heartbeat: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self.queue_changed = asyncio.Event()
 
     async def main(self) -> None:
         if self._pool is None:
@@ -58,9 +67,18 @@ class BridgeWorker(Worker):
             await self._until_done("start-up", functools.partial(self.on_startup, self.ctx))
         log.info("worker started: %d functions, queue %s", len(self.functions), self.queue_name)
         self._heartbeat = asyncio.create_task(self._renew_in_progress(), name="in-progress-heartbeat")
+        self._listener = asyncio.create_task(self._listen_to_queue(), name="queue-listener")
+        try:
+            await self._poll_loop()
+        finally:  # the loop's end (burst done, an error, cancelled) ends the listener and closes its connection
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+
+    async def _poll_loop(self) -> None:
         failures = 0
         while True:
             try:
+                self.queue_changed.clear()  # what changes from here on is seen by the next poll
                 await self._poll_iteration()
                 if not self.connected:
                     log.info("Redis is back after %d failed attempt(s); resuming", failures)
@@ -78,7 +96,45 @@ class BridgeWorker(Worker):
             self.last_loop = time.monotonic()
             if self.burst and await self._burst_done():
                 return
-            await asyncio.sleep(self.poll_delay_s)
+            await self._until_next_poll()
+
+    async def _until_next_poll(self) -> None:
+        try:
+            async with asyncio.timeout(self.poll_delay_s):
+                await self.queue_changed.wait()
+        except TimeoutError:
+            pass
+
+    async def _listen_to_queue(self) -> None:
+        """Set `queue_changed` whenever Redis reports a change under the queue's name (see the module docstring)."""
+        failures = 0
+        while True:
+            conn = self.pool.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+            conn.health_check_interval = 0  # redis-py's PING check expects a plain reply, not a subscriber's
+            try:
+                await conn.connect()
+                await conn.send_command("CLIENT", "ID", check_health=False)
+                client_id = await conn.read_response()
+                await conn.send_command("CLIENT", "TRACKING", "on", "REDIRECT", client_id, "BCAST", "PREFIX",
+                                        self.queue_name, check_health=False)
+                await conn.read_response()
+                await conn.send_command("SUBSCRIBE", "__redis__:invalidate", check_health=False)
+                await conn.read_response()
+                failures = 0
+                while True:
+                    message = await conn.read_response(timeout=LISTEN_PING_S)
+                    if message is None:
+                        await conn.send_command("PING", check_health=False)
+                    self.queue_changed.set()
+            except ResponseError as exc:  # Redis < 6, or CLIENT refused: polling alone
+                log.info("no queue notifications from this Redis (%s); polling every %.2fs", exc, self.poll_delay_s)
+                return
+            except Exception as exc:  # noqa: BLE001 - a dropped listener only slows pickup to the poll delay
+                failures += 1
+                log.debug("queue listener: %s: %s", type(exc).__name__, exc)
+                await asyncio.sleep(retry_delay(failures, base=0.2, cap=5.0))
+            finally:
+                await conn.disconnect()
 
     async def _burst_done(self) -> bool:
         if 0 <= self.max_burst_jobs <= self._jobs_started():
