@@ -440,7 +440,8 @@ def test_worker_restart_resumes_from_redis_and_finishes_once(repo: Repo, fake: A
         assert (await h.record(dep)).verdict is None
         # the stale Synced + Healthy at the old revision is not taken for ours
         waiter = json.loads(await h.redis.hget(h.keys.waiting("web"), dep))
-        assert waiter["reason"].endswith(f"not {sha[:10]} yet") and "Healthy" in waiter["last"]
+        watcher = json.loads(await h.redis.hget(h.keys.watched_apps, "web"))  # the last snapshot is the app's
+        assert waiter["reason"].endswith(f"not {sha[:10]} yet") and "Healthy" in watcher["last"]
         # lose every queued job and all in-memory state; only the Redis wait state survives
         await h.redis.delete(h.settings.queue_name, *[k async for k in h.redis.scan_iter(match="arq:job:*")])
         await h.ctx["argocd"].aclose()

@@ -101,6 +101,45 @@ async def finish_deployment(ctx: Ctx, deployment_id: str, verdict: Verdict, reas
     return True
 
 
+async def finish_deployments(ctx: Ctx, verdict: Verdict, reasons: dict[str, str], *, stamp: tuple[str, ...] = (),
+                             batch: int = 200) -> int:
+    """`finish_deployment` for many deployments with one verdict: one transaction per `batch` records instead of
+    several round trips each (a watcher deciding a thousand waiters at once). Failed and timed-out go one by one:
+    `on_failure: rollback` decides per deployment. Returns how many this call decided."""
+    if verdict in ("failed", "timed-out"):
+        decided = 0
+        for dep, reason in reasons.items():
+            if stamp:
+                await store(ctx).stamp_many([dep], stamp)
+            decided += await finish_deployment(ctx, dep, verdict, reason)
+        return decided
+    st = store(ctx)
+
+    def then(record: DeploymentRecord) -> list[Effect]:
+        effects: list[Effect] = [final_report(record.id)]
+        if is_success(verdict):
+            effects.append(st.last_succeeded_effect(record))
+        return effects
+
+    ids = list(reasons)
+    decided = 0
+    for start in range(0, len(ids), batch):
+        chunk = {dep: reasons[dep] for dep in ids[start:start + batch]}
+        for record in await st.finish_many(chunk, verdict, stamp=stamp, then=then):
+            decided += 1
+            metrics.DEPLOYMENTS.labels(environment=record.environment, verdict=verdict).inc()
+            if record.kind == "rollback":
+                from workers.rollback import rollback_finished
+
+                await rollback_finished(ctx, record)
+            observe_lead_times(record)
+            log.info("deployment %s: %s (%s)", record.id, verdict, record.reason,
+                     extra={"deployment": record.id, "verdict": verdict})
+        if decided:
+            faults.reached("after-verdict")
+    return decided
+
+
 async def start_followers(ctx: Ctx, record: DeploymentRecord) -> None:
     """Environments declaring `after: <this environment>` start once this one succeeded (or was pushed).
     Idempotent: one promote job per (deployment, environment), and a promotion that finds its record does nothing."""
