@@ -18,9 +18,10 @@ deployments are spread over the environments; `--hints` serves the bridge's `/we
 post its notifications there. Also prints commit → verdict (median, p90) from the records.
 
 The Argo CD fake (real socket) follows a real bare repository; one commit bumps all applications, each app then
-stays Progressing for a while before turning Healthy. An arq worker runs in a child process (so its RSS is the
-worker's alone) with the real verify/watch jobs. Prints Argo CD requests per second (status reads, refreshes,
-syncs) against the target of one status read per application per poll interval, and the worker's peak RSS.
+stays Progressing for a while before turning Healthy. The product's worker class (BridgeWorker) runs in a child
+process (so its RSS is the worker's alone) with the real verify/watch jobs and no-op reports. Prints Argo CD
+requests per second (status reads, refreshes, syncs) against the target of one status read per application per poll
+interval, and the worker's peak RSS. `BENCH_TRACE=file` logs every watcher tick, `BENCH_PROFILE=file` profiles it.
 Starts its own redis-server (tests/redis_server.py) unless `--redis` names one (whose database it flushes).
 """
 
@@ -94,11 +95,12 @@ def routing(apps: int, selectors: int = 0, discovery: float = 5.0) -> RoutingCon
 def worker_process(redis_url: str, argocd_url: str, poll: float, apps: int, bare: str, selectors: int = 0,
                    discovery: float = 5.0) -> None:
     """The worker under measurement: real verify/watch jobs, no-op reports, burst until every wait is decided."""
-    from arq.worker import Worker, func
+    from arq.worker import func
 
     from bridge.queue import PROMOTE_BUILD, REPORT_DEPLOYMENT, WATCH_APPLICATION
     from workers.argocd import ArgoCDClient
     from workers.fakes.argocd import git_is_ancestor
+    from workers.runtime import BridgeWorker
     from workers.verify import resume_watches, verify_deployment, watch_application
 
     async def noop(ctx: dict[str, Any], *args: Any) -> None:
@@ -124,11 +126,11 @@ def worker_process(redis_url: str, argocd_url: str, poll: float, apps: int, bare
                                "is_ancestor": git_is_ancestor({"gitops": bare})}
         await resume_watches(ctx)
         watch = traced_watch if trace else watch_application
-        worker = Worker(functions=[func(verify_deployment, name=VERIFY_DEPLOYMENT),
-                                   func(watch, name=WATCH_APPLICATION, keep_result=0),
-                                   func(noop, name=REPORT_DEPLOYMENT), func(noop, name=PROMOTE_BUILD)],
-                        redis_pool=pool, queue_name=settings.queue_name, burst=True, poll_delay=0.05,
-                        handle_signals=False, ctx=ctx, max_jobs=10)
+        worker = BridgeWorker(functions=[func(verify_deployment, name=VERIFY_DEPLOYMENT),
+                                         func(watch, name=WATCH_APPLICATION, keep_result=0),
+                                         func(noop, name=REPORT_DEPLOYMENT), func(noop, name=PROMOTE_BUILD)],
+                              redis_pool=pool, queue_name=settings.queue_name, burst=True, poll_delay=0.05,
+                              handle_signals=False, ctx=ctx, max_jobs=10)
         await worker.main()
         await ctx["argocd"].aclose()
         await pool.aclose()

@@ -12,6 +12,11 @@ jobs, still in the queue, are taken by another worker within one lease (every jo
 Redis outages: connecting, the poll loop, finishing a job and the health record all retry with bounded, jittered
 back-off (`bridge.errors.retry_delay`) instead of letting arq's main loop end. `connected` is false meanwhile (the
 readiness probe); `last_loop` keeps moving (the liveness probe), so a failover does not get every worker restarted.
+
+Timers before backlog: arq starts the ready jobs oldest score first, so a deferred job (an Argo CD watcher's tick, due
+at its poll interval) waits behind every job queued before it came due — during a burst of thousands of builds or
+reports, for many intervals. A job named in the queue's priority set (`prioritize`: job id → due time) is started
+before the backlog once due; it is still the same arq job (same id, same queue entry), so it runs once.
 """
 
 from __future__ import annotations
@@ -32,6 +37,18 @@ from bridge.errors import is_transient, retry_delay
 from workers.context import Ctx
 
 log = logging.getLogger("gitops_bridge.worker")
+
+PRIORITY_SUFFIX = ":priority"
+PRIORITY_FORGET_MS = 3_600_000  # entries of jobs that ran elsewhere or vanished are dropped after an hour
+
+
+def priority_key(queue_name: str) -> str:
+    return queue_name + PRIORITY_SUFFIX
+
+
+async def prioritize(redis: Any, queue_name: str, job_id: str, due: float) -> None:
+    """Start job `job_id` (already queued) before the backlog once `due` (epoch seconds) has come."""
+    await redis.zadd(priority_key(queue_name), {job_id: int(due * 1000)})
 
 FINISH_ATTEMPTS = 8
 
@@ -136,13 +153,31 @@ class BridgeWorker(Worker):
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """arq takes a job slot (its semaphore and counter) before it marks a job in progress; when Redis fails right
         there, the exception skips the release and the slot is gone for good — enough outages and the worker takes
-        no job at all. Give the slot of the job that was being started back."""
+        no job at all. Give the slot of the job that was being started back.
+
+        Due priority jobs go first (module docstring)."""
+        urgent = await self._due_priority()
+        if urgent:
+            job_ids = urgent + [j for j in job_ids if j not in set(urgent)]
         try:
             await super().start_jobs(job_ids)
         except Exception:
             self.job_counter -= 1
             self.sem.release()
             raise
+        if urgent:
+            started = [j for j in urgent if j.decode() in self.tasks]
+            if started:
+                await self.pool.zrem(priority_key(self.queue_name), *started)
+
+    async def _due_priority(self) -> list[bytes]:
+        key = priority_key(self.queue_name)
+        now = int(time.time() * 1000)
+        async with self.pool.pipeline(transaction=False) as pipe:
+            pipe.zremrangebyscore(key, "-inf", now - PRIORITY_FORGET_MS)
+            pipe.zrangebyscore(key, "-inf", now, start=0, num=self.max_jobs)
+            _, due = await pipe.execute()
+        return [j if isinstance(j, bytes) else str(j).encode() for j in due]
 
     async def finish_job(self, *args: Any, **kwargs: Any) -> None:
         await self._retrying("finishing a job", functools.partial(super().finish_job, *args, **kwargs))

@@ -36,6 +36,7 @@ from workers.argocd import ArgoCDClient, SyncBlocked, SyncBusy, SyncStarted
 from workers.context import Ctx, enqueue, keys, routing, settings, store
 from workers.lock import LockOutcome, RedisLock
 from workers.outcome import finish_deployment, finish_deployments
+from workers.runtime import prioritize
 from workers.verdict import (
     AppState,
     Failed,
@@ -99,9 +100,12 @@ async def schedule_tick(ctx: Ctx, key: str, not_before: float | None = None) -> 
     interval = _poll(ctx)
     now = time.time()
     at = max(now, not_before or now)
-    defer = (int(at // interval) + 1) * interval - now
-    return await enqueue(ctx, WATCH_APPLICATION, key, job_id=tick_job_id(WATCH_APPLICATION, key, interval, now=at),
-                         defer_by=max(defer, 0.0))
+    due = (int(at // interval) + 1) * interval
+    job_id = tick_job_id(WATCH_APPLICATION, key, interval, now=at)
+    queued = await enqueue(ctx, WATCH_APPLICATION, key, job_id=job_id, defer_by=max(due - now, 0.0))
+    if queued:  # a tick is a timer: it runs when due, not after the backlog of builds and reports queued before it
+        await prioritize(ctx["redis"], settings(ctx).queue_name, job_id, due)
+    return queued
 
 
 async def verify_deployment(ctx: Ctx, deployment_id: str) -> str:
