@@ -187,11 +187,11 @@ async def seed(redis_url: str, deployments: int, apps: int, sha: str, queue: str
     await pool.aclose()
 
 
-async def until_registered(redis_url: str, apps: int, count: int, limit: float = 300.0) -> float:
+async def until_registered(redis_url: str, apps: int, count: int, proc: Any, limit: float = 300.0) -> float:
     """Wait until `count` waiters are registered on the applications; returns the seconds it took."""
     pool = await create_pool(RedisSettings.from_dsn(redis_url))
     began = time.time()
-    while time.time() - began < limit:
+    while time.time() - began < limit and proc.is_alive():
         async with pool.pipeline(transaction=False) as pipe:
             for i in range(apps):
                 pipe.hlen(Keys(PREFIX).waiting(f"app{i}"))
@@ -266,7 +266,7 @@ def ladder_run(redis_url: str, deployments: int, apps: int, poll: float, progres
             started = time.time()
             proc.start()
             child = psutil.Process(proc.pid)
-            registration = asyncio.run(until_registered(redis_url, apps, deployments))
+            registration = asyncio.run(until_registered(redis_url, apps, deployments, proc))
             git(work, "push", "-q", "origin", "HEAD:main")
             pushed_at = time.time()
             if os.environ.get("BENCH_TRACE"):

@@ -164,6 +164,20 @@ def finished_count(env: str, verdict: str) -> float:
 # -- verdicts ------------------------------------------------------------------------------------------------------
 
 
+def test_a_long_wait_in_one_state_refreshes_once(repo: Repo, fake: ArgoCDFake) -> None:
+    fake.script("web", health_sequence=["Progressing"] * 20 + ["Healthy"])
+    sha = bump(repo, "web", "2")
+
+    async def body(h: Harness) -> None:
+        deps = [await h.deployment("web", sha, n) for n in range(1, 4)]
+        await h.run()
+        assert [(await h.record(d)).verdict for d in deps] == ["succeeded"] * 3
+        assert fake.count("GET", "web", refresh=True) == 1  # the first read's flag is stored with the waiter
+        assert h.ticks.count("waiting") >= 4
+
+    scenario(repo, fake, body)
+
+
 def test_auto_sync_success_with_one_request_per_tick(repo: Repo, fake: ArgoCDFake) -> None:
     fake.script("web", health_sequence=["Progressing", "Progressing", "Healthy"])
     sha = bump(repo, "web", "2")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -392,12 +392,15 @@ async def _tick(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]], *, hint:
     want_refresh = any(not w.get("refreshed") for w in waiters.values()) or (
         state.get("refresh_due") and now - state.get("refreshed_at", 0) >= refresh_again)
     state["polled_at"] = now
+    refreshed: set[str] = set()  # waiters whose first refresh this is (rewritten with the flag)
     try:
         if want_refresh:
             app = (await client.refresh(name, project, namespace)).application
             state["refreshed_at"] = time.time()
-            for w in waiters.values():
-                w["refreshed"] = True
+            for dep, w in waiters.items():
+                if not w.get("refreshed"):
+                    w["refreshed"] = True
+                    refreshed.add(dep)
         else:
             app = await client.get_application(name, project, namespace)
     except UpstreamUnavailable as exc:
@@ -419,7 +422,7 @@ async def _tick(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]], *, hint:
     state["failures"] = 0
     await _describe_pauses(client, name, app, project, namespace)
 
-    outcome = await _judge_all(ctx, key, app, waiters, state)
+    outcome = await _judge_all(ctx, key, app, waiters, state, refreshed)
     needing = [dep for dep, need in outcome.items() if need]
     if needing and not is_auto_sync(app) and now - state.get("sync_requested_at", 0) >= max(30.0, 6 * interval):
         await _sync(ctx, key, client, state, needing, waiters)
@@ -630,7 +633,7 @@ TRANSIENT_WAITER_FIELDS = ("last", "ancestry")  # written by earlier versions; n
 
 
 async def _judge_all(ctx: Ctx, key: str, app: dict[str, Any], waiters: dict[str, dict[str, Any]],
-                     state: dict[str, Any]) -> dict[str, bool]:
+                     state: dict[str, Any], changed: Iterable[str] = ()) -> dict[str, bool]:
     """Judge each waiter (`judge_many`: once per group of waiters on the same commit); finish the decided ones, in
     batches; rewrite a waiter only when its own state changed. A tick's Redis cost is one write per decided or
     changed waiter, none for the ones that keep waiting as before. Returns dep → needs a sync (manual apps)."""
@@ -656,7 +659,7 @@ async def _judge_all(ctx: Ctx, key: str, app: dict[str, Any], waiters: dict[str,
     stamp_now: dict[tuple[str, ...], list[str]] = {}
     succeeded: dict[tuple[str, ...], dict[str, str]] = {}
     decided: list[tuple[str, Judgement]] = []
-    dirty: set[str] = set()
+    dirty: set[str] = set(changed)
     for dep, verdict in zip(deps, verdicts, strict=True):
         w = waiters[dep]
         if state.get("blocked") and isinstance(verdict, Waiting | TimedOut):
