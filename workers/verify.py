@@ -7,13 +7,19 @@
 
 Everything lives in Redis, so a restarted worker picks up where the last one stopped (`resume_watches`):
 
-    Keys.waiting(app_key)   hash dep_id → waiter JSON (target SHA, push time, deadline, ancestry cache, last snapshot)
-    Keys.watched_apps       hash app_key → app JSON (coordinates, polled_at, refreshed_at, failures, backoff_until)
+    Keys.waiting(app_key)   hash dep_id → waiter JSON (target SHA, push time, deadline, policies, stamps, reason)
+    Keys.watched_apps       hash app_key → app JSON (coordinates, polled_at, refreshed_at, failures, backoff_until,
+                            the last snapshot, the ancestry cache)
     Keys.lock("argocd-watch:" + app_key)  short lease so two watcher jobs never poll the same app at once
 
-Load: one tick job per app and poll interval (`tick_job_id`), a lease, and a `polled_at` gate: at most one status
-request per application per interval, however many deployments wait on it. 429/5xx back off exponentially (or by
-`Retry-After`); deadlines still apply while Argo CD is unreachable.
+Load: one tick job per app and poll interval (`tick_job_id`, started before any backlog once due:
+`workers.runtime.prioritize`), a lease, and a `polled_at` gate: at most one status request per application per
+interval, however many deployments wait on it. 429/5xx back off exponentially (or by `Retry-After`); deadlines still
+apply while Argo CD is unreachable.
+
+Cost per tick: one HGETALL of the compact waiters and one ZMSCORE (decided elsewhere?), one judgement per group of
+waiters on the same commit (`judge_many`), git ancestry once per (target, revision). Redis writes and record reads
+only for waiters whose state changed or that are decided; decided ones are stamped and finished in batches.
 """
 
 from __future__ import annotations
