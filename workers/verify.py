@@ -707,10 +707,13 @@ async def _judge_all(ctx: Ctx, key: str, app: dict[str, Any], waiters: dict[str,
             await _judged_member(ctx, key, dep, str(w.get("app") or state["app"]), verdict, None, w)
             continue
         record = await store(ctx).get(dep)
+        if record is None or record.verdict is not None:  # expired or decided meanwhile: nothing to finish
+            await redis.hdel(k.waiting(key), dep)
+            continue
         snapshot: dict[str, Any] = {"snapshot": verdict.summary}
         if isinstance(verdict, Failed):
             snapshot["failing_resources"] = list(verdict.resources)
-        details = {**(record.details if record else {}), "argocd": snapshot}
+        details = {**record.details, "argocd": snapshot}
         await _finish(ctx, key, dep, "failed" if isinstance(verdict, Failed) else "timed-out", verdict.reason,
                       details=details)
     finished = {dep for dep, _ in decided} | {dep for reasons in succeeded.values() for dep in reasons}
