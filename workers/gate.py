@@ -359,16 +359,9 @@ async def _argo_status(ctx: Ctx, gate: Gate, record: DeploymentRecord | None) ->
     env = routing(ctx).route(gate.route).environment(gate.environment)
     if env.argocd is None:
         return None
-    from workers.verify import app_key
+    from workers.verify import last_snapshot
 
-    raw = await ctx["redis"].hget(keys(ctx).waiting(app_key(env.argocd)), record.id)
-    if raw is None:
-        return None
-    try:
-        last = orjson.loads(raw).get("last")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    return str(last) if last else None
+    return await last_snapshot(ctx, env.argocd, record.id)
 
 
 async def _token(ctx: Ctx, gate: Gate) -> str | None:

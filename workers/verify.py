@@ -175,6 +175,21 @@ async def verify_deployment(ctx: Ctx, deployment_id: str) -> str:
     return "waiting"
 
 
+async def last_snapshot(ctx: Ctx, argo: ArgoApp, dep: str) -> str | None:
+    """The last Argo CD snapshot the watcher saw for deployment `dep` while it waits (None when it does not wait):
+    kept once per application in the watcher's state (waiters written by older workers carry their own)."""
+    key = app_key(argo)
+    redis = ctx["redis"]
+    raw, state = await redis.hget(keys(ctx).waiting(key), dep), await redis.hget(keys(ctx).watched_apps, key)
+    if raw is None:
+        return None
+    try:
+        last = json.loads(raw).get("last") or (json.loads(state).get("last") if state else None)
+    except (ValueError, AttributeError):
+        return None
+    return str(last) if last else None
+
+
 async def _register(ctx: Ctx, dep: str, name: str, argo: ArgoApp, waiter: dict[str, Any]) -> None:
     """Make `dep` a waiter on application `name` (idempotent: a re-run keeps the first registration)."""
     key = app_key(argo, name, waiter.get("instance"))
