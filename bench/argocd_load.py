@@ -1,17 +1,28 @@
-"""Argo CD load while many deployments wait: 100 deployments on 10 applications (issue §6), or estates (issue 14).
+"""Argo CD load while many deployments wait: the waiter ladder (issue 12 §5), one run, or estates (issue 14).
 
-    .venv/bin/python bench/argocd_load.py [--deployments 100] [--apps 10] [--poll 1.0] [--redis redis://127.0.0.1:6379/4]
+    .venv/bin/python bench/argocd_load.py --ladder 10,100,1000,10000 [--runs 3] [--apps 10] [--poll 5]
+    .venv/bin/python bench/argocd_load.py [--deployments 100] [--apps 10] [--poll 1.0]
     .venv/bin/python bench/argocd_load.py --selectors 10 --apps 100 --deployments 1000 --poll 10 [--hints]
+
+`--ladder`: for each number of waiting deployments (spread over `--apps` applications), `--runs` runs; each run
+registers every waiter first, then pushes the commit, so the fake's state changes happen while all of them wait.
+Per step it prints the median over the runs (and the spread) of: status reads per application per poll interval
+(max and mean over the intervals from the push to the last verdict; refreshes count as reads), and the lag from the
+fake's own state change (the pass that turns the application Healthy at our commit, the first moment a verdict is
+possible) to each deployment's verdict (median, p99, max), against one poll interval (the target's bound); with
+the load average before and after. The fake's timings are the defaults below: 1 s controller period,
+`--progressing` passes Progressing after the sync.
 
 With `--selectors N` each of N environments names its applications by a label selector (apps/N apps each) and the
 deployments are spread over the environments; `--hints` serves the bridge's `/webhooks/argocd` and lets the fake
 post its notifications there. Also prints commit → verdict (median, p90) from the records.
 
 The Argo CD fake (real socket) follows a real bare repository; one commit bumps all applications, each app then
-stays Progressing for a while before turning Healthy. An arq worker runs in a child process (so its RSS is the
-worker's alone) with the real verify/watch jobs. Prints Argo CD requests per second (status reads, refreshes,
-syncs) against the target of one status read per application per poll interval, and the worker's peak RSS.
-Uses (and flushes) only the given Redis database.
+stays Progressing for a while before turning Healthy. The product's worker class (BridgeWorker) runs in a child
+process (so its RSS is the worker's alone) with the real verify/watch jobs and no-op reports. Prints Argo CD
+requests per second (status reads, refreshes, syncs) against the target of one status read per application per poll
+interval, and the worker's peak RSS. `BENCH_TRACE=file` logs every watcher tick, `BENCH_PROFILE=file` profiles it.
+Starts its own redis-server (tests/redis_server.py) unless `--redis` names one (whose database it flushes).
 """
 
 from __future__ import annotations
@@ -19,6 +30,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,9 +44,11 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
 from arq import create_pool  # noqa: E402
 from arq.connections import RedisSettings  # noqa: E402
+from redis_server import PrivateRedis  # noqa: E402
 
 from bridge.queue import VERIFY_DEPLOYMENT, Keys  # noqa: E402
 from bridge.records import DeploymentRecord, DeploymentStore  # noqa: E402
@@ -80,15 +95,26 @@ def routing(apps: int, selectors: int = 0, discovery: float = 5.0) -> RoutingCon
 def worker_process(redis_url: str, argocd_url: str, poll: float, apps: int, bare: str, selectors: int = 0,
                    discovery: float = 5.0) -> None:
     """The worker under measurement: real verify/watch jobs, no-op reports, burst until every wait is decided."""
-    from arq.worker import Worker, func
+    from arq.worker import func
 
     from bridge.queue import PROMOTE_BUILD, REPORT_DEPLOYMENT, WATCH_APPLICATION
     from workers.argocd import ArgoCDClient
     from workers.fakes.argocd import git_is_ancestor
+    from workers.runtime import BridgeWorker
     from workers.verify import resume_watches, verify_deployment, watch_application
 
     async def noop(ctx: dict[str, Any], *args: Any) -> None:
         return None
+
+    trace = os.environ.get("BENCH_TRACE")  # a path: one line per watcher tick (start, seconds, key, outcome)
+    lines: list[str] = []
+
+    async def traced_watch(ctx: dict[str, Any], key: str, cause: str = "tick") -> str:
+        began = time.time()
+        out = await watch_application(ctx, key, cause)
+        lines.append(f"{began:.3f} {time.time() - began:.3f} {key} {out} {ctx.get('job_id')} {ctx.get('job_try')} "
+                     f"{ctx['enqueue_time'].timestamp():.3f}")
+        return out
 
     async def main() -> None:
         settings = bench_settings(argocd_url, poll)
@@ -99,16 +125,25 @@ def worker_process(redis_url: str, argocd_url: str, poll: float, apps: int, bare
                                "argocd": ArgoCDClient.from_settings(settings),
                                "is_ancestor": git_is_ancestor({"gitops": bare})}
         await resume_watches(ctx)
-        worker = Worker(functions=[func(verify_deployment, name=VERIFY_DEPLOYMENT),
-                                   func(watch_application, name=WATCH_APPLICATION, keep_result=0),
-                                   func(noop, name=REPORT_DEPLOYMENT), func(noop, name=PROMOTE_BUILD)],
-                        redis_pool=pool, queue_name=settings.queue_name, burst=True, poll_delay=0.05,
-                        handle_signals=False, ctx=ctx, max_jobs=10)
+        watch = traced_watch if trace else watch_application
+        worker = BridgeWorker(functions=[func(verify_deployment, name=VERIFY_DEPLOYMENT),
+                                         func(watch, name=WATCH_APPLICATION, keep_result=0),
+                                         func(noop, name=REPORT_DEPLOYMENT), func(noop, name=PROMOTE_BUILD)],
+                              redis_pool=pool, queue_name=settings.queue_name, burst=True, poll_delay=0.05,
+                              handle_signals=False, ctx=ctx, max_jobs=10)
         await worker.main()
         await ctx["argocd"].aclose()
         await pool.aclose()
+        if trace:
+            Path(trace).write_text("\n".join(lines) + "\n")
 
-    asyncio.run(main())
+    profile = os.environ.get("BENCH_PROFILE")  # a path: cProfile the worker into it (to see where a tick goes)
+    if profile:
+        import cProfile
+
+        cProfile.runctx("asyncio.run(main())", globals(), {"asyncio": asyncio, "main": main}, profile)
+    else:
+        asyncio.run(main())
 
 
 def serve_hints(redis_url: str, fake: ArgoCDFake, settings: Settings) -> Any:
@@ -137,7 +172,8 @@ async def seed(redis_url: str, deployments: int, apps: int, sha: str, queue: str
     pool = await create_pool(RedisSettings.from_dsn(redis_url))
     await pool.flushdb()
     store = DeploymentStore(pool, Keys(PREFIX))
-    for n in range(deployments):
+
+    async def one(n: int) -> None:
         env = f"group{n % selectors}" if selectors else f"app{n % apps}"
         record = DeploymentRecord(id=f"{n}-svc-{env}", build_key=f"org:p:{n}", build_id=n, route="svc",
                                   environment=env, repository="gitops", file=f"{env}/values.yaml",
@@ -145,7 +181,25 @@ async def seed(redis_url: str, deployments: int, apps: int, sha: str, queue: str
         record.stamp("pushed")
         await store.create(record)
         await pool.enqueue_job(VERIFY_DEPLOYMENT, record.id, _job_id=f"verify:{record.id}", _queue_name=queue)
+
+    for start in range(0, deployments, 100):
+        await asyncio.gather(*(one(n) for n in range(start, min(start + 100, deployments))))
     await pool.aclose()
+
+
+async def until_registered(redis_url: str, apps: int, count: int, proc: Any, limit: float = 300.0) -> float:
+    """Wait until `count` waiters are registered on the applications; returns the seconds it took."""
+    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    began = time.time()
+    while time.time() - began < limit and proc.is_alive():
+        async with pool.pipeline(transaction=False) as pipe:
+            for i in range(apps):
+                pipe.hlen(Keys(PREFIX).waiting(f"app{i}"))
+            if sum(await pipe.execute()) >= count:
+                break
+        await asyncio.sleep(0.05)
+    await pool.aclose()
+    return time.time() - began
 
 
 async def until_watched(redis_url: str, count: int) -> None:
@@ -173,19 +227,156 @@ async def verdicts(redis_url: str, pushed_at: float = 0.0) -> tuple[Counter[str]
     return Counter(r.verdict or "in-flight" for r in records), sorted(lead)
 
 
+def until_done(proc: Any, child: psutil.Process, deadline: float) -> int:
+    """Wait for the worker process to end (burst mode: every wait decided); returns its peak RSS in bytes."""
+    peak = 0
+    while proc.is_alive() and time.time() < deadline:
+        try:
+            peak = max(peak, child.memory_info().rss)
+        except psutil.Error:
+            break
+        time.sleep(0.1)
+    proc.join(timeout=30)
+    return peak
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
+
+
+def ladder_run(redis_url: str, deployments: int, apps: int, poll: float, progressing: int,
+               reconcile: float) -> dict[str, float]:
+    """One rung of the ladder: register `deployments` waiters over `apps` applications, push, wait for the verdicts."""
+    with tempfile.TemporaryDirectory() as tmp:
+        bare, work = make_repo(Path(tmp), apps)
+        fake = ArgoCDFake(bare)
+        for i in range(apps):
+            fake.add_app(f"app{i}", f"app{i}/values.yaml", project="bench",
+                         health_sequence=["Progressing"] * progressing + ["Healthy"])
+        for i in range(apps):
+            (work / f"app{i}" / "values.yaml").write_text("image:\n  tag: '2'\n")
+        git(work, "commit", "-q", "-am", "bump every app")
+        sha = git(work, "rev-parse", "HEAD")
+        with fake.serve(reconcile_period=reconcile):
+            settings = bench_settings(fake.url, poll)
+            asyncio.run(seed(redis_url, deployments, apps, sha, settings.queue_name))
+            proc = mp.get_context("spawn").Process(target=worker_process,
+                                                   args=(redis_url, fake.url, poll, apps, str(bare)))
+            started = time.time()
+            proc.start()
+            child = psutil.Process(proc.pid)
+            registration = asyncio.run(until_registered(redis_url, apps, deployments, proc))
+            git(work, "push", "-q", "origin", "HEAD:main")
+            pushed_at = time.time()
+            if os.environ.get("BENCH_TRACE"):
+                print(f"    pushed at {pushed_at:.3f}", flush=True)
+            peak_rss = until_done(proc, child, started + 900)
+            requests = [r for r in fake.requests if r.time >= started and r.method == "GET"
+                        and r.path.startswith("/api/v1/applications/")]
+            healthy = {name: t for t, name, health in fake.transitions if health == "Healthy" and t >= pushed_at}
+            if os.environ.get("BENCH_TRACE"):
+                print("    healthy at", sorted(f"{n}:{t:.3f}" for n, t in healthy.items()))
+        pool_records = asyncio.run(finished_times(redis_url))
+    lags = [done - healthy[env] for env, done, verdict in pool_records if env in healthy]
+    outcome = Counter(verdict for _, _, verdict in pool_records)
+    last = max((done for _, done, _ in pool_records), default=pushed_at)
+    first_bucket, last_bucket = int(pushed_at // poll), int(last // poll)
+    per = Counter((r.path, int(r.time // poll)) for r in requests if first_bucket <= int(r.time // poll) <= last_bucket)
+    intervals = apps * (last_bucket - first_bucket + 1)
+    for (path, bucket), count in sorted(per.items()):
+        if count > 1:
+            times = ", ".join(f"{r.time - pushed_at:.2f}{'(refresh)' if 'refresh' in r.query else ''}"
+                              for r in requests if r.path == path and int(r.time // poll) == bucket)
+            print(f"    {count} reads of {path.rsplit('/', 1)[-1]} in one interval, at push + {times} s")
+    return {"succeeded": outcome.get("succeeded", 0), "other": deployments - outcome.get("succeeded", 0),
+            "registration": registration, "reads_max": max(per.values(), default=0),
+            "reads_mean": sum(per.values()) / max(intervals, 1), "lag_p50": percentile(lags, 0.5),
+            "lag_p99": percentile(lags, 0.99), "lag_max": max(lags, default=float("nan")),
+            "rss": peak_rss / 2**20, "lags": len(lags)}
+
+
+async def finished_times(redis_url: str) -> list[tuple[str, float, str]]:
+    """(environment, verdict time, verdict) of every deployment, then flush the database for the next run."""
+    from workers.verdict import parse_time
+
+    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    records, _ = await DeploymentStore(pool, Keys(PREFIX)).list(limit=100_000)
+    await pool.flushdb()
+    await pool.aclose()
+    out = []
+    for r in records:
+        done = parse_time(r.timeline.get("finished"))
+        out.append((r.environment, done.timestamp() if done else float("nan"), r.verdict or "in-flight"))
+    return out
+
+
+def run_ladder(args: argparse.Namespace, redis_url: str) -> None:
+    steps = [int(x) for x in args.ladder.split(",")]
+    print(f"Argo CD ladder: apps={args.apps} poll={args.poll:g}s (the target bound for the lag) runs={args.runs} "
+          f"fake: controller period {args.reconcile:g}s, {args.progressing} passes Progressing, then Healthy")
+    print("per run: waiters | verdicts ok/other | registration s | reads/app/interval max, mean | "
+          "lag p50 / p99 / max s | worker RSS MiB | load")
+    rows = []
+    for n in steps:
+        load_before = os.getloadavg()
+        results = []
+        for _ in range(args.runs):
+            r = ladder_run(redis_url, n, args.apps, args.poll, args.progressing, args.reconcile)
+            results.append(r)
+            print(f"  {n:>6} | {r['succeeded']:.0f}/{r['other']:.0f} | {r['registration']:.1f} | "
+                  f"{r['reads_max']:.0f}, {r['reads_mean']:.2f} | {r['lag_p50']:.2f} / {r['lag_p99']:.2f} / "
+                  f"{r['lag_max']:.2f} | {r['rss']:.0f} | {os.getloadavg()[0]:.2f}", flush=True)
+        rows.append((n, results, load_before, os.getloadavg()))
+    print()
+    print("| waiting | reads/app/interval max | mean | lag p50 | lag p99 | lag max | max / poll interval | "
+          "registration | load before → after |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    def med(results: list[dict[str, float]], key: str) -> str:
+        values = [r[key] for r in results]
+        return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
+
+    for n, results, before, after in rows:
+        ratio = statistics.median(r["lag_max"] for r in results) / args.poll
+        cells = [med(results, "reads_max"), med(results, "reads_mean"), *(med(results, f"lag_{q}") + " s" for q in
+                 ("p50", "p99", "max")), f"{ratio:.2f}", med(results, "registration") + " s",
+                 f"{before[0]:.2f} → {after[0]:.2f}"]
+        print(f"| {n} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--deployments", type=int, default=100)
     parser.add_argument("--apps", type=int, default=10)
-    parser.add_argument("--poll", type=float, default=1.0, help="argocd.poll_seconds")
+    parser.add_argument("--poll", type=float, default=None,
+                        help="argocd.poll_seconds (default: 5, the product default, with --ladder; else 1)")
     parser.add_argument("--progressing", type=int, default=15, help="controller passes each app stays Progressing")
     parser.add_argument("--reconcile", type=float, default=1.0, help="fake controller period (s)")
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/4")
+    parser.add_argument("--redis", default=None, help="a Redis URL to use (and flush); default: start our own")
+    parser.add_argument("--ladder", default="", help="comma-separated waiter counts, e.g. 10,100,1000,10000")
+    parser.add_argument("--runs", type=int, default=3, help="runs per ladder step (median, spread)")
     parser.add_argument("--selectors", type=int, default=0, help="environments naming their apps by label selector")
     parser.add_argument("--discovery", type=float, default=5.0, help="argocd.discovery_seconds (with --selectors)")
     parser.add_argument("--hints", action="store_true", help="the fake posts notifications to /webhooks/argocd")
     args = parser.parse_args()
+    args.poll = args.poll or (5.0 if args.ladder else 1.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        server = None
+        if args.redis is None:
+            server = PrivateRedis(Path(tmp) / "redis")
+            server.start()
+            args.redis = server.url
+        try:
+            if args.ladder:
+                run_ladder(args, args.redis)
+            else:
+                single(args)
+        finally:
+            if server is not None:
+                server.stop()
 
+
+def single(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bare, work = make_repo(Path(tmp), args.apps)
         fake = ArgoCDFake(bare)
@@ -218,13 +409,7 @@ def main() -> None:
                 asyncio.run(until_watched(args.redis, args.apps + args.selectors))
                 git(work, "push", "-q", "origin", "HEAD:main")
                 pushed_at = time.time()
-            while proc.is_alive() and time.time() - started < 600:
-                try:
-                    peak_rss = max(peak_rss, child.memory_info().rss)
-                except psutil.Error:
-                    break
-                time.sleep(0.1)
-            proc.join(timeout=30)
+            peak_rss = until_done(proc, child, started + 600)
             elapsed = time.time() - started
             log = [r for r in fake.requests if r.time >= started and r.path.startswith("/api/v1/applications/")]
             lists = [r for r in fake.requests if r.time >= started and r.path == "/api/v1/applications"]

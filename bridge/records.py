@@ -340,6 +340,73 @@ class DeploymentStore:
                     continue
         raise RuntimeError(f"deployment {deployment_id}: too much contention on the record")
 
+    async def _mutate_many(self, ids: Iterable[str], change: Callable[[DeploymentRecord], bool],
+                           then: Callable[[DeploymentRecord], Iterable[Effect]] | None = None,
+                           ) -> builtins.list[DeploymentRecord]:
+        """`_mutate` for many records in one transaction (WATCH all, one MGET, one MULTI): what a watcher does when
+        hundreds of deployments waiting on one application move together. Records that are gone or that `change`
+        leaves alone are skipped; returns the records written. Contention retries the whole batch."""
+        wanted = builtins.list(dict.fromkeys(ids))
+        if not wanted:
+            return []
+        keys = [self.keys.deployment(i) for i in wanted]
+        for _ in range(50):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(*keys)
+                    raws = await pipe.mget(keys)
+                    written: builtins.list[DeploymentRecord] = []
+                    spans: builtins.list[tuple[Effect, int, int]] = []
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    for key, raw in zip(keys, raws, strict=True):
+                        if raw is None:
+                            continue
+                        record = decode_record(raw)
+                        old_state = record.state
+                        if not change(record):
+                            continue
+                        record.updated = time.time()
+                        pipe.set(key, encode_record(record), keepttl=True)
+                        self._index(pipe, record, old_state)
+                        spans += self._outbox(pipe, then(record) if then is not None else ())
+                        written.append(record)
+                    if not written:
+                        await pipe.reset()  # type: ignore[no-untyped-call]
+                        return []
+                    self._hand_back(spans, await pipe.execute())
+                    return written
+                except WatchError:
+                    continue
+        raise RuntimeError(f"{len(wanted)} deployments: too much contention on the records")
+
+    async def stamp_many(self, ids: Iterable[str], stamps: Iterable[str]) -> builtins.list[DeploymentRecord]:
+        """Add timeline stamps to many records in one transaction (a stamp already there keeps its time)."""
+        names = tuple(stamps)
+
+        def change(record: DeploymentRecord) -> bool:
+            if all(name in record.timeline for name in names):
+                return False
+            record.stamp(*names)
+            return True
+
+        return await self._mutate_many(ids, change)
+
+    async def finish_many(self, reasons: dict[str, str], verdict: Verdict, *, stamp: Iterable[str] = (),
+                          then: Callable[[DeploymentRecord], Iterable[Effect]] | None = None,
+                          ) -> builtins.list[DeploymentRecord]:
+        """`finish` for many deployments with one verdict (each with its reason), in one transaction: the records
+        this call decided (the others had a verdict already or are gone). `then(record)` gives each one's outbox."""
+        names = tuple(stamp)
+
+        def change(record: DeploymentRecord) -> bool:
+            if record.verdict is not None or not allowed(record.state, "reporting"):
+                return False
+            record.verdict, record.reason, record.state = verdict, reasons[record.id], "reporting"
+            record.stamp(*names, "finished")
+            return True
+
+        return await self._mutate_many(reasons, change, then)
+
     async def update(self, deployment_id: str, *, stamp: Iterable[str] = (), then: Iterable[Effect] = (),
                      **changes: Any) -> DeploymentRecord:
         """Apply field changes and timeline stamps atomically; KeyError when the record is gone.

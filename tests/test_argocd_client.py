@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,47 @@ def test_unreachable_is_upstream_unavailable() -> None:
 
     with pytest.raises(UpstreamUnavailable):
         run(go())
+
+
+def test_a_read_on_a_keep_alive_connection_the_server_dropped_is_sent_again_once() -> None:
+    """A server that closes an idle keep-alive connection races the next request on it (uvicorn after 5 s, a proxy
+    after its idle timeout): the request dies with no answer. A read goes again on a new connection; a write does
+    not (it may have been applied)."""
+    app = {"metadata": {"name": "web"}, "status": {}}
+    body = json.dumps(app).encode()
+    answered: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served = 0
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            await reader.readexactly(length)
+            if served == 1:  # the second request on this connection: closed unanswered
+                writer.close()
+                return
+            served += 1
+            answered.append(1)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                         + str(len(body)).encode() + b"\r\n\r\n" + body)
+            await writer.drain()
+
+    async def go() -> None:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = ArgoCDClient(f"http://127.0.0.1:{port}", FAKE_TOKEN, request_timeout=5)
+        try:
+            for _ in range(3):
+                assert (await client.get_application("web", "team-a"))["metadata"]["name"] == "web"
+            with pytest.raises(UpstreamUnavailable, match="RemoteProtocolError"):
+                await client.sync("web", "team-a")
+        finally:
+            await client.aclose()
+            server.close()
+
+    run(go())
+    assert len(answered) == 3  # every read answered (two of them on their second try); the sync never was
 
 
 def test_refresh_waits_for_the_reconcile_and_sees_the_new_commit(fake: ArgoCDFake, repo: Repo) -> None:

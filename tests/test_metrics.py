@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bridge import metrics
 from bridge.app import create_app
 from bridge.lifecycle import ACTIVE_STATES, VERDICTS
-from bridge.queue import Keys
+from bridge.queue import Keys, report_job_id
 from bridge.records import DeploymentRecord, DeploymentStore
 from bridge.routing import parse_routing
 from bridge.settings import Settings
@@ -236,6 +236,29 @@ def test_lead_time_for_changes_runs_from_the_build_queue_time_and_skips_rollback
     before = {span: observed(span) for span in metrics.SPANS}
     outcome.observe_lead_times(rollback)
     assert {span for span in metrics.SPANS if observed(span) != before[span]} == {"commit_to_synced"}
+
+
+async def test_a_batch_of_verdicts_is_counted_once_each_with_its_report_and_pointer(redis: ArqRedis) -> None:
+    settings = Settings(queue_name="m:queue", key_prefix="m")
+    store = DeploymentStore(redis, Keys(prefix="m"), queue_name=settings.queue_name)
+    ctx: dict[str, Any] = {"settings": settings, "routing": ROUTING, "store": store, "redis": redis}
+    for n in range(5):
+        assert await store.create(record(f"b{n}", "dev", "verifying"))
+    assert await outcome.finish_deployment(ctx, "b0", "failed", "decided before the batch")
+    metrics.init(ROUTING, "worker")
+    before = value("bridge_deployments_total", environment="dev", verdict="succeeded") or 0
+    reasons = {f"b{n}": f"ok {n}" for n in range(5)} | {"gone": "no record"}
+    assert await outcome.finish_deployments(ctx, "succeeded", reasons, stamp=("synced", "healthy"), batch=2) == 4
+    assert await outcome.finish_deployments(ctx, "succeeded", reasons) == 0  # a re-run decides nothing
+    assert value("bridge_deployments_total", environment="dev", verdict="succeeded") == before + 4
+    first = await store.get("b0")
+    assert first is not None and first.verdict == "failed"
+    for n in range(1, 5):
+        done = await store.get(f"b{n}")
+        assert done is not None and (done.verdict, done.reason, done.state) == ("succeeded", f"ok {n}", "reporting")
+        assert list(done.timeline)[-3:] == ["synced", "healthy", "finished"]
+        assert await redis.zscore(settings.queue_name, report_job_id(f"b{n}", outcome.FINAL)) is not None
+    assert {p["deployment_id"] for p in await store.last_succeeded("shop", "dev")} == {"b1", "b2", "b3", "b4"}
 
 
 # -- promtool check metrics on both processes' /metrics ----------------------------------------------------------------

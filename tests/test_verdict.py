@@ -16,6 +16,7 @@ from workers.verdict import (
     Waiting,
     is_auto_sync,
     judge,
+    judge_many,
     revisions_to_check,
     summarize,
 )
@@ -221,6 +222,18 @@ def test_judge(app: dict[str, Any], overrides: dict[str, Any], containing: set[s
     assert isinstance(result, expected), result
     assert text in result.reason
     assert result.reason  # every verdict carries a human-readable reason
+
+
+@pytest.mark.parametrize(("app", "_o", "_c", "_e", "_t"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_judge_many_answers_like_judge_for_each_waiter(app: dict[str, Any], _o: Any, _c: Any, _e: Any, _t: Any) -> None:
+    # waiters on several commits, deadlines, push times, grace and degraded starts: grouped, yet each judged exactly
+    waiters = [waiter(**o) for o in (
+        {}, {"deadline": NOW - timedelta(seconds=1)}, {"target": Y}, {"target": Z}, {"source_index": 1},
+        {"pushed_at": PUSHED - timedelta(hours=1)}, {"degraded_since": NOW - timedelta(seconds=61)},
+        {"degraded_grace": 0}, {"suspended": "succeed"}, {}, {"target": Y, "deadline": NOW - timedelta(seconds=1)})]
+    containing = {X: {Y}, Y: set(), Z: set()}
+    many = judge_many(app, waiters, lambda w: containing[w.target], NOW)
+    assert many == [judge(app, w, containing[w.target], NOW) for w in waiters]
 
 
 def test_contains_may_be_a_callable() -> None:

@@ -164,6 +164,20 @@ def finished_count(env: str, verdict: str) -> float:
 # -- verdicts ------------------------------------------------------------------------------------------------------
 
 
+def test_a_long_wait_in_one_state_refreshes_once(repo: Repo, fake: ArgoCDFake) -> None:
+    fake.script("web", health_sequence=["Progressing"] * 20 + ["Healthy"])
+    sha = bump(repo, "web", "2")
+
+    async def body(h: Harness) -> None:
+        deps = [await h.deployment("web", sha, n) for n in range(1, 4)]
+        await h.run()
+        assert [(await h.record(d)).verdict for d in deps] == ["succeeded"] * 3
+        assert fake.count("GET", "web", refresh=True) == 1  # the first read's flag is stored with the waiter
+        assert h.ticks.count("waiting") >= 4
+
+    scenario(repo, fake, body)
+
+
 def test_auto_sync_success_with_one_request_per_tick(repo: Repo, fake: ArgoCDFake) -> None:
     fake.script("web", health_sequence=["Progressing", "Progressing", "Healthy"])
     sha = bump(repo, "web", "2")
@@ -440,7 +454,8 @@ def test_worker_restart_resumes_from_redis_and_finishes_once(repo: Repo, fake: A
         assert (await h.record(dep)).verdict is None
         # the stale Synced + Healthy at the old revision is not taken for ours
         waiter = json.loads(await h.redis.hget(h.keys.waiting("web"), dep))
-        assert waiter["reason"].endswith(f"not {sha[:10]} yet") and "Healthy" in waiter["last"]
+        watcher = json.loads(await h.redis.hget(h.keys.watched_apps, "web"))  # the last snapshot is the app's
+        assert waiter["reason"].endswith(f"not {sha[:10]} yet") and "Healthy" in watcher["last"]
         # lose every queued job and all in-memory state; only the Redis wait state survives
         await h.redis.delete(h.settings.queue_name, *[k async for k in h.redis.scan_iter(match="arq:job:*")])
         await h.ctx["argocd"].aclose()

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -270,3 +272,33 @@ async def test_a_queued_job_wakes_the_poll_loop_at_once(tmp_path: Path, private_
             await listener
         await pool.aclose()
         await worker.pool.aclose()
+
+
+async def test_a_due_priority_job_starts_before_the_backlog_queued_before_it(redis_url: Callable[[int], str]) -> None:
+    """An Argo CD watcher's tick is a timer: once due it runs before older ready jobs (a burst's builds, reports)."""
+    from arq.worker import func
+
+    from workers.runtime import BridgeWorker, prioritize
+
+    pool = await create_pool(RedisSettings.from_dsn(redis_url(DB)))
+    ran: list[str] = []
+
+    async def job(ctx: dict[str, Any], name: str) -> None:
+        ran.append(name)
+
+    now = time.time()
+    for n in range(30):  # the backlog: ready since ten seconds
+        await pool.enqueue_job("job", f"backlog-{n}", _job_id=f"backlog-{n}", _queue_name=QUEUE,
+                               _defer_until=datetime.fromtimestamp(now - 10 + n * 0.01, UTC))
+    await pool.enqueue_job("job", "tick", _job_id="tick", _queue_name=QUEUE,
+                           _defer_until=datetime.fromtimestamp(now - 1, UTC))
+    await prioritize(pool, QUEUE, "tick", now - 1)
+    worker = BridgeWorker(functions=[func(job, name="job", keep_result=0)], redis_pool=pool, queue_name=QUEUE,
+                          burst=True, max_jobs=1, poll_delay=0.01, handle_signals=False)
+    try:
+        await worker.main()
+    finally:
+        await worker.close()
+    assert ran[0] == "tick" and sorted(ran[1:]) == sorted(f"backlog-{n}" for n in range(30))
+    assert await pool.zcard(QUEUE + ":priority") == 0  # started: forgotten
+    await pool.aclose()

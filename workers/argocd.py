@@ -189,7 +189,13 @@ class ArgoCDClient:
         if timeout is not None:
             kwargs["timeout"] = httpx.Timeout(timeout, connect=min(timeout, 5.0))
         try:
-            response = await self._http.request(method, path, **kwargs)
+            try:
+                response = await self._http.request(method, path, **kwargs)
+            except httpx.RemoteProtocolError:
+                if method != "GET":
+                    raise
+                # a pooled keep-alive connection the server closed while idle: a read is safe to send again, once
+                response = await self._http.request(method, path, **kwargs)
         except httpx.TimeoutException as exc:
             metrics.ARGOCD_REQUESTS.labels(outcome="timeout").inc()
             raise UpstreamUnavailable(SYSTEM, f"{method} {what}: timed out") from exc

@@ -443,16 +443,12 @@ async def _argo_view(ctx: Ctx, gate: Gate, record: DeploymentRecord | None) -> d
     argo = routing(ctx).route(gate.route).environment(gate.environment).argocd
     if argo is None:
         return {}
-    from workers.verify import estate, waiter_key
+    from workers.verify import estate, last_snapshot
 
     members = (await estate(ctx, record.id))[0] if argo.is_estate else {}
     views = {}
     for name in sorted(set(members) | set(argo.names)):
-        raw = await ctx["redis"].hget(waiter_key(ctx, argo, name), record.id)
-        try:
-            last = str(orjson.loads(raw).get("last") or "") if raw is not None else ""
-        except (orjson.JSONDecodeError, AttributeError):
-            last = ""
+        last = await last_snapshot(ctx, argo, record.id, name) or ""
         member = members.get(name)
         views[name] = AppView(member.state, member.reason, last) if member else AppView(snapshot=last)
     return views

@@ -18,6 +18,11 @@ later) also tells a connection whenever a key under the queue's name changes (cl
 `CLIENT TRACKING ... BCAST PREFIX <queue>`, redirected to itself and read as `__redis__:invalidate` messages; no
 server configuration, no change to who enqueues). Each message wakes the poll loop at once. It is only a hint: a lost
 message, an older Redis or a dropped listener means polling every `poll_delay`, as before.
+
+Timers before backlog: arq starts the ready jobs oldest score first, so a deferred job (an Argo CD watcher's tick, due
+at its poll interval) waits behind every job queued before it came due — during a burst of thousands of builds or
+reports, for many intervals. A job named in the queue's priority set (`prioritize`: job id → due time) is started
+before the backlog once due; it is still the same arq job (same id, same queue entry), so it runs once.
 """
 
 from __future__ import annotations
@@ -39,6 +44,18 @@ from bridge.errors import is_transient, retry_delay
 from workers.context import Ctx
 
 log = logging.getLogger("gitops_bridge.worker")
+
+PRIORITY_SUFFIX = ":priority"
+PRIORITY_FORGET_MS = 3_600_000  # entries of jobs that ran elsewhere or vanished are dropped after an hour
+
+
+def priority_key(queue_name: str) -> str:
+    return queue_name + PRIORITY_SUFFIX
+
+
+async def prioritize(redis: Any, queue_name: str, job_id: str, due: float) -> None:
+    """Start job `job_id` (already queued) before the backlog once `due` (epoch seconds) has come."""
+    await redis.zadd(priority_key(queue_name), {job_id: int(due * 1000)})
 
 FINISH_ATTEMPTS = 8
 LISTEN_PING_S = 15.0  # a listener that heard nothing for this long checks its connection
@@ -197,12 +214,17 @@ class BridgeWorker(Worker):
         pipeline; when Redis fails there (or while the pipeline unwatches), the slot either leaks for good (enough
         outages and the worker takes no job at all) or is given back twice ("BoundedSemaphore released too many
         times", and the worker exits). Here the slot is given back in one place unless a task was started, which
-        then owns it until it completes."""
+        then owns it until it completes.
+
+        Due priority jobs go first (module docstring)."""
+        urgent = await self._due_priority()
+        if urgent:
+            job_ids = urgent + [j for j in job_ids if j not in set(urgent)]
         for job_id_b in job_ids:
             await self.sem.acquire()
             if self.job_counter >= self.max_jobs:
                 self.sem.release()
-                return
+                break
             self.job_counter += 1
             job_id = job_id_b.decode()
             score: int | None = None
@@ -217,6 +239,10 @@ class BridgeWorker(Worker):
             task = self.loop.create_task(self.run_job(job_id, score))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
+        if urgent:
+            started = [j for j in urgent if j.decode() in self.tasks]
+            if started:
+                await self.pool.zrem(priority_key(self.queue_name), *started)
 
     async def _claim(self, job_id: str) -> int | None:
         """Mark the job in progress for this worker (a `lease`-long marker, see the heartbeat); its queue score when
@@ -236,6 +262,15 @@ class BridgeWorker(Worker):
             except (ResponseError, WatchError):  # started elsewhere since the check
                 return None
         return int(score)
+
+    async def _due_priority(self) -> list[bytes]:
+        key = priority_key(self.queue_name)
+        now = int(time.time() * 1000)
+        async with self.pool.pipeline(transaction=False) as pipe:
+            pipe.zremrangebyscore(key, "-inf", now - PRIORITY_FORGET_MS)
+            pipe.zrangebyscore(key, "-inf", now, start=0, num=self.max_jobs)
+            _, due = await pipe.execute()
+        return [j if isinstance(j, bytes) else str(j).encode() for j in due]
 
     async def finish_job(self, *args: Any, **kwargs: Any) -> None:
         await self._retrying("finishing a job", functools.partial(super().finish_job, *args, **kwargs))

@@ -1,6 +1,7 @@
 """Is our commit deployed? A pure judgement of one Argo CD Application snapshot (README §10, made strict).
 
     judge(app, Waiter(...), contains, now) → Waiting | Succeeded | Failed | TimedOut
+    judge_many(app, [Waiter, ...], contains_for, now) → the same for many waiters, one judgement per group
 
 `contains(revision)` answers "is `revision` our commit or a commit that contains it" (git ancestry, checked by the
 caller in the cached clone; `revisions_to_check(app, source_index)` lists the SHAs it needs). No I/O here.
@@ -23,7 +24,7 @@ The rules, in order:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -256,7 +257,35 @@ def judge(
 ) -> Judgement:
     """Judge one snapshot for one waiting deployment. `contains` is a callable or the set of SHAs containing ours."""
     summary = summarize(app, waiter.source_index)
-    result = _judge(app, waiter, _contains_fn(contains, waiter.target), now, summary)
+    return _overdue(_judge(app, waiter, _contains_fn(contains, waiter.target), now, summary), waiter, now, summary)
+
+
+def judge_many(
+    app: dict[str, Any],
+    waiters: Sequence[Waiter],
+    contains: Callable[[Waiter], Callable[[str], bool] | Collection[str]],
+    now: datetime,
+) -> list[Judgement]:
+    """`judge` for every waiter of one snapshot, with the same answers, at the cost of one judgement per group of
+    waiters that only differ by deadline (same target, source, policies, push second and degraded start): a watcher
+    with thousands of waiters on a few commits judges a few times. `contains(waiter)` as in `judge`."""
+    summaries: dict[int | None, str] = {}
+    memo: dict[tuple[Any, ...], Judgement] = {}
+    out: list[Judgement] = []
+    for w in waiters:
+        if w.source_index not in summaries:
+            summaries[w.source_index] = summarize(app, w.source_index)
+        summary = summaries[w.source_index]
+        group = (w.target, w.source_index, w.suspended, w.degraded_grace, w.degraded_since, _floor(w.pushed_at))
+        result = memo.get(group)
+        if result is None:
+            result = memo[group] = _judge(app, w, _contains_fn(contains(w), w.target), now, summary)
+        out.append(_overdue(result, w, now, summary))
+    return out
+
+
+def _overdue(result: Judgement, waiter: Waiter, now: datetime, summary: str) -> Judgement:
+    """Past the deadline, still waiting becomes timed out (with the last snapshot)."""
     if isinstance(result, Waiting) and now >= waiter.deadline:
         return TimedOut(f"Argo CD did not finish deploying {short(waiter.target)} in time ({result.reason}); "
                         f"last snapshot: {summary}", summary=summary, stamps=result.stamps)

@@ -7,13 +7,19 @@
 
 Everything lives in Redis, so a restarted worker picks up where the last one stopped (`resume_watches`):
 
-    Keys.waiting(app_key)   hash dep_id → waiter JSON (target SHA, push time, deadline, ancestry cache, last snapshot)
-    Keys.watched_apps       hash app_key → app JSON (coordinates, polled_at, refreshed_at, failures, backoff_until)
+    Keys.waiting(app_key)   hash dep_id → waiter JSON (target SHA, push time, deadline, policies, stamps, reason)
+    Keys.watched_apps       hash app_key → app JSON (coordinates, polled_at, refreshed_at, failures, backoff_until,
+                            the last snapshot, the ancestry cache)
     Keys.lock("argocd-watch:" + app_key)  short lease so two watcher jobs never poll the same app at once
 
-Load: one tick job per app and poll interval (`tick_job_id`), a lease, and a `polled_at` gate: at most one status
-request per application per interval, however many deployments wait on it. 429/5xx back off exponentially (or by
-`Retry-After`); deadlines still apply while Argo CD is unreachable.
+Load: one tick job per app and poll interval (`tick_job_id`, started before any backlog once due:
+`workers.runtime.prioritize`), a lease, and a `polled_at` gate: at most one status request per application per
+interval, however many deployments wait on it. 429/5xx back off exponentially (or by `Retry-After`); deadlines still
+apply while Argo CD is unreachable.
+
+Cost per tick: one HGETALL of the compact waiters and one ZMSCORE (decided elsewhere?), one judgement per group of
+waiters on the same commit (`judge_many`), git ancestry once per (target, revision). Redis writes and record reads
+only for waiters whose state changed or that are decided; decided ones are stamped and finished in batches.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -35,10 +41,12 @@ from bridge.routing import ArgoApp, Environment
 from workers.argocd import ArgoCDClient, SyncBlocked, SyncBusy, SyncStarted
 from workers.context import Ctx, enqueue, keys, routing, settings, store
 from workers.lock import LockOutcome, RedisLock
-from workers.outcome import finish_deployment
+from workers.outcome import finish_deployment, finish_deployments
+from workers.runtime import prioritize
 from workers.verdict import (
     AppState,
     Failed,
+    Judgement,
     Succeeded,
     TimedOut,
     Waiter,
@@ -46,7 +54,7 @@ from workers.verdict import (
     combine,
     estate_timed_out,
     is_auto_sync,
-    judge,
+    judge_many,
     parse_time,
     paused_rollouts,
     revisions_to_check,
@@ -77,11 +85,6 @@ def _instance_tag(ctx: Ctx, argo: ArgoApp) -> str | None:
     return argo.instance
 
 
-def waiter_key(ctx: Ctx, argo: ArgoApp, name: str) -> str:
-    """The hash holding each deployment's waiter (and its `last` snapshot) on application `name`: the gate reads it."""
-    return keys(ctx).waiting(app_key(argo, name, _instance_tag(ctx, argo)))
-
-
 def _client(ctx: Ctx, instance: str | None) -> ArgoCDClient | None:
     root: ArgoCDClient | None = ctx.get("argocd")
     return root.instance(instance) if root is not None else None
@@ -103,9 +106,12 @@ async def schedule_tick(ctx: Ctx, key: str, not_before: float | None = None) -> 
     interval = _poll(ctx)
     now = time.time()
     at = max(now, not_before or now)
-    defer = (int(at // interval) + 1) * interval - now
-    return await enqueue(ctx, WATCH_APPLICATION, key, job_id=tick_job_id(WATCH_APPLICATION, key, interval, now=at),
-                         defer_by=max(defer, 0.0))
+    due = (int(at // interval) + 1) * interval
+    job_id = tick_job_id(WATCH_APPLICATION, key, interval, now=at)
+    queued = await enqueue(ctx, WATCH_APPLICATION, key, job_id=job_id, defer_by=max(due - now, 0.0))
+    if queued:  # a tick is a timer: it runs when due, not after the backlog of builds and reports queued before it
+        await prioritize(ctx["redis"], settings(ctx).queue_name, job_id, due)
+    return queued
 
 
 async def verify_deployment(ctx: Ctx, deployment_id: str) -> str:
@@ -141,7 +147,7 @@ async def verify_deployment(ctx: Ctx, deployment_id: str) -> str:
     waiter = {
         "dep": deployment_id, "repository": record.repository, "target": record.commit_sha,
         "pushed": pushed.isoformat(), "deadline": deadline, "grace": grace, "source_index": argo.source_index,
-        "refreshed": False, "degraded_since": None, "stamped": [], "ancestry": {}, "last": "", "reason": "",
+        "refreshed": False, "degraded_since": None, "stamped": [], "reason": "",
         "window_end": pushed.timestamp() + argo.window, "suspended": argo.suspended, "estate": argo.is_estate,
         "sync_window": argo.sync_window, "instance": inst,
     }
@@ -167,6 +173,22 @@ async def verify_deployment(ctx: Ctx, deployment_id: str) -> str:
     for name in argo.names:
         await _register(ctx, deployment_id, name, argo, waiter)
     return "waiting"
+
+
+async def last_snapshot(ctx: Ctx, argo: ArgoApp, dep: str, name: str | None = None) -> str | None:
+    """The last Argo CD snapshot the watcher of application `name` (default: the environment's first) saw while
+    deployment `dep` waits on it (None when it does not wait): kept once per application in the watcher's state
+    (waiters written by older workers carry their own). The gate's progress lines read it."""
+    key = app_key(argo, name, _instance_tag(ctx, argo))
+    redis = ctx["redis"]
+    raw, state = await redis.hget(keys(ctx).waiting(key), dep), await redis.hget(keys(ctx).watched_apps, key)
+    if raw is None:
+        return None
+    try:
+        last = json.loads(raw).get("last") or (json.loads(state).get("last") if state else None)
+    except (ValueError, AttributeError):
+        return None
+    return str(last) if last else None
 
 
 async def _register(ctx: Ctx, dep: str, name: str, argo: ArgoApp, waiter: dict[str, Any]) -> None:
@@ -366,15 +388,7 @@ async def _tick(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]], *, hint:
     state = await _app_state(ctx, key, waiters)
     client = _client(ctx, state.get("instance"))
 
-    # Drop waiters whose deployment is gone or already decided.
-    records: dict[str, DeploymentRecord] = {}
-    for dep in list(waiters):
-        record = await store(ctx).get(dep)
-        if record is None or record.verdict is not None:
-            await redis.hdel(k.waiting(key), dep)
-            del waiters[dep]
-        else:
-            records[dep] = record
+    await _drop_decided(ctx, key, waiters)
     if not waiters:
         await _retire(ctx, key)
         return "idle"
@@ -391,7 +405,7 @@ async def _tick(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]], *, hint:
         await enqueue_hint(ctx["redis"], settings(ctx).queue_name, key,
                            not_before=state["polled_at"] + HINT_GAP)
         return "throttled"
-    if not hint and now - state.get("polled_at", 0) < interval * 0.5:
+    if not hint and _read_this_interval(state.get("polled_at", 0), now, interval):
         await schedule_tick(ctx, key)
         return "throttled"
 
@@ -400,19 +414,22 @@ async def _tick(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]], *, hint:
     want_refresh = any(not w.get("refreshed") for w in waiters.values()) or (
         state.get("refresh_due") and now - state.get("refreshed_at", 0) >= refresh_again)
     state["polled_at"] = now
+    refreshed: set[str] = set()  # waiters whose first refresh this is (rewritten with the flag)
     try:
         if want_refresh:
             app = (await client.refresh(name, project, namespace)).application
             state["refreshed_at"] = time.time()
-            for w in waiters.values():
-                w["refreshed"] = True
+            for dep, w in waiters.items():
+                if not w.get("refreshed"):
+                    w["refreshed"] = True
+                    refreshed.add(dep)
         else:
             app = await client.get_application(name, project, namespace)
     except UpstreamUnavailable as exc:
         await _unavailable(ctx, key, state, waiters, exc)
         return "unavailable"
     except NotFound as exc:
-        await _missing(ctx, key, name, waiters, records, exc)
+        await _missing(ctx, key, name, waiters, exc)
         await redis.hset(k.watched_apps, key, json.dumps(state))
         if await redis.hlen(k.waiting(key)):
             await schedule_tick(ctx, key)
@@ -427,7 +444,7 @@ async def _tick(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]], *, hint:
     state["failures"] = 0
     await _describe_pauses(client, name, app, project, namespace)
 
-    outcome = await _judge_all(ctx, key, app, waiters, records, state)
+    outcome = await _judge_all(ctx, key, app, waiters, state, refreshed)
     needing = [dep for dep, need in outcome.items() if need]
     if needing and not is_auto_sync(app) and now - state.get("sync_requested_at", 0) >= max(30.0, 6 * interval):
         await _sync(ctx, key, client, state, needing, waiters)
@@ -444,6 +461,12 @@ async def _tick(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]], *, hint:
         return "waiting"
     await _retire(ctx, key)
     return "done"
+
+
+def _read_this_interval(polled_at: float, now: float, interval: float) -> bool:
+    """A regular read already happened in this poll interval (ticks are aligned on interval boundaries), or less
+    than half an interval ago (a late tick): at most one status read per application per interval."""
+    return int(polled_at // interval) == int(now // interval) or now - polled_at < interval * 0.5
 
 
 async def _discover(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]]) -> str:
@@ -531,8 +554,9 @@ async def _unavailable(ctx: Ctx, key: str, state: dict[str, Any], waiters: dict[
     log.warning("Argo CD %s: %s (failure %d, next try in %.1fs)", key, exc, failures, min(delay, MAX_BACKOFF))
     for dep, w in waiters.items():
         if now >= float(w["deadline"]):
+            last = w.get("last") or state.get("last") or "none"
             await _finish(ctx, key, dep, "timed-out",
-                          f"Argo CD unreachable until the deadline ({exc}); last snapshot: {w.get('last') or 'none'}")
+                          f"Argo CD unreachable until the deadline ({exc}); last snapshot: {last}")
     await ctx["redis"].hset(keys(ctx).watched_apps, key, json.dumps(state))
     if await ctx["redis"].hlen(keys(ctx).waiting(key)):
         await schedule_tick(ctx, key, state["backoff_until"])
@@ -556,103 +580,178 @@ async def _describe_pauses(client: ArgoCDClient, name: str, app: dict[str, Any],
             health["message"] = f"{pause}: {health['message']}" if health.get("message") else pause
 
 
-async def _missing(ctx: Ctx, key: str, name: str, waiters: dict[str, dict[str, Any]],
-                   records: dict[str, DeploymentRecord], exc: NotFound) -> None:
+async def _missing(ctx: Ctx, key: str, name: str, waiters: dict[str, dict[str, Any]], exc: NotFound) -> None:
     """The application does not exist (yet): wait within the discovery window, then fail naming it."""
     now = time.time()
     for dep, w in waiters.items():
         if now < float(w.get("window_end") or 0) and now < float(w["deadline"]):
-            if w.get("estate") and await _set_member(ctx, dep, name, "missing", "does not exist yet"):
-                await _settle(ctx, dep, records[dep])
+            if w.get("estate"):
+                if w.pop("noted", None) is not None:  # the next read's reason is news for the estate again
+                    await ctx["redis"].hset(keys(ctx).waiting(key), dep, _stored(w))
+                if await _set_member(ctx, dep, name, "missing", "does not exist yet"):
+                    await _settle(ctx, dep)
             continue
         if not w.get("estate"):
             await _finish(ctx, key, dep, "failed", str(exc))
             continue
         await _set_member(ctx, dep, name, "failed", f"the application does not exist ({exc})")
         await ctx["redis"].hdel(keys(ctx).waiting(key), dep)
-        await _settle(ctx, dep, records[dep])
+        await _settle(ctx, dep)
 
 
-async def _contains(ctx: Ctx, w: dict[str, Any], revisions: set[str]) -> set[str]:
-    """The revisions that are our commit or contain it; ancestry answers are cached on the waiter (immutable)."""
+async def _drop_decided(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]]) -> None:
+    """Forget the waiters whose deployment is gone or decided (by another application's watcher, the sweeper, a
+    gate): one look at the `verifying` state index for all of them; no record is read."""
+    redis = ctx["redis"]
+    deps = list(waiters)
+    scores = await redis.zmscore(keys(ctx).state_index("verifying"), deps)
+    gone = [dep for dep, score in zip(deps, scores, strict=True) if score is None]
+    if gone:
+        await redis.hdel(keys(ctx).waiting(key), *gone)
+        for dep in gone:
+            del waiters[dep]
+
+
+ANCESTRY_CACHE = 256
+
+
+async def _contains(ctx: Ctx, state: dict[str, Any], repository: str, target: str, revisions: set[str]) -> set[str]:
+    """The revisions that are `target` or contain it. Ancestry answers are immutable: cached in the watcher's state,
+    once per (repository, target, revision) whatever the number of waiters on that target."""
     is_ancestor: IsAncestor | None = ctx.get("is_ancestor")
-    cache: dict[str, bool] = w.setdefault("ancestry", {})
+    cache: dict[str, bool] = state.setdefault("ancestry", {})
     out: set[str] = set()
     for rev in revisions:
-        if rev == w["target"]:
+        if rev == target:
             out.add(rev)
             continue
-        if rev not in cache:
+        entry = f"{repository} {target} {rev}"
+        if entry not in cache:
             if is_ancestor is None:
                 continue
             try:
-                cache[rev] = bool(await is_ancestor(w["repository"], w["target"], rev))
+                cache[entry] = bool(await is_ancestor(repository, target, rev))
             except Exception as exc:  # not fetched yet, git hiccup: unknown this time, ask again next tick
-                log.info("ancestry %s..%s in %s unknown: %s", w["target"][:10], rev[:10], w["repository"], exc)
+                log.info("ancestry %s..%s in %s unknown: %s", target[:10], rev[:10], repository, exc)
                 continue
-            if len(cache) > 64:
+            while len(cache) > ANCESTRY_CACHE:
                 cache.pop(next(iter(cache)))
-        if cache[rev]:
+        if cache[entry]:
             out.add(rev)
     return out
 
 
+def _waiter(w: dict[str, Any], now: datetime) -> Waiter:
+    since = w.get("degraded_since")
+    return Waiter(
+        target=w["target"], pushed_at=parse_time(w["pushed"]) or now,
+        deadline=datetime.fromtimestamp(float(w["deadline"]), UTC), degraded_grace=float(w["grace"]),
+        source_index=w.get("source_index"), degraded_since=datetime.fromtimestamp(since, UTC) if since else None,
+        suspended=str(w.get("suspended") or "wait"),
+    )
+
+
+TRANSIENT_WAITER_FIELDS = ("last", "ancestry")  # written by earlier versions; now kept in the watcher's state
+
+
 async def _judge_all(ctx: Ctx, key: str, app: dict[str, Any], waiters: dict[str, dict[str, Any]],
-                     records: dict[str, DeploymentRecord], state: dict[str, Any]) -> dict[str, bool]:
-    """Judge each waiter; finish the decided ones. Returns dep → needs a sync (manual apps)."""
+                     state: dict[str, Any], changed: Iterable[str] = ()) -> dict[str, bool]:
+    """Judge each waiter (`judge_many`: once per group of waiters on the same commit); finish the decided ones, in
+    batches; rewrite a waiter only when its own state changed. A tick's Redis cost is one write per decided or
+    changed waiter, none for the ones that keep waiting as before. Returns dep → needs a sync (manual apps)."""
     redis = ctx["redis"]
     k = keys(ctx)
     now = datetime.now(UTC)
     needs: dict[str, bool] = {}
     state["refresh_due"] = False
-    for dep, w in waiters.items():
-        contains = await _contains(ctx, w, revisions_to_check(app, w.get("source_index")))
-        since = w.get("degraded_since")
-        waiter = Waiter(
-            target=w["target"], pushed_at=parse_time(w["pushed"]) or now,
-            deadline=datetime.fromtimestamp(float(w["deadline"]), UTC), degraded_grace=float(w["grace"]),
-            source_index=w.get("source_index"),
-            degraded_since=datetime.fromtimestamp(since, UTC) if since else None,
-            suspended=str(w.get("suspended") or "wait"),
-        )
-        verdict = judge(app, waiter, contains, now)
+    deps = list(waiters)
+    found: dict[tuple[str, str, int | None], set[str]] = {}
+    for dep in deps:
+        w = waiters[dep]
+        group = (w["repository"], w["target"], w.get("source_index"))
+        if group not in found:
+            found[group] = await _contains(ctx, state, w["repository"], w["target"],
+                                           revisions_to_check(app, w.get("source_index")))
+    judged = [_waiter(waiters[dep], now) for dep in deps]
+    by_waiter = {id(j): found[(waiters[dep]["repository"], waiters[dep]["target"], waiters[dep].get("source_index"))]
+                 for dep, j in zip(deps, judged, strict=True)}
+    verdicts = judge_many(app, judged, lambda j: by_waiter[id(j)], now)
+    state["last"] = next((v.summary for v in verdicts if v.summary), state.get("last", ""))
+
+    stamp_now: dict[tuple[str, ...], list[str]] = {}
+    succeeded: dict[tuple[str, ...], dict[str, str]] = {}
+    decided: list[tuple[str, Judgement]] = []
+    dirty: set[str] = set(changed)
+    for dep, verdict in zip(deps, verdicts, strict=True):
+        w = waiters[dep]
         if state.get("blocked") and isinstance(verdict, Waiting | TimedOut):
             verdict = replace(verdict, reason=f"{state['blocked']}: {verdict.reason}")
         # One application of many: only "sync started" is true of the deployment; synced/healthy come combined.
         stamps = set(verdict.stamps) & {"sync_started"} if w.get("estate") else set(verdict.stamps)
+        if isinstance(verdict, Succeeded) and not w.get("estate"):
+            succeeded.setdefault(tuple(sorted(stamps)), {})[dep] = verdict.reason  # stamped with the verdict
+            continue
         new = sorted(stamps - set(w.get("stamped", [])))
         if new:
-            await store(ctx).update(dep, stamp=new)
+            stamp_now.setdefault(tuple(new), []).append(dep)
             w["stamped"] = sorted(set(w.get("stamped", [])) | set(new))
-        if w.get("estate") and not isinstance(verdict, Waiting):
-            await _judged_member(ctx, key, dep, str(w.get("app") or state["app"]), verdict, records[dep], w)
-        elif isinstance(verdict, Succeeded):
-            await _finish(ctx, key, dep, "succeeded", verdict.reason)
-        elif isinstance(verdict, Failed):
-            details = {**records[dep].details, "argocd": {"snapshot": verdict.summary,
-                                                          "failing_resources": list(verdict.resources)}}
-            await _finish(ctx, key, dep, "failed", verdict.reason, details=details)
-        elif isinstance(verdict, TimedOut):
-            details = {**records[dep].details, "argocd": {"snapshot": verdict.summary}}
-            await _finish(ctx, key, dep, "timed-out", verdict.reason, details=details)
-        elif isinstance(verdict, Waiting):
-            w["last"], w["reason"] = verdict.summary, verdict.reason
-            if verdict.degraded:
-                w["degraded_since"] = w.get("degraded_since") or now.timestamp()
-            else:
-                w["degraded_since"] = None
-            state["refresh_due"] = state["refresh_due"] or verdict.needs_refresh
-            needs[dep] = verdict.needs_sync
-            if await redis.hexists(k.waiting(key), dep):
-                await redis.hset(k.waiting(key), dep, json.dumps(w))
-            if w.get("estate") and await _set_member(ctx, dep, str(w.get("app") or state["app"]), "waiting",
-                                                     verdict.reason):
-                await _settle(ctx, dep, records[dep])
+            dirty.add(dep)
+        if not isinstance(verdict, Waiting):
+            decided.append((dep, verdict))
+            continue
+        if w.get("reason") != verdict.reason:
+            w["reason"] = verdict.reason
+            dirty.add(dep)
+        w["last"] = verdict.summary
+        since = (w.get("degraded_since") or now.timestamp()) if verdict.degraded else None
+        if since != w.get("degraded_since"):
+            w["degraded_since"] = since
+            dirty.add(dep)
+        state["refresh_due"] = state["refresh_due"] or verdict.needs_refresh
+        needs[dep] = verdict.needs_sync
+
+    for names, group_deps in stamp_now.items():
+        for start in range(0, len(group_deps), 200):
+            await store(ctx).stamp_many(group_deps[start:start + 200], names)
+    for names, reasons in succeeded.items():
+        await finish_deployments(ctx, "succeeded", reasons, stamp=names)
+        await redis.hdel(k.waiting(key), *reasons)
+    for dep, verdict in decided:
+        w = waiters[dep]
+        if w.get("estate"):
+            assert isinstance(verdict, Succeeded | Failed | TimedOut)
+            await _judged_member(ctx, key, dep, str(w.get("app") or state["app"]), verdict, None, w)
+            continue
+        record = await store(ctx).get(dep)
+        if record is None or record.verdict is not None:  # expired or decided meanwhile: nothing to finish
+            await redis.hdel(k.waiting(key), dep)
+            continue
+        snapshot: dict[str, Any] = {"snapshot": verdict.summary}
+        if isinstance(verdict, Failed):
+            snapshot["failing_resources"] = list(verdict.resources)
+        details = {**record.details, "argocd": snapshot}
+        await _finish(ctx, key, dep, "failed" if isinstance(verdict, Failed) else "timed-out", verdict.reason,
+                      details=details)
+    finished = {dep for dep, _ in decided} | {dep for reasons in succeeded.values() for dep in reasons}
+    for dep in sorted(needs):
+        w = waiters[dep]
+        if w.get("estate") and w.get("noted") != w.get("reason"):
+            w["noted"] = w.get("reason")
+            dirty.add(dep)
+            if await _set_member(ctx, dep, str(w.get("app") or state["app"]), "waiting", str(w.get("reason"))):
+                await _settle(ctx, dep)
+    keep = {dep: _stored(waiters[dep]) for dep in sorted(dirty - finished)}
+    if keep:
+        await redis.hset(k.waiting(key), mapping=keep)
     return needs
 
 
+def _stored(w: dict[str, Any]) -> str:
+    return json.dumps({f: v for f, v in w.items() if f not in TRANSIENT_WAITER_FIELDS})
+
+
 async def _judged_member(ctx: Ctx, key: str, dep: str, name: str, verdict: Succeeded | Failed | TimedOut,
-                         record: DeploymentRecord, w: dict[str, Any]) -> None:
+                         record: DeploymentRecord | None, w: dict[str, Any]) -> None:
     """One application of an estate is decided for `dep`: record it, stop watching it for `dep`, judge the whole."""
     await ctx["redis"].hdel(keys(ctx).waiting(key), dep)
     if isinstance(verdict, Succeeded):

@@ -151,6 +151,7 @@ class ArgoCDFake:
         self.notify_duplicates = False
         self.notify_stale = False
         self.notifications: list[dict[str, Any]] = []   # what was sent (or attempted: a failed send counts as sent)
+        self.transitions: list[tuple[float, str, str]] = []  # (wall time, app, new health): when each change happened
         self._outbox: list[dict[str, Any]] = []
         self.asgi = Starlette(routes=[
             Route("/api/v1/session/userinfo", self._userinfo, methods=["GET"]),
@@ -448,6 +449,7 @@ class ArgoCDFake:
             new = app.health_queue.pop(0)
             if new != app.health:
                 app.health, app.health_changed = new, now
+                self.transitions.append((time.time(), app.name, new))
                 if new == "Degraded":
                     self._notice(app, "on-health-degraded", app.compared_rev)
             if new == "Healthy" and app.notify_deployed:
