@@ -247,10 +247,14 @@ async def test_a_batch_of_verdicts_is_counted_once_each_with_its_report_and_poin
     assert await outcome.finish_deployment(ctx, "b0", "failed", "decided before the batch")
     metrics.init(ROUTING, "worker")
     before = value("bridge_deployments_total", environment="dev", verdict="succeeded") or 0
+    restored_before = restores("dev")[0]
     reasons = {f"b{n}": f"ok {n}" for n in range(5)} | {"gone": "no record"}
     assert await outcome.finish_deployments(ctx, "succeeded", reasons, stamp=("synced", "healthy"), batch=2) == 4
     assert await outcome.finish_deployments(ctx, "succeeded", reasons) == 0  # a re-run decides nothing
     assert value("bridge_deployments_total", environment="dev", verdict="succeeded") == before + 4
+    # b0's failure started the restore clock; the batch stopped it once, whichever of its successes came first
+    assert restores("dev")[0] == restored_before + 1
+    assert await redis.exists(Keys(prefix="m").failing_since("shop", "dev")) == 0
     first = await store.get("b0")
     assert first is not None and first.verdict == "failed"
     for n in range(1, 5):
