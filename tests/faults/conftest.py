@@ -95,7 +95,7 @@ class FaultStack(Stack):
             env.update({"BRIDGE_FAULTS__CRASH_AT": ",".join(crash_at), "BRIDGE_FAULTS__MARKER_DIR": str(self.markers)})
         worker = WorkerProcess(env, self.root / f"{name}.log", self.redis_url)
         self.workers.append(worker)
-        return worker.start()
+        return worker.start(may_crash=bool(crash_at))
 
     def kill(self, worker: WorkerProcess) -> None:
         assert worker.process is not None
