@@ -98,8 +98,7 @@ def tune_collector() -> None:
     if _collector_tuned:
         return
     _collector_tuned = True
-    gc.collect()
-    gc.freeze()
+    gc.freeze()  # no full collection first: it cost ~100 ms of start-up and start-up leaves almost no garbage
     threshold, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(max(GC_GEN0_THRESHOLD, threshold), gen1, gen2)
 
