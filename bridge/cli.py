@@ -181,8 +181,7 @@ def cmd_web(args: argparse.Namespace) -> int:
         raise ConfigError("settings: redis_url: `web` needs BRIDGE_REDIS_URL or BRIDGE_REDIS_SENTINELS "
                           "(use `serve` for an embedded Redis)")
     app = create_app(settings, routing)
-    _serving()
-    tune_collector()
+    tune_collector()  # the web's `_serving`
     uvicorn.run(app, host=args.host or settings.host, port=args.port or settings.port, log_level="warning",
                 access_log=False, proxy_headers=True)
     return 0

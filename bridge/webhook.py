@@ -90,15 +90,17 @@ _collector_tuned = False
 
 
 def tune_collector() -> None:
-    """Once per web process, before it serves (not in `create_app`, which tests call many times): what start-up
-    built (settings, routing, modules) stays for the process, so the collector stops walking it; and young
-    collections run less often, since each webhook allocates hundreds of short-lived containers (the parsed body)
-    that reference counting frees anyway."""
+    """Once per web process, when start-up is over and before it serves (not in `create_app`, which tests call many
+    times): what start-up built (settings, routing, modules) stays for the process, so the collector stops walking
+    it, and the collector runs again if `gitops-bridge` turned it off for start-up; young collections run less
+    often, since each webhook allocates hundreds of short-lived containers (the parsed body) that reference counting
+    frees anyway."""
     global _collector_tuned
     if _collector_tuned:
         return
     _collector_tuned = True
     gc.freeze()  # no full collection first: it cost ~100 ms of start-up and start-up leaves almost no garbage
+    gc.enable()
     threshold, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(max(GC_GEN0_THRESHOLD, threshold), gen1, gen2)
 
