@@ -50,9 +50,9 @@ from pipeline import (  # noqa: E402
     downgrades,
     free_port,
     read_ref,
-    remote_tags,
     vm,
     wait_http,
+    wait_landed,
 )
 
 from workers.fakes.argocd import FAKE_TOKEN, ArgoCDFake  # noqa: E402
@@ -157,17 +157,8 @@ def one_run(args: argparse.Namespace, run: int) -> dict[str, float]:
             start, wall_start = time.perf_counter(), time.time()
             poster.start_at = start
             poster.go.set()
-            landed: float | None = None
-            seen = head_before
             limit = time.monotonic() + 180
-            while time.monotonic() < limit and landed is None:
-                head = read_ref(remote)
-                if head != seen:
-                    seen = head
-                    tags = remote_tags(remote, head, list(files_of.values()))
-                    if all(tags[files_of[a]] == str(top[a]) for a in names):
-                        landed = time.perf_counter() - start
-                time.sleep(0.005)
+            landed = wait_landed(remote, head_before, files_of, top, start, limit, 0.005)
             poster.join(60)
             if poster.error is not None:
                 raise poster.error

@@ -386,6 +386,22 @@ def read_ref(remote: Path, branch: str = "main") -> str:
     return git("rev-parse", branch, cwd=remote).strip()
 
 
+def wait_landed(remote: Path, since: str, files: dict[str, str], top: dict[str, int], start: float, limit: float,
+                poll: float) -> float | None:
+    """Seconds from `start` (perf_counter) until the remote's head has every app's file at its highest build (`files`:
+    app → values file, `top`: app → build id); None when that did not happen before `limit` (monotonic)."""
+    seen = since
+    while time.monotonic() < limit:
+        head = read_ref(remote)
+        if head != seen:
+            seen = head
+            tags = remote_tags(remote, head, list(files.values()))
+            if all(tags[files[a]] == str(top[a]) for a in files):
+                return time.perf_counter() - start
+        time.sleep(poll)
+    return None
+
+
 async def drive(args: argparse.Namespace) -> None:
     from arq.connections import RedisSettings, create_pool
 
@@ -548,17 +564,8 @@ async def drive(args: argparse.Namespace) -> None:
             raise poster.error
         start = poster.start_at = time.perf_counter()
         poster.go.set()
-        landed_at: float | None = None
-        seen = head_before
         limit = time.monotonic() + 120
-        while time.monotonic() < limit and landed_at is None:
-            head = read_ref(remote)
-            if head != seen:
-                seen = head
-                tags = remote_tags(remote, head, list(files_of.values()))
-                if all(tags[files_of[a]] == str(top[a]) for a in burst_apps):
-                    landed_at = time.perf_counter() - start
-            time.sleep(0.002)
+        landed_at = wait_landed(remote, head_before, files_of, top, start, limit, 0.002)
         poster.join(30)
         if poster.error is not None:
             raise poster.error
