@@ -331,6 +331,18 @@ async def _retire(ctx: Ctx, key: str) -> bool:
             return False
 
 
+async def _carry_on(ctx: Ctx, key: str, state: dict[str, Any], not_before: float | None = None) -> bool:
+    """End a tick: save the watcher's state, then schedule its next tick while deployments still wait on it (True),
+    or retire it (False)."""
+    redis = ctx["redis"]
+    await redis.hset(keys(ctx).watched_apps, key, json.dumps(state))
+    if await redis.hlen(keys(ctx).waiting(key)):
+        await schedule_tick(ctx, key, not_before)
+        return True
+    await _retire(ctx, key)
+    return False
+
+
 async def watch_application(ctx: Ctx, key: str, cause: str = "tick") -> str:
     """One watcher tick for one application (see module docstring). Returns what it did, for logs and tests.
 
@@ -381,8 +393,6 @@ async def _app_state(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]]) -> 
 
 
 async def _tick(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]], *, hint: bool = False) -> str:
-    redis = ctx["redis"]
-    k = keys(ctx)
     interval = _poll(ctx)
     now = time.time()
     state = await _app_state(ctx, key, waiters)
@@ -430,12 +440,7 @@ async def _tick(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]], *, hint:
         return "unavailable"
     except NotFound as exc:
         await _missing(ctx, key, name, waiters, exc)
-        await redis.hset(k.watched_apps, key, json.dumps(state))
-        if await redis.hlen(k.waiting(key)):
-            await schedule_tick(ctx, key)
-            return "missing"
-        await _retire(ctx, key)
-        return "failed"
+        return "missing" if await _carry_on(ctx, key, state) else "failed"
     except PermanentError as exc:
         for dep in waiters:
             await _finish(ctx, key, dep, "failed", str(exc))
@@ -455,12 +460,7 @@ async def _tick(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]], *, hint:
     elif not auto_waiting and not needing:
         state.pop("blocked", None)
 
-    await redis.hset(k.watched_apps, key, json.dumps(state))
-    if await redis.hlen(k.waiting(key)):
-        await schedule_tick(ctx, key, state.get("backoff_until"))
-        return "waiting"
-    await _retire(ctx, key)
-    return "done"
+    return "waiting" if await _carry_on(ctx, key, state, state.get("backoff_until")) else "done"
 
 
 def _read_this_interval(polled_at: float, now: float, interval: float) -> bool:
@@ -535,12 +535,7 @@ async def _discover(ctx: Ctx, key: str, waiters: dict[str, dict[str, Any]]) -> s
             await redis.hset(estate_key(ctx, dep), DISCOVERY, "closed")
             await redis.hdel(k.waiting(key), dep)
             await _settle(ctx, dep, records[dep], now=now)
-    await redis.hset(k.watched_apps, key, json.dumps(state))
-    if await redis.hlen(k.waiting(key)):
-        await schedule_tick(ctx, key)
-        return "discovering"
-    await _retire(ctx, key)
-    return "done"
+    return "discovering" if await _carry_on(ctx, key, state) else "done"
 
 
 async def _unavailable(ctx: Ctx, key: str, state: dict[str, Any], waiters: dict[str, dict[str, Any]],
