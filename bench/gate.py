@@ -33,6 +33,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from intake import exchange  # noqa: E402
+
 from bridge.embedded_redis import EmbeddedRedis  # noqa: E402
 from bridge.routing import parse_routing  # noqa: E402
 from bridge.settings import Settings  # noqa: E402
@@ -95,15 +97,8 @@ async def call_load(url: str, org_url: str, project_id: str, calls: int, concurr
         try:
             for request in pending:
                 started = time.perf_counter()
-                writer.write(request)
-                status_line = await reader.readline()
-                length = 0
-                while (line := await reader.readline()) not in (b"\r\n", b""):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                await reader.readexactly(length)
+                code = await exchange(reader, writer, request)
                 latencies.append(time.perf_counter() - started)
-                code = status_line.split(b" ", 2)[1]
                 statuses[code] = statuses.get(code, 0) + 1
         finally:
             writer.close()

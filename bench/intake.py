@@ -183,6 +183,18 @@ def run_wrk(url: str, body_file: Path, duration: int, connections: int, first_id
             "failed": data["non_2xx"] + data["errors"]}
 
 
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> bytes:
+    """Send one HTTP/1.1 request on a keep-alive connection and read the whole answer; returns its status code."""
+    writer.write(request)
+    status_line = await reader.readline()
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    await reader.readexactly(length)
+    return status_line.split(b" ", 2)[1]
+
+
 async def _python_load(url: str, body: bytes, duration: float, connections: int, first_id: int) -> dict[str, Any]:
     """A minimal keep-alive HTTP/1.1 client on raw asyncio streams (httpx would be the bottleneck here)."""
     try:
@@ -211,15 +223,9 @@ async def _python_load(url: str, body: bytes, duration: float, connections: int,
                     f"Content-Length: {len(content)}\r\n\r\n"
                 ).encode() + content
                 started = time.perf_counter()
-                writer.write(request)
-                status_line = await reader.readline()
-                length = 0
-                while (line := await reader.readline()) not in (b"\r\n", b""):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                await reader.readexactly(length)
+                status = await exchange(reader, writer, request)
                 latencies.append(time.perf_counter() - started)
-                failed += status_line.split(b" ", 2)[1] != b"202"
+                failed += status != b"202"
         finally:
             writer.close()
 
