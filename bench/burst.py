@@ -202,6 +202,14 @@ def one_run(args: argparse.Namespace, run: int) -> dict[str, float]:
         "reads": float(len([r for r in argocd if r.method == "GET"])),
         "syncs": float(len([r for r in argocd if r.method == "POST"])),
     }
+    # where the highest builds' time went: each timeline stamp, seconds after the first send (median / max)
+    tops = [by_build[top[a]] for a in names if top[a] in by_build]
+    stages = []
+    for stamp in ("received", "started", "pushed", "synced", "healthy", "finished"):
+        at = [t.timestamp() - wall_start for r in tops if (t := parse_time(r.timeline.get(stamp))) is not None]
+        if at:
+            stages.append(f"{stamp} {statistics.median(at):.1f}/{max(at):.1f}")
+    print(f"  run {run + 1}: each app's highest build, s after the first send (median/max): {', '.join(stages)}")
     print(f"  run {run + 1}: landed {result['landed']:.2f} s, verdicts {result['verdicts']:.2f} s, "
           f"{result['commits']:.0f} commits, verdicts {dict(sorted(verdicts.items()))}, lost {lost}, "
           f"downgraded {lowered}, "

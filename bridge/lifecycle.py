@@ -7,6 +7,8 @@ hand-over atomically in Redis; the steps in `workers/` decide which transition t
       │                 │                    │                                      │
       └──── held / failed ──── superseded / held / failed / rejected / timed-out ──┘
 
+A build's new deployment that can start at once (not held, its tag renders) is created in `writing` directly: the
+transaction that creates the record carries the hand-over (`queued → writing` without a second write).
 Every arrow into `reporting` sets the verdict and queues the final report in the same Redis transaction (the
 outbox), so a verdict can never exist without its report on the way. `done` is written only after the final report
 landed (or reporting is off) and the `after:` followers were started.

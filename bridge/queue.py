@@ -201,14 +201,24 @@ def open_pr_job_id(deployment_id: str) -> str:
     return f"open-pr:{deployment_id}"
 
 
-def add_job(pipe: Any, queue_name: str, function: str, args: tuple[Any, ...], job_id: str) -> None:
+def priority_key(queue_name: str) -> str:
+    """The queue's priority set (job id → due time in ms): the worker starts these before the backlog once due
+    (workers.runtime)."""
+    return queue_name + ":priority"
+
+
+def add_job(pipe: Any, queue_name: str, function: str, args: tuple[Any, ...], job_id: str,
+            run_at: float | None = None, priority: bool = False) -> None:
     """Queue a job on a MULTI pipeline exactly as arq's `enqueue_job` writes it (job key with expiry, queue zset), so
-    it commits or not together with the rest of the transaction. A job of that id already queued stays queued (the
-    queue entry keeps its score)."""
+    it commits or not together with the rest of the transaction; `run_at` (epoch seconds) defers it, `priority`
+    starts it before the backlog. A job of that id already queued stays queued (the queue entry keeps its score)."""
     enqueue_time_ms = int(time.time() * 1000)
+    score = enqueue_time_ms if run_at is None else max(enqueue_time_ms, int(run_at * 1000))
     job = serialize_job(function, args, {}, None, enqueue_time_ms, serializer=None)
-    pipe.psetex(job_key_prefix + job_id, expires_extra_ms, job)
-    pipe.zadd(queue_name, {job_id: enqueue_time_ms}, nx=True)
+    pipe.psetex(job_key_prefix + job_id, expires_extra_ms + score - enqueue_time_ms, job)
+    pipe.zadd(queue_name, {job_id: score}, nx=True)
+    if priority:
+        pipe.zadd(priority_key(queue_name), {job_id: score})
 
 
 def deployment_id(build_key: str, route: str, environment: str) -> str:

@@ -173,11 +173,13 @@ class JobSpec:
     function: str
     args: tuple[Any, ...]
     job_id: str
+    run_at: float | None = None  # epoch seconds; None: now
+    priority: bool = False  # started before the backlog (a step a verdict waits for, not a report)
 
     def write(self, pipe: Pipeline, queue_name: str | None) -> None:
         if queue_name is None:
             raise RuntimeError("this store has no queue name: it cannot queue jobs")
-        add_job(pipe, queue_name, self.function, self.args, self.job_id)
+        add_job(pipe, queue_name, self.function, self.args, self.job_id, self.run_at, self.priority)
 
 
 @dataclass(frozen=True)

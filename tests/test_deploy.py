@@ -95,7 +95,18 @@ async def test_build_starts_one_deployment_per_direct_environment_with_rendered_
     assert record.build_queued == "2024-12-02T12:18:45.7367977Z"  # the event's queueTime: DORA's lead time starts
     jobs = await queued(ctx)
     assert ("open_pull_request", (record.id,)) in jobs
-    assert ("report_deployment", (record.id, "started")) in jobs
+    # no Azure DevOps token in this ctx: a `started` report would have nothing to do, so none is queued
+    assert ("report_deployment", (record.id, "started")) not in jobs
+
+
+async def test_with_report_back_the_started_report_is_queued(ctx: dict[str, Any]) -> None:
+    class EnabledClient:
+        enabled = True
+
+    ctx["ado"] = EnabledClient()
+    result = await process_build(ctx, full_event())
+    [dep] = result["deployments"]
+    assert ("report_deployment", (dep, "started")) in await queued(ctx)
 
 
 async def test_rerun_of_the_same_build_dispatches_nothing_new(ctx: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ from bridge.queue import FLUSH_REPOSITORY, PROCESS_BUILD, RECONCILE_BUILDS, REPO
 from bridge.routing import RoutingConfig, parse_routing
 from bridge.settings import Settings
 from workers.main import build_worker, cron_jobs, health_app, job_functions, run_worker
+from workers.runtime import CLAIM_LUA
 
 DB = 8
 QUEUE = "test-worker-main:queue"
@@ -216,42 +217,60 @@ async def test_a_redis_failure_while_starting_a_job_gives_its_slot_back(tmp_path
 
 
 @pytest.mark.parametrize("elsewhere", [True, False], ids=["running-elsewhere", "claimable"])
-async def test_a_connection_lost_while_unwatching_gives_the_slot_back_exactly_once(
+async def test_a_connection_lost_after_the_claim_ran_gives_the_slot_back_exactly_once(
     tmp_path: Path, private_redis: Any, elsewhere: bool
 ) -> None:
-    """The connection drops as the claim's pipeline unwatches (after arq's own code may already have given the slot
-    back): the slot must come back once — twice raised "BoundedSemaphore released too many times" and the worker
-    exited — and no job may start on a claim that was not confirmed."""
+    """The connection drops after the claim ran in Redis but before its answer came back: the slot must come back
+    once (twice raised "BoundedSemaphore released too many times" and the worker exited), no job may start on a
+    claim that was not confirmed, and the marker it may have set expires within one lease."""
     settings = make_settings(tmp_path, private_redis.url, worker_max_jobs=2)
     worker = build_worker(settings, RoutingConfig(repositories={}, routes=[]))
     await worker.pool.zadd(worker.queue_name, {"job-1": 1})
     if elsewhere:
         await worker.pool.set(in_progress_key_prefix + "job-1", b"1", px=60_000)
-    real_pipeline = worker.pool.pipeline
+    real_script = worker.pool.register_script(CLAIM_LUA)
 
-    def dropping_pipeline(*args: Any, **kwargs: Any) -> Any:
-        pipe = real_pipeline(*args, **kwargs)
-        if not kwargs.get("transaction", True):  # only the claim's transaction loses its connection
-            return pipe
-        real_reset = pipe.reset
+    async def dropping_script(**kwargs: Any) -> Any:
+        await real_script(**kwargs)
+        raise redis.exceptions.ConnectionError("Connection closed by server.")
 
-        async def reset() -> None:
-            await real_reset()
-            raise redis.exceptions.ConnectionError("Connection closed by server.")
-
-        pipe.reset = reset  # type: ignore[method-assign]
-        return pipe
-
-    worker.pool.pipeline = dropping_pipeline  # type: ignore[method-assign]
+    worker._claim_script = dropping_script  # type: ignore[attr-defined]
     free = worker.sem._value
     try:
-        with pytest.raises(redis.exceptions.ConnectionError):
-            await worker.start_jobs([b"job-1"])
+        for _ in range(2):
+            with pytest.raises(redis.exceptions.ConnectionError):
+                await worker.start_jobs([b"job-1"])
         assert (worker.job_counter, worker.sem._value, worker.tasks) == (0, free, {})
         ttl = await worker.pool.pttl(in_progress_key_prefix + "job-1")
         assert 0 < ttl <= (60_000 if elsewhere else settings.job_lease_seconds * 1000)
     finally:
-        worker.pool.pipeline = real_pipeline  # type: ignore[method-assign]
+        await worker.pool.aclose()
+
+
+@pytest.mark.parametrize("marker,score,claimed", [
+    (False, 1, True), (True, 1, False), (False, None, False), (False, 0, False), (False, "future", False),
+], ids=["due", "running-elsewhere", "gone", "zero-score", "deferred"])
+async def test_the_claim_takes_only_a_due_job_nobody_runs(tmp_path: Path, private_redis: Any, marker: bool,
+                                                          score: Any, claimed: bool) -> None:
+    """arq's checks, in one script: a job is claimed (marker set for one lease, its score returned) only when it is
+    queued, due and not marked in progress by another worker."""
+    settings = make_settings(tmp_path, private_redis.url, worker_max_jobs=2)
+    worker = build_worker(settings, RoutingConfig(repositories={}, routes=[]))
+    try:
+        if score is not None:
+            value = int(time.time() * 1000) + 60_000 if score == "future" else score
+            await worker.pool.zadd(worker.queue_name, {"job-1": value})
+        if marker:
+            await worker.pool.set(in_progress_key_prefix + "job-1", b"elsewhere", px=60_000)
+        got = await worker._claim("job-1")  # type: ignore[attr-defined]
+        assert (got is not None) == claimed
+        marked = await worker.pool.get(in_progress_key_prefix + "job-1")
+        if claimed:
+            assert got == 1 and marked == b"1"
+            assert 0 < await worker.pool.pttl(in_progress_key_prefix + "job-1") <= settings.job_lease_seconds * 1000
+        else:
+            assert marked == (b"elsewhere" if marker else None)
+    finally:
         await worker.pool.aclose()
 
 
@@ -303,4 +322,38 @@ async def test_a_due_priority_job_starts_before_the_backlog_queued_before_it(red
         await worker.close()
     assert ran[0] == "tick" and sorted(ran[1:]) == sorted(f"backlog-{n}" for n in range(30))
     assert await pool.zcard(QUEUE + ":priority") == 0  # started: forgotten
+    await pool.aclose()
+
+
+async def test_priority_entries_of_jobs_that_ran_elsewhere_do_not_block_the_lane(
+        redis_url: Callable[[int], str]) -> None:
+    """Entries whose job another worker ran (gone from the queue) are dropped when met, not tried first at every
+    poll: a priority job queued after ten of them still starts before the backlog."""
+    from arq.worker import func
+
+    from workers.runtime import BridgeWorker, prioritize
+
+    pool = await create_pool(RedisSettings.from_dsn(redis_url(DB)))
+    ran: list[str] = []
+
+    async def job(ctx: dict[str, Any], name: str) -> None:
+        ran.append(name)
+
+    now = time.time()
+    for n in range(10):
+        await prioritize(pool, QUEUE, f"ran-elsewhere-{n}", now - 5)
+    for n in range(5):
+        await pool.enqueue_job("job", f"backlog-{n}", _job_id=f"backlog-{n}", _queue_name=QUEUE,
+                               _defer_until=datetime.fromtimestamp(now - 10 + n * 0.01, UTC))
+    worker = BridgeWorker(functions=[func(job, name="job", keep_result=0)], redis_pool=pool, queue_name=QUEUE,
+                          burst=True, max_jobs=1, poll_delay=0.01, handle_signals=False)
+    try:
+        await worker.start_jobs([])  # meets the ten stale entries
+        assert await pool.zcard(QUEUE + ":priority") == 0
+        await pool.enqueue_job("job", "verify", _job_id="verify", _queue_name=QUEUE)
+        await prioritize(pool, QUEUE, "verify", time.time())
+        await worker.main()
+    finally:
+        await worker.close()
+    assert ran[0] == "verify" and sorted(ran[1:]) == sorted(f"backlog-{n}" for n in range(5))
     await pool.aclose()

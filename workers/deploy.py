@@ -15,7 +15,7 @@ from arq import Retry
 from bridge.errors import InvalidBuild, PermanentError, is_transient
 from bridge.events import BuildEvent
 from bridge.lifecycle import is_success
-from bridge.queue import FLUSH_REPOSITORY, OPEN_PULL_REQUEST, deployment_id, open_pr_job_id, unique_job_id
+from bridge.queue import FLUSH_REPOSITORY, OPEN_PULL_REQUEST, deployment_id, open_pr_job_id, tick_job_id
 from bridge.records import DeploymentRecord, Effect, JobSpec, SortedSetAdd, build_fields, now_iso, target_fields
 from bridge.routing import Environment, Route, Target, branch_matches, match_event
 from bridge.tags import build_values, render_tag
@@ -23,6 +23,9 @@ from workers.context import Ctx, keys, routing, store
 from workers.outcome import finish_deployment, report
 
 log = logging.getLogger("gitops_bridge.deploy")
+
+OUTBOX_SECONDS = 1.0  # how long after a push bump its safety-net flush job runs (hand_over)
+
 
 def backoff(job_try: int, base: float = 2.0, cap: float = 120.0) -> float:
     return float(min(cap, base ** min(job_try, 7)))
@@ -43,11 +46,15 @@ async def process_build(ctx: Ctx, payload: dict[str, Any]) -> dict[str, Any]:
     started = []
     written: set[str] = set()
     for target in targets:
-        record = await _record_for(ctx, event, target, received)
-        if await start_deployment(ctx, record, target.route, target.environment):
-            started.append(record.id)
-            if target.environment.promotion == "push":
-                written.add(target.environment.repository)
+        route, env = target.route, target.environment
+        fresh = new_record(event, route, env, received)
+        if not await _create_started(ctx, fresh, route, env):
+            record = await _record_for(ctx, event, target, received)
+            if not await start_deployment(ctx, record, route, env):
+                continue
+        started.append(fresh.id)
+        if env.promotion == "push":
+            written.add(env.repository)
     log.info("build %s routed to %d deployment(s)", event.build_id, len(targets),
              extra={"build_id": event.build_id, "deployments": [t.key for t in targets]})
     for repository in sorted(written):
@@ -56,12 +63,14 @@ async def process_build(ctx: Ctx, payload: dict[str, Any]) -> dict[str, Any]:
 
 
 async def flush_inline(ctx: Ctx, repository: str) -> None:
-    """Write the bumps now, in this job, instead of one queue hop later. The flush job queued with the bumps (the
-    outbox) still runs: it finds nothing left, or finishes what this one could not (lock busy, a crash, an error)."""
+    """Write the bumps now, in this job, instead of one queue hop later. Never waits for a busy lock: its holder
+    drains the pending set, this bump included, before it lets go, so a job slot is not spent waiting (in a burst
+    every build but the writer's would wait). The flush job queued with the bumps (the outbox) still runs: it finds
+    nothing left, or finishes what this one could not (a crash, an error)."""
     from workers.writer import flush_repository
 
     try:
-        await flush_repository(ctx, repository)
+        await flush_repository(ctx, repository, inline=True)
     except Exception as exc:  # noqa: BLE001 - the queued flush job owns the retry
         log.info("writing %s now did not finish (%s); its flush job takes over", repository, type(exc).__name__)
 
@@ -137,6 +146,38 @@ async def _record_for(ctx: Ctx, event: BuildEvent, target: Target, received: str
     return record
 
 
+def _tag(record: DeploymentRecord, route: Route) -> str:
+    """The image tag of the route's template for this build (InvalidBuild when a value it needs is missing)."""
+    return render_tag(
+        route.tag,
+        build_values(
+            build_id=record.build_id,
+            build_number=record.build_number,
+            commit=record.source_commit,
+            branch=record.source_branch,
+            definition_id=int(record.definition) if record.definition and record.definition.isdigit() else None,
+        ),
+    )
+
+
+async def _create_started(ctx: Ctx, record: DeploymentRecord, route: Route, env: Environment) -> bool:
+    """A new deployment that can start at once (not held, its tag renders) is stored already `writing`, with its
+    hand-over, in the transaction that creates it: `queued → writing` without a second read-modify-write of the
+    record. False when it cannot (it exists already, is held, or has no tag): `start_deployment` then decides."""
+    if await store(ctx).get_hold(route.name, env.name) is not None:
+        return False
+    try:
+        record.tag = _tag(record, route)
+    except InvalidBuild:
+        return False
+    record.state = "writing"
+    record.stamp("started")
+    if not await store(ctx).create(record, then=hand_over(ctx, record, env)):
+        return False
+    await report(ctx, record.id, "started")
+    return True
+
+
 async def start_deployment(ctx: Ctx, record: DeploymentRecord, route: Route, env: Environment) -> bool:
     """`queued → writing`: hold check, tag, then hand over to the writer (push) or the pull-request job. Idempotent:
     only a deployment still `queued` moves."""
@@ -152,16 +193,7 @@ async def start_deployment(ctx: Ctx, record: DeploymentRecord, route: Route, env
         await finish_deployment(ctx, record.id, "held", f"{route.name}/{env.name} is held: {hold.get('reason', '')}")
         return False
     try:
-        tag = render_tag(
-            route.tag,
-            build_values(
-                build_id=record.build_id,
-                build_number=record.build_number,
-                commit=record.source_commit,
-                branch=record.source_branch,
-                definition_id=int(record.definition) if record.definition and record.definition.isdigit() else None,
-            ),
-        )
+        tag = _tag(record, route)
     except InvalidBuild as exc:
         await finish_deployment(ctx, record.id, "failed", str(exc))
         return False
@@ -172,11 +204,26 @@ async def start_deployment(ctx: Ctx, record: DeploymentRecord, route: Route, env
 
 def hand_over(ctx: Ctx, record: DeploymentRecord, env: Environment) -> list[Effect]:
     """What `writing` needs, written in the same transaction as the state: the pull-request job, or the bump in its
-    repository's pending set with a flush job."""
+    repository's pending set with a flush job.
+
+    The starter writes the bump itself right after (`flush_inline`), so the flush job is only the outbox's safety net
+    (a crash, an error): it runs `OUTBOX_SECONDS` later and is one job per repository and interval, however many
+    bumps ask for it — a burst of builds queues a handful, not one each. Its id names the interval it runs in, so a
+    bump never asks for a job that is running already (whose end would drop the request)."""
     if env.promotion == "pull-request":
         return [JobSpec(OPEN_PULL_REQUEST, (record.id,), open_pr_job_id(record.id))]
-    return [SortedSetAdd(keys(ctx).pending(record.repository), record.id, time.time()),
-            JobSpec(FLUSH_REPOSITORY, (record.repository,), unique_job_id(f"flush:{record.repository}"))]
+    now = time.time()
+    return [SortedSetAdd(keys(ctx).pending(record.repository), record.id, now),
+            JobSpec(FLUSH_REPOSITORY, (record.repository,),
+                    tick_job_id("flush", record.repository, OUTBOX_SECONDS, now), run_at=now + OUTBOX_SECONDS)]
+
+
+async def start_and_write(ctx: Ctx, record: DeploymentRecord, route: Route, env: Environment) -> bool:
+    """`start_deployment` for one deployment, then its bump written at once (push promotion)."""
+    started = await start_deployment(ctx, record, route, env)
+    if started and env.promotion == "push":
+        await flush_inline(ctx, env.repository)
+    return started
 
 
 async def promote_build(ctx: Ctx, source_id: str, to_environment: str, force: bool, by: str) -> dict[str, Any]:
@@ -206,5 +253,5 @@ async def promote_build(ctx: Ctx, source_id: str, to_environment: str, force: bo
         if existing is None:
             raise PermanentError(f"deployment {fresh.id} vanished")
         fresh = existing
-    started = await start_deployment(ctx, fresh, route, env)
+    started = await start_and_write(ctx, fresh, route, env)
     return {"status": "started" if started else "exists", "deployment": fresh.id}

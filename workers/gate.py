@@ -291,13 +291,13 @@ async def _authorise_and_attach(ctx: Ctx, gate: Gate) -> str | None:
             return f"{env.after} did not succeed for build {gate.build_id} ({state}); nothing deployed"
     elif env.after is not None:
         return None  # its `after:` starts it; the gate waits (bounded by its deadline)
-    from workers.deploy import new_record, start_deployment
+    from workers.deploy import new_record, start_and_write
 
     record = new_record(event, route, env, now_iso())
     record.details = {**record.details, "gate": gate.kind}
     if not await store(ctx).create(record):
         record = await store(ctx).get(record.id) or record
-    await start_deployment(ctx, record, route, env)
+    await start_and_write(ctx, record, route, env)
     return None
 
 

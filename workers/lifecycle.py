@@ -71,7 +71,7 @@ async def advance_deployment(ctx: Ctx, deployment_id: str) -> str:
 
 
 async def _start(ctx: Ctx, record: DeploymentRecord) -> None:
-    from workers.deploy import start_deployment
+    from workers.deploy import start_and_write
 
     try:
         route = routing(ctx).route(record.route)
@@ -79,7 +79,7 @@ async def _start(ctx: Ctx, record: DeploymentRecord) -> None:
     except KeyError:
         await finish_deployment(ctx, record.id, "failed", f"{record.route}/{record.environment} is no longer routed")
         return
-    await start_deployment(ctx, record, route, env)
+    await start_and_write(ctx, record, route, env)
 
 
 async def _resume_writing(ctx: Ctx, record: DeploymentRecord) -> bool:

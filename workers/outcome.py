@@ -11,7 +11,7 @@ from bridge.lifecycle import is_success
 from bridge.queue import PROMOTE_BUILD, REPORT_DEPLOYMENT, report_job_id
 from bridge.records import DeploymentRecord, Effect, JobSpec, Restored, Verdict
 from workers import faults
-from workers.context import Ctx, enqueue, routing, store
+from workers.context import Ctx, enqueue, routing, settings, store
 
 log = logging.getLogger("gitops_bridge.outcome")
 
@@ -80,8 +80,18 @@ def final_report(deployment_id: str) -> JobSpec:
     return JobSpec(REPORT_DEPLOYMENT, (deployment_id, FINAL), report_job_id(deployment_id, FINAL))
 
 
+def reports_on(ctx: Ctx) -> bool:
+    """Report-back is configured: reports on and an Azure DevOps client with a token."""
+    ado = ctx.get("ado")
+    return bool(settings(ctx).azure_devops.report and ado is not None and getattr(ado, "enabled", False))
+
+
 async def report(ctx: Ctx, deployment_id: str, phase: str) -> None:
-    """Queue a report-back to the build; one job per (deployment, phase) at a time, however often this is called."""
+    """Queue a report-back to the build; one job per (deployment, phase) at a time, however often this is called.
+    Without report-back only the final phase is queued: it ends the deployment's life (workers.report.complete),
+    while a `started` report would have nothing to do."""
+    if phase != FINAL and not reports_on(ctx):
+        return
     await enqueue(ctx, REPORT_DEPLOYMENT, deployment_id, phase, job_id=report_job_id(deployment_id, phase))
 
 

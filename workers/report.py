@@ -51,7 +51,7 @@ from workers.azure_devops import AzureDevOpsClient
 from workers.context import Ctx, keys, settings, store
 from workers.gate import settle_gates
 from workers.lock import RedisLock, locked
-from workers.outcome import FINAL, start_followers
+from workers.outcome import FINAL, reports_on, start_followers
 from workers.rollback import rolled_back_tag
 from workers.verdict import parse_time
 
@@ -235,7 +235,7 @@ async def report_deployment(ctx: Ctx, deployment_id: str, phase: str) -> str:
     if not final and record.verdict is not None:
         return "skipped"  # the final report says it all
     ado: AzureDevOpsClient | None = ctx.get("ado")
-    if not settings(ctx).azure_devops.report or ado is None or not ado.enabled:
+    if ado is None or not reports_on(ctx):
         log.debug("deployment %s: report %s skipped (no Azure DevOps token or reports off)", deployment_id, phase)
         if final:
             await complete(ctx, record)

@@ -38,25 +38,31 @@ from arq import Retry, Worker
 from arq.constants import in_progress_key_prefix
 from arq.typing import WorkerCoroutine
 from arq.utils import timestamp_ms
-from redis.exceptions import RedisError, ResponseError, WatchError
+from redis.exceptions import RedisError, ResponseError
 
 from bridge.errors import is_transient, retry_delay
+from bridge.queue import priority_key
 from workers.context import Ctx
 
 log = logging.getLogger("gitops_bridge.worker")
 
-PRIORITY_SUFFIX = ":priority"
 PRIORITY_FORGET_MS = 3_600_000  # entries of jobs that ran elsewhere or vanished are dropped after an hour
-
-
-def priority_key(queue_name: str) -> str:
-    return queue_name + PRIORITY_SUFFIX
+PRIORITY_STALE_ROOM = 20  # entries read beyond the free slots: stale ones (ran elsewhere) are dropped as met
 
 
 async def prioritize(redis: Any, queue_name: str, job_id: str, due: float) -> None:
     """Start job `job_id` (already queued) before the backlog once `due` (epoch seconds) has come."""
     await redis.zadd(priority_key(queue_name), {job_id: int(due * 1000)})
 
+# KEYS: in-progress marker, queue; ARGV: job id, now (ms), lease (ms). The job's score, or nil when it is running
+# elsewhere, gone, or not due yet — exactly arq's checks, atomically.
+CLAIM_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return nil end
+local score = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]))
+if not score or score == 0 or score > tonumber(ARGV[2]) then return nil end
+redis.call('PSETEX', KEYS[1], ARGV[3], '1')
+return score
+"""
 FINISH_ATTEMPTS = 8
 LISTEN_PING_S = 15.0  # a listener that heard nothing for this long checks its connection
 
@@ -74,6 +80,7 @@ class BridgeWorker(Worker):
         self._heartbeat: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self.queue_changed = asyncio.Event()
+        self._claim_script: Any = None
 
     async def main(self) -> None:
         if self._pool is None:
@@ -220,6 +227,7 @@ class BridgeWorker(Worker):
         urgent = await self._due_priority()
         if urgent:
             job_ids = urgent + [j for j in job_ids if j not in set(urgent)]
+        tried: list[bytes] = []  # claimed, or not claimable (ran elsewhere, gone): either way off the priority set
         for job_id_b in job_ids:
             await self.sem.acquire()
             if self.job_counter >= self.max_jobs:
@@ -234,41 +242,33 @@ class BridgeWorker(Worker):
                 if score is None:  # not ours, or Redis failed: the slot goes back here and only here
                     self.job_counter -= 1
                     self.sem.release()
+            tried.append(job_id_b)
             if score is None:
                 continue
             task = self.loop.create_task(self.run_job(job_id, score))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
-        if urgent:
-            started = [j for j in urgent if j.decode() in self.tasks]
-            if started:
-                await self.pool.zrem(priority_key(self.queue_name), *started)
+        done = [j for j in urgent if j in set(tried)]
+        if done:  # an entry left behind would be tried first at every poll for an hour
+            await self.pool.zrem(priority_key(self.queue_name), *done)
 
     async def _claim(self, job_id: str) -> int | None:
         """Mark the job in progress for this worker (a `lease`-long marker, see the heartbeat); its queue score when
-        this worker now owns it, None when it runs elsewhere, is done or is deferred. A Redis error raises: a
-        marker that was set but not confirmed expires within one lease and the job runs again (idempotent)."""
-        in_progress_key = in_progress_key_prefix + job_id
-        async with self.pool.pipeline(transaction=True) as pipe:
-            await pipe.watch(in_progress_key)
-            ongoing = await pipe.exists(in_progress_key)
-            score = await pipe.zscore(self.queue_name, job_id)
-            if ongoing or not score or score > timestamp_ms():
-                return None
-            pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.psetex(in_progress_key, int(self.in_progress_timeout_s * 1000), b"1")
-            try:
-                await pipe.execute()
-            except (ResponseError, WatchError):  # started elsewhere since the check
-                return None
-        return int(score)
+        this worker now owns it, None when it runs elsewhere, is done or is deferred. One script call (arq's own claim
+        takes a WATCH, two reads and a MULTI: four round trips a job). A Redis error raises: a marker that was set
+        but not confirmed expires within one lease and the job runs again (idempotent)."""
+        if self._claim_script is None:
+            self._claim_script = self.pool.register_script(CLAIM_LUA)
+        score = await self._claim_script(keys=[in_progress_key_prefix + job_id, self.queue_name],
+                                         args=[job_id, timestamp_ms(), int(self.in_progress_timeout_s * 1000)])
+        return int(score) if score is not None else None
 
     async def _due_priority(self) -> list[bytes]:
         key = priority_key(self.queue_name)
         now = int(time.time() * 1000)
         async with self.pool.pipeline(transaction=False) as pipe:
             pipe.zremrangebyscore(key, "-inf", now - PRIORITY_FORGET_MS)
-            pipe.zrangebyscore(key, "-inf", now, start=0, num=self.max_jobs)
+            pipe.zrangebyscore(key, "-inf", now, start=0, num=self.max_jobs + PRIORITY_STALE_ROOM)
             _, due = await pipe.execute()
         return [j if isinstance(j, bytes) else str(j).encode() for j in due]
 

@@ -33,7 +33,7 @@ from workers.gitobjects import Blob
 from workers.gitrepo import RepoCache
 from workers.lock import LockOutcome, RedisLock, locked
 from workers.ordering import Candidate, Setter, decide
-from workers.outcome import finish_deployment
+from workers.outcome import finish_deployment, finish_deployments
 from workers.values import ValuesEditError, set_values
 from workers.verdict import parse_time
 
@@ -272,8 +272,12 @@ class _BatchFailed(Exception):
         super().__init__(str(cause))
 
 
-async def flush_repository(ctx: Ctx, repository: str) -> None:
-    """arq job: drain the repository's pending bumps under its lock; re-check after releasing it."""
+async def flush_repository(ctx: Ctx, repository: str, *, inline: bool = False) -> None:
+    """arq job: drain the repository's pending bumps under its lock; re-check after releasing it.
+
+    `inline` (a starter writing its own bumps, deploy.flush_inline): a busy lock is not waited for, and nothing is
+    queued for later — the holder re-checks the pending set after releasing, and the bumps' outbox job covers a
+    holder that died."""
     redis = ctx["redis"]
     pending = keys(ctx).pending(repository)
     git = settings(ctx).git
@@ -283,7 +287,9 @@ async def flush_repository(ctx: Ctx, repository: str) -> None:
         if not await redis.zcard(pending):
             return
         lock = RedisLock(redis, keys(ctx).lock(repository), lease_seconds=git.lock_lease_seconds)
-        if await lock.acquire(ACQUIRE_WAIT_SECONDS) is not LockOutcome.ACQUIRED:
+        if await lock.acquire(0.0 if inline else ACQUIRE_WAIT_SECONDS) is not LockOutcome.ACQUIRED:
+            if inline:
+                return
             # The holder re-checks pending after it releases; this deferred job covers a holder that died.
             await enqueue(ctx, FLUSH_REPOSITORY, repository, defer_by=git.lock_lease_seconds,
                           job_id=tick_job_id("flush-later", repository, git.lock_lease_seconds))
@@ -400,9 +406,9 @@ async def _flush_batch(ctx: Ctx, repository: str, lock: RedisLock, ids: list[str
                    bool(r.details.get("force")), r.kind == "rollback") for r, route, _ in live),
         setters,
     )
-    for candidate, reason in decision.superseded:
-        await finish_deployment(ctx, candidate.deployment_id, "superseded", reason)
-        done.append(candidate.deployment_id)
+    if decision.superseded:  # a burst supersedes most of its builds: in batches, not a round trip each
+        await finish_deployments(ctx, "superseded", {c.deployment_id: reason for c, reason in decision.superseded})
+        done += [c.deployment_id for c, _ in decision.superseded]
 
     if decision.apply:
         await lock.ensure_held()
@@ -512,4 +518,4 @@ async def _record(ctx: Ctx, repository: str, record: DeploymentRecord, result: B
         details["unchanged"] = True
     await store(ctx).update(record.id, stamp=stamps, commit_sha=result.commit_sha, state="verifying",
                             old_tags=result.old or record.old_tags, details=details,
-                            then=[JobSpec(VERIFY_DEPLOYMENT, (record.id,), verify_job_id(record.id))])
+                            then=[JobSpec(VERIFY_DEPLOYMENT, (record.id,), verify_job_id(record.id), priority=True)])
