@@ -157,6 +157,7 @@ def one_run(args: argparse.Namespace, run: int) -> dict[str, float]:
             start, wall_start = time.perf_counter(), time.time()
             poster.start_at = start
             poster.go.set()
+            print(f"  run {run + 1}: sending (worker pid {worker.pid})", flush=True)
             limit = time.monotonic() + 180
             landed = wait_landed(remote, head_before, files_of, top, start, limit, 0.005)
             poster.join(60)

@@ -153,6 +153,8 @@ class ArgoCDFake:
         self.notifications: list[dict[str, Any]] = []   # what was sent (or attempted: a failed send counts as sent)
         self.transitions: list[tuple[float, str, str]] = []  # (wall time, app, new health): when each change happened
         self._outbox: list[dict[str, Any]] = []
+        self._contents: dict[tuple[str, str], bytes | None] = {}
+        self._pass_head: str | None = None
         self.asgi = Starlette(routes=[
             Route("/api/v1/session/userinfo", self._userinfo, methods=["GET"]),
             Route("/api/v1/applications", self._list, methods=["GET"]),
@@ -245,10 +247,15 @@ class ArgoCDFake:
         self.notify_duplicates, self.notify_stale = duplicates, stale
 
     def reconcile_now(self, name: str | None = None) -> None:
-        """One controller pass: advance each app's operation, or else refresh it from git."""
+        """One controller pass: advance each app's operation, or else refresh it from git. The branch head is
+        resolved once per pass (as Argo CD's repo server caches a revision's resolution), not once per app."""
         with self._lock:
-            for app in list(self.apps.values()) if name is None else [self.apps[name]]:
-                self._pass(app)
+            self._pass_head = None
+            try:
+                for app in list(self.apps.values()) if name is None else [self.apps[name]]:
+                    self._pass(app)
+            finally:
+                self._pass_head = None
             outbox, self._outbox = self._outbox, []
         self._send(outbox)
 
@@ -350,9 +357,24 @@ class ArgoCDFake:
             raise RuntimeError(f"fake Argo CD: cannot resolve {self.branch}: {out.stderr.decode().strip()}")
         return out.stdout.decode().strip()
 
+    def _pass_head_or_resolve(self) -> str:
+        if self._pass_head is None:
+            self._pass_head = self._head()
+        return self._pass_head
+
     def _content(self, rev: str, path: str) -> bytes | None:
-        out = self._git("show", f"{rev}:{path}")
-        return out.stdout if out.returncode == 0 else None
+        """A file at a commit: immutable, so read from git once (Argo CD's repo server caches manifests per
+        revision too); keeps the fake's controller pass from forking git for every app every second."""
+        key = (rev, path)
+        if len(rev) != 40:  # a name, not a commit: it may move
+            out = self._git("show", f"{rev}:{path}")
+            return out.stdout if out.returncode == 0 else None
+        if key not in self._contents:
+            if len(self._contents) >= 100_000:
+                self._contents.clear()
+            out = self._git("show", f"{rev}:{path}")
+            self._contents[key] = out.stdout if out.returncode == 0 else None
+        return self._contents[key]
 
     def _tick(self) -> str:
         """The controller clock: real time, but at least one second after the previous stamp."""
@@ -442,7 +464,7 @@ class ArgoCDFake:
             app.passes += 1
             return
         app.conditions = [c for c in app.conditions if c["type"] != "ComparisonError"]
-        head = self._head()
+        head = self._pass_head_or_resolve()
         app.compared_rev = head
         app.sync_status = "Synced" if self._content(head, app.values_file) == app.applied_content else "OutOfSync"
         if app.health_queue:
