@@ -245,6 +245,36 @@ async def test_busy_lock_leaves_the_bump_pending_and_schedules_a_retry(make: Any
     assert await tag_of(remote, "api") == "1.0.600"
 
 
+async def test_an_inline_writer_leaves_a_busy_lock_to_its_holder_and_the_outbox_job_is_one_deferred_net(
+        make: Any, remote: Path) -> None:
+    """A build's own job writes at once unless another holds the lock: then it neither waits nor queues anything
+    (the holder drains the pending set before letting go). The flush job written with each bump is a safety net one
+    interval later, one per repository and interval however many bumps ask."""
+    import time
+
+    from workers.deploy import OUTBOX_SECONDS, hand_over
+
+    ctx = await make()
+    other = RedisLock(ctx["redis"], ctx["keys"].lock("gitops"), lease_seconds=5)
+    assert await other.acquire(0) is LockOutcome.ACQUIRED
+    env = ctx["routing"].route("api").environment("prod")
+    before = time.time()
+    for build in (600, 601, 602):
+        r = record("api", build)
+        assert await ctx["store"].create(r, then=hand_over(ctx, r, env))
+    await flush_repository(ctx, "gitops", inline=True)
+    assert await ctx["redis"].zcard(ctx["keys"].pending("gitops")) == 3
+    assert await ctx["redis"].keys("arq:job:flush-later:*") == []  # nothing queued for later by the inline writer
+    nets = await ctx["redis"].zrange(ctx["settings"].queue_name, 0, -1, withscores=True)
+    assert 1 <= len(nets) <= 2  # two only when the bumps straddle an interval boundary
+    assert all(job.decode().startswith("flush:gitops:") for job, _ in nets)
+    assert all(score / 1000 >= before + OUTBOX_SECONDS - 0.01 for _, score in nets)
+    await other.release()
+    await flush_repository(ctx, "gitops")  # what the net job does when it comes due
+    assert await tag_of(remote, "api") == "1.0.602"
+    assert await ctx["redis"].zcard(ctx["keys"].pending("gitops")) == 0
+
+
 async def test_unreachable_remote_retries_until_the_deadline(make: Any, remote: Path) -> None:
     from arq import Retry
 

@@ -283,9 +283,11 @@ async def flush_repository(ctx: Ctx, repository: str, *, inline: bool = False) -
     git = settings(ctx).git
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max(git.lock_wait_seconds, 1.0)
+    check = not inline  # an inline writer just added its bump: straight to the lock (the drain reads pending)
     while loop.time() < deadline:
-        if not await redis.zcard(pending):
+        if check and not await redis.zcard(pending):
             return
+        check = True
         lock = RedisLock(redis, keys(ctx).lock(repository), lease_seconds=git.lock_lease_seconds)
         if await lock.acquire(0.0 if inline else ACQUIRE_WAIT_SECONDS) is not LockOutcome.ACQUIRED:
             if inline:
