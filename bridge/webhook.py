@@ -34,10 +34,10 @@ from starlette.responses import Response
 from bridge import metrics, organizations
 from bridge.auth import WebhookAuth
 from bridge.body import BodyError, BodyLimits, read_json
+from bridge.clock import now_iso
 from bridge.events import BuildEvent, Ignored, InvalidEvent, parse_event
-from bridge.logs import SecretFilter
+from bridge.logs import PreparedLine, SecretFilter
 from bridge.queue import BuildEnqueuer, Keys, deployment_id
-from bridge.records import now_iso
 from bridge.routing import RoutingConfig, match_event
 from bridge.settings import Settings
 
@@ -73,6 +73,7 @@ class Intake:
         self.organizations = organizations.configured(settings.azure_devops)
         self.retention_s = max(settings.retention_days * 86400, 3600.0)
         self.scrubber = SecretFilter(settings.secret_values())  # reasons may quote the body
+        self.line = PreparedLine(log, self.scrubber)  # one per webhook
         self._enqueuer: BuildEnqueuer | None = None
 
     def enqueuer(self, redis: ArqRedis) -> BuildEnqueuer:
@@ -179,18 +180,15 @@ async def azure_devops(request: Request) -> Response:
         response.headers.append(name, value)
     metrics.count_webhook(answer.event_type, answer.outcome, time.perf_counter() - started)
     event = answer.event
-    log.info(
-        "azure-devops webhook " + answer.outcome,  # no %-args: LogRecord tests one-argument args for a Mapping (ABC)
-        extra={
-            "outcome": answer.outcome,
-            "status": answer.status,
-            "event_type": answer.event_type,
-            "event_id": answer.event_id,
-            "build_id": event.build_id if event else None,
-            "build_key": event.build_key if event else None,
-            # configured name, or (unknown organization) the normalised URL the payload claims
-            "organization": (event.organization or organizations.url_key(event.base_url)) if event else None,
-            "reason": answer.reason,
-        },
-    )
+    intake.line.info("azure-devops webhook " + answer.outcome, {
+        "outcome": answer.outcome,
+        "status": answer.status,
+        "event_type": answer.event_type,
+        "event_id": answer.event_id,
+        "build_id": event.build_id if event else None,
+        "build_key": event.build_key if event else None,
+        # configured name, or (unknown organization) the normalised URL the payload claims
+        "organization": (event.organization or organizations.url_key(event.base_url)) if event else None,
+        "reason": answer.reason,
+    })
     return response

@@ -555,6 +555,28 @@ def fuzz_server(db_url: str, serve: Callable[[Any], Any]) -> tuple[str, str]:
 
 
 # -- logs ------------------------------------------------------------------------------------------------------------
+def test_a_secret_in_any_payload_field_is_masked_in_the_webhook_line(db_url: str, serve: Callable[[Any], Any]) -> None:
+    settings = make_settings(db_url)
+    server = serve(create_app(settings, routing()))
+    body = full_build(31337)
+    body["id"] = f"event-{TOKEN}"  # event_id
+    body["resourceContainers"]["collection"]["baseUrl"] = f"https://dev.azure.com/{TOKEN_ROTATED}/"  # organization
+    body["resourceContainers"].pop("account", None)
+    body["resource"]["project"]["id"] = f"project-{BASIC_PASSWORD}"  # build_key
+    stream = io.StringIO()
+    handler = configure_logging(settings, stream=stream)
+    try:
+        response = httpx.post(server.url + URL, json=body, headers=token_headers(), timeout=10)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(logging.WARNING)
+    assert response.status_code == 202 and response.json()["status"] == "queued"
+    [line] = [x for x in stream.getvalue().splitlines() if "azure-devops webhook" in x]
+    assert "build_id=31337" in line and "event_id=event-***" in line and "organization=dev.azure.com/***" in line
+    for secret in settings.secret_values():
+        assert secret not in line
+
+
 def test_no_secret_in_logs_answers_or_metrics(db_url: str, serve: Callable[[Any], Any], private_redis: Any) -> None:
     settings = make_settings(private_redis.url)
     settings.log_level = "DEBUG"
