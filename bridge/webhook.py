@@ -18,7 +18,6 @@ organization is matched against the configured ones without any network call (`b
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import time
@@ -82,7 +81,8 @@ class Intake:
         if self._enqueuer is None or self._enqueuer.redis is not redis:
             self._enqueuer = BuildEnqueuer(redis, self.keys, self.queue_name, self.retention_s,
                                            min_replicas=self.settings.redis_min_replicas,
-                                           replica_wait_ms=self.settings.redis_replica_wait_ms)
+                                           replica_wait_ms=self.settings.redis_replica_wait_ms,
+                                           timeout_s=REDIS_TIMEOUT_S)
         return self._enqueuer
 
 
@@ -151,8 +151,7 @@ async def handle(intake: Intake, request: Request) -> Answer:
     ]
     payload = {"event": event.to_json(), "received": now_iso()}
     try:
-        async with asyncio.timeout(REDIS_TIMEOUT_S):
-            done = await intake.enqueuer(request.app.state.redis).enqueue(payload, build_key)
+        done = await intake.enqueuer(request.app.state.redis).enqueue(payload, build_key)
     except (RedisError, OSError, TimeoutError) as exc:
         metrics.ENQUEUE_FAILURES.inc()
         log.warning("enqueue failed: %s", type(exc).__name__)
