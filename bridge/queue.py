@@ -46,16 +46,18 @@ SOCKET_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 2.0
 
 
-def open_redis(settings: Settings, url: str | None = None) -> ArqRedis:
+def open_redis(settings: Settings, url: str | None = None, *,
+               socket_timeout: float | None = SOCKET_TIMEOUT_S) -> ArqRedis:
     """A pool for the bridge's Redis (no I/O yet: connections are made on first use and re-made after a drop).
 
     Unlike `arq.create_pool` it bounds every command (`SOCKET_TIMEOUT_S`), retries a command once on a dropped
     connection, and never gives up at start: callers decide how long to wait (the worker waits for ever, the web
-    process answers 503 meanwhile)."""
+    process answers 503 meanwhile). `socket_timeout=None` is for a caller that bounds every use itself
+    (`BuildEnqueuer`): redis-py arms a timer for each reply it reads when the pool has a socket timeout."""
     rs = redis_settings(settings, url)
     kwargs: dict[str, Any] = {
         "db": rs.database, "username": rs.username, "password": rs.password, "encoding": "utf8",
-        "socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "socket_timeout": socket_timeout, "socket_connect_timeout": CONNECT_TIMEOUT_S,
         "retry": RedisRetry(ExponentialBackoff(cap=0.5, base=0.05), 1),
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],
         "health_check_interval": 15,

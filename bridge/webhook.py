@@ -76,7 +76,7 @@ class Intake:
         self._enqueuer: BuildEnqueuer | None = None
 
     def enqueuer(self, redis: ArqRedis) -> BuildEnqueuer:
-        """The batching enqueuer of the app's current queue pool (a new pool, e.g. after a restart of the lifespan,
+        """The batching enqueuer of the app's current intake pool (a new pool, e.g. after a restart of the lifespan,
         gets a new one)."""
         if self._enqueuer is None or self._enqueuer.redis is not redis:
             self._enqueuer = BuildEnqueuer(redis, self.keys, self.queue_name, self.retention_s,
@@ -151,7 +151,7 @@ async def handle(intake: Intake, request: Request) -> Answer:
     ]
     payload = {"event": event.to_json(), "received": now_iso()}
     try:
-        done = await intake.enqueuer(request.app.state.redis).enqueue(payload, build_key)
+        done = await intake.enqueuer(request.app.state.intake_redis).enqueue(payload, build_key)
     except (RedisError, OSError, TimeoutError) as exc:
         metrics.ENQUEUE_FAILURES.inc()
         log.warning("enqueue failed: %s", type(exc).__name__)

@@ -8,6 +8,7 @@ import copy
 import io
 import json
 import logging
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from arq.jobs import deserialize_job
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge import metrics
+from bridge import metrics, webhook
 from bridge.app import create_app
 from bridge.events import BuildEvent
 from bridge.logs import configure_logging
@@ -454,6 +455,20 @@ def test_redis_down_is_503_and_recovers_without_restart(private_redis: Any, serv
         build_job_id(f"dev.azure.com/fabrikamfiber:33dd33dd-ee44-ff55-aa66-77bb77bb77bb:{b}") for b in (2, 4))
 
 
+
+def test_a_hung_redis_is_503_after_the_enqueue_timeout(private_redis: Any, serve: Callable[[Any], Any],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(webhook, "REDIS_TIMEOUT_S", 0.5)
+    server = serve(create_app(make_settings(private_redis.url), routing()))
+    with httpx.Client(base_url=server.url, timeout=20) as c:
+        assert c.post(URL, json=full_build(1), headers=token_headers()).json()["status"] == "queued"
+        private_redis.process.send_signal(signal.SIGSTOP)  # connections stay open, nothing answers
+        try:
+            hung = c.post(URL, json=full_build(2), headers=token_headers())
+        finally:
+            private_redis.process.send_signal(signal.SIGCONT)
+        assert hung.status_code == 503 and hung.json()["status"] == "unavailable"
+        assert c.post(URL, json=full_build(3), headers=token_headers()).json()["status"] == "queued"
 # -- fuzzing ---------------------------------------------------------------------------------------------------------
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.floats(allow_nan=False,
