@@ -7,9 +7,11 @@
    the bridge's reader (`bridge.yamlload.safe_load`: libyaml with YAML 1.2 meaning), the whole
    `bridge.routing.load_routing` (reading + validation), and ruamel's safe loader (what the bridge used before).
 2. Start-up, `--starts` times per run, each a fresh process: `python -c "import starlette, redis, uvicorn"` (the
-   anchor), `python -c "import bridge.app"`, and `gitops-bridge web` from exec to the first `/readyz` 200 with a
-   1-route and with the big routing file (private redis-server from `bridge.embedded_redis`, free port); the web
-   process's VmRSS once ready. Each start's CPU time (user + system, of the child; `/proc/<pid>/stat` for the web
+   anchor), the anchor plus `pydantic_settings` with the collector off as `gitops-bridge` starts (the settings
+   library, which the web must load before it can read its configuration: a floor under its start-up), `python -c
+   "import bridge.app"`, and `gitops-bridge web` from exec to the first `/readyz` 200 with a 1-route and with the
+   big routing file (private redis-server from `bridge.embedded_redis`, free port); the web process's VmRSS once
+   ready. Each start's CPU time (user + system, of the child; `/proc/<pid>/stat` for the web
    process when ready) is printed too: on a shared machine the wall-clock ratio moves with the load, the CPU ratio
    much less.
 Printed: medians over the runs (min–max), ratios to the anchors of the same run, the load average.
@@ -175,7 +177,7 @@ def main() -> None:
               f"load average {load()}")
         figures: dict[str, list[float]] = {k: [] for k in (
             "c", "ours", "routing", "ruamel", "import-anchor", "import-app", "ready-1", "ready-big", "rss-1",
-            "rss-big", "cpu-anchor", "cpu-1", "cpu-big")}
+            "rss-big", "cpu-anchor", "cpu-1", "cpu-big", "cpu-pydantic")}
         for run in range(args.runs):
             figures["c"].append(timed(yaml.load, text, yaml.CSafeLoader))
             figures["ours"].append(timed(safe_load, text))
@@ -185,6 +187,9 @@ def main() -> None:
             anchors = [process_time("import starlette, redis, uvicorn") for _ in range(args.starts)]
             figures["import-anchor"].append(statistics.median(a[0] for a in anchors))
             figures["cpu-anchor"].append(statistics.median(a[1] for a in anchors))
+            figures["cpu-pydantic"].append(statistics.median(
+                process_time("import gc; gc.disable(); import starlette, redis, uvicorn, pydantic_settings")[1]
+                for _ in range(args.starts)))
             figures["import-app"].append(statistics.median(
                 process_time("import bridge.app")[0] for _ in range(args.starts)))
             for name, config in (("1", small), ("big", big)):
@@ -216,6 +221,8 @@ def main() -> None:
         print(f"  CPU time: anchor {across_ms(figures['cpu-anchor'])}; web until ready, 1 route "
               f"{across_ms(figures['cpu-1'])} = {ratio('cpu-1', 'cpu-anchor')}×; {args.routes} routes "
               f"{across_ms(figures['cpu-big'])} = {ratio('cpu-big', 'cpu-anchor')}×")
+        print(f"  CPU time of the anchor plus pydantic_settings, collector off (a floor under the web's start-up): "
+              f"{across_ms(figures['cpu-pydantic'])} = {ratio('cpu-pydantic', 'cpu-anchor')}× the anchor")
         print(f"  web VmRSS when ready: 1 route {statistics.median(figures['rss-1']) / 2**20:.0f} MB, {args.routes} "
               f"routes {statistics.median(figures['rss-big']) / 2**20:.0f} MB = {ratio('rss-big', 'rss-1')}×")
         print(f"load average after the runs: {load()}")

@@ -6,6 +6,7 @@ Shared resources live on `app.state` (made by the lifespan, read by handlers as 
     routing   bridge.routing.RoutingConfig
     intake    bridge.webhook.Intake
     redis     arq.connections.ArqRedis (the queue pool; only while the lifespan runs)
+    intake_redis  the pool the webhook's enqueues use (no per-reply timeout: the enqueuer bounds each round trip)
 
 Other endpoints join through `extra_routes` (e.g. `create_app(settings, extra_routes=bridge.api.routes)`).
 """
@@ -143,19 +144,21 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         pool = open_redis(settings)  # connects on first use: a Redis outage at start gives 503s, not a crash
-        app.state.redis = pool
+        intake_pool = open_redis(settings, socket_timeout=None)
+        app.state.redis, app.state.intake_redis = pool, intake_pool
         try:
             yield
         finally:
-            app.state.redis = None
+            app.state.redis = app.state.intake_redis = None
             await pool.aclose()
+            await intake_pool.aclose()
 
     app = Starlette(routes=[*CORE_ROUTES, *extra_routes], exception_handlers=EXCEPTION_HANDLERS,
                     middleware=[Middleware(InternalErrors)], lifespan=lifespan)
     app.state.settings = settings
     app.state.routing = routing
     app.state.intake = intake
-    app.state.redis = None
+    app.state.redis = app.state.intake_redis = None
     return app
 
 

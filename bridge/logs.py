@@ -12,9 +12,9 @@ import json
 import logging
 import sys
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any
 
+from bridge.clock import iso_ms
 from bridge.settings import Settings
 
 MASK = "***"
@@ -23,7 +23,14 @@ _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
 
 
 def fields_of(record: logging.LogRecord) -> dict[str, Any]:
+    """The record's structured fields: what came in through `extra=`, in that order."""
     return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and k[:1] != "_"}
+
+
+def _written_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The fields as SecretFilter left them (scrubbed, collected once per record), else read from the record."""
+    fields: dict[str, Any] | None = record.__dict__.get("_fields")
+    return fields if fields is not None else fields_of(record)
 
 
 # Credentials learnt while running (a pipeline gate's AuthToken): every SecretFilter masks them too, until forgotten.
@@ -55,27 +62,66 @@ class SecretFilter(logging.Filter):
     def scrub(self, text: str) -> str:
         return _scrub(text, self._all())
 
+    def found_in(self, texts: Iterable[str]) -> list[str]:
+        """The secrets (longest first) that occur in any of `texts`: one search per secret over all of them (the
+        usual answer, nothing, costs no more). A secret inside any text is inside the whole."""
+        secrets = self._all()
+        if not secrets:
+            return []
+        whole = "\0".join(texts)
+        return [secret for secret in secrets if secret in whole]
+
     def filter(self, record: logging.LogRecord) -> bool:
-        secrets = self._all()  # once per record: a log line per webhook passes here
+        if record.__dict__.get("_scrubbed_with") == self.secrets:  # a PreparedLine with our secrets: done already
+            return True
+        secrets = self._all()  # once per record
         if not secrets:
             return True
         message = record.getMessage()
-        record.msg, record.args = _scrub(message, secrets), None
+        record.msg, record.args = message, None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = _scrub(record.exc_text, secrets)
-            record.exc_info = None  # the scrubbed text is what gets written
-        if record.stack_info:
-            record.stack_info = _scrub(record.stack_info, secrets)
-        for key, value in fields_of(record).items():
-            if value is None or isinstance(value, int | float):  # bool is an int
-                continue
-            text = value if isinstance(value, str) else str(value)
-            scrubbed = _scrub(text, secrets)
-            if scrubbed is not value:
-                setattr(record, key, scrubbed)
+        record.exc_info = None if record.exc_text else record.exc_info  # the scrubbed text is what gets written
+        fields = fields_of(record)
+        texts = {key: value if isinstance(value, str) else str(value) for key, value in fields.items()
+                 if value is not None and not isinstance(value, int | float)}  # bool is an int
+        found = self.found_in([message, record.exc_text or "", record.stack_info or "", *texts.values()])
+        if found:  # only the secrets found are replaced, part by part
+            record.msg = _scrub(message, found)
+            if record.exc_text:
+                record.exc_text = _scrub(record.exc_text, found)
+            if record.stack_info:
+                record.stack_info = _scrub(record.stack_info, found)
+            for key, text in texts.items():
+                scrubbed = _scrub(text, found)
+                if scrubbed is not text:
+                    setattr(record, key, scrubbed)
+                    fields[key] = scrubbed
+        record._fields = fields  # what the formatters write, already scrubbed
         return True
+
+
+class PreparedLine:
+    """A structured log line on a hot path (the intake writes one per webhook), cheaper than `logger.info(message,
+    extra=fields)` and written the same: the message and the text fields are searched for secrets here, once, and
+    only a secret found there is masked; the record then carries what it was checked against, so a SecretFilter with
+    the same secrets lets it pass without searching again (one with other secrets searches as usual), and its fields,
+    so the formatters need not collect them. Numbers are written as they are, as SecretFilter does."""
+
+    def __init__(self, logger: logging.Logger, scrubber: SecretFilter) -> None:
+        self.logger, self.scrubber = logger, scrubber
+
+    def info(self, message: str, fields: dict[str, Any]) -> None:
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
+        texts = {key: value if isinstance(value, str) else str(value) for key, value in fields.items()
+                 if value is not None and not isinstance(value, int | float)}  # bool is an int
+        found = self.scrubber.found_in([message, *texts.values()])
+        if found:
+            message = _scrub(message, found)
+            fields = fields | {key: _scrub(text, found) for key, text in texts.items()}
+        # `fields` again under `_fields`: the formatters' own copy (a filter that masks a field updates both)
+        self.logger.info(message, extra={**fields, "_fields": fields, "_scrubbed_with": self.scrubber.secrets})
 
 
 def _scrub(text: str, secrets: list[str]) -> str:
@@ -85,18 +131,14 @@ def _scrub(text: str, secrets: list[str]) -> str:
     return text
 
 
-def _timestamp(record: logging.LogRecord) -> str:
-    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 class TextFormatter(logging.Formatter):
     """`2025-01-01T00:00:00.000Z INFO bridge.webhook message key=value ...`"""
 
     def format(self, record: logging.LogRecord) -> str:
-        parts = [_timestamp(record), record.levelname, record.name, record.getMessage()]
-        for key, value in fields_of(record).items():
+        parts = [iso_ms(record.created), record.levelname, record.name, record.getMessage()]
+        for key, value in _written_fields(record).items():
             if value is not None:
-                text = str(value)
+                text = value if isinstance(value, str) else str(value)
                 parts.append(f"{key}={json.dumps(text) if (' ' in text or not text) else text}")
         line = " ".join(parts)
         if record.exc_info and not record.exc_text:
@@ -109,12 +151,12 @@ class TextFormatter(logging.Formatter):
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
-            "time": _timestamp(record),
+            "time": iso_ms(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
-        data.update({k: v for k, v in fields_of(record).items() if v is not None})
+        data.update({k: v for k, v in _written_fields(record).items() if v is not None})
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:

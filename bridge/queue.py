@@ -46,16 +46,18 @@ SOCKET_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 2.0
 
 
-def open_redis(settings: Settings, url: str | None = None) -> ArqRedis:
+def open_redis(settings: Settings, url: str | None = None, *,
+               socket_timeout: float | None = SOCKET_TIMEOUT_S) -> ArqRedis:
     """A pool for the bridge's Redis (no I/O yet: connections are made on first use and re-made after a drop).
 
     Unlike `arq.create_pool` it bounds every command (`SOCKET_TIMEOUT_S`), retries a command once on a dropped
     connection, and never gives up at start: callers decide how long to wait (the worker waits for ever, the web
-    process answers 503 meanwhile)."""
+    process answers 503 meanwhile). `socket_timeout=None` is for a caller that bounds every use itself
+    (`BuildEnqueuer`): redis-py arms a timer for each reply it reads when the pool has a socket timeout."""
     rs = redis_settings(settings, url)
     kwargs: dict[str, Any] = {
         "db": rs.database, "username": rs.username, "password": rs.password, "encoding": "utf8",
-        "socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "socket_timeout": socket_timeout, "socket_connect_timeout": CONNECT_TIMEOUT_S,
         "retry": RedisRetry(ExponentialBackoff(cap=0.5, base=0.05), 1),
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],
         "health_check_interval": 15,
@@ -325,13 +327,18 @@ class BuildEnqueuer:
 
     Each call is still its own atomic Lua script and gets its own answer: queued, duplicate, or its own error (a
     round trip that fails, or too few replicas, fails exactly the calls it carried). A caller that stops waiting
-    (timeout) is left out of the next round trip, or ignored by the one already carrying its call."""
+    (cancelled) is left out of the next round trip, or ignored by the one already carrying its call.
+
+    Every round trip is bounded by `timeout_s` (one timer per round trip, not per call): one that takes longer fails
+    with TimeoutError the calls it carried and those waiting for the next (Redis is not answering), so no caller
+    waits much longer than `timeout_s`."""
 
     def __init__(self, redis: ArqRedis, keys: Keys, queue_name: str, retention_s: float, *, min_replicas: int = 0,
-                 replica_wait_ms: int = 1000, max_batch: int = 256) -> None:
+                 replica_wait_ms: int = 1000, max_batch: int = 256, timeout_s: float = 5.0) -> None:
         self.redis = redis
         self.keys, self.queue_name, self.retention_s = keys, queue_name, retention_s
         self.min_replicas, self.replica_wait_ms, self.max_batch = min_replicas, replica_wait_ms, max_batch
+        self.timeout_s = timeout_s
         self._waiting: list[tuple[tuple[Any, ...], asyncio.Future[int]]] = []
         self._sender: asyncio.Task[None] | None = None
 
@@ -352,15 +359,18 @@ class BuildEnqueuer:
             if not batch:
                 continue
             try:
-                results = await _run_enqueues(self.redis, [call for call, _ in batch], self.min_replicas,
-                                              self.replica_wait_ms)
-            except BaseException as exc:  # the round trip failed: every call in it fails (cancelled: the rest too)
-                failed = batch if isinstance(exc, Exception) else batch + self._waiting
+                async with asyncio.timeout(self.timeout_s):
+                    results = await _run_enqueues(self.redis, [call for call, _ in batch], self.min_replicas,
+                                                  self.replica_wait_ms)
+            except BaseException as exc:  # the round trip failed: every call in it fails (timed out, cancelled: all)
+                everyone = isinstance(exc, TimeoutError) or not isinstance(exc, Exception)
+                failed = batch + self._waiting if everyone else batch
                 for _, future in failed:
                     if not future.done():
                         future.set_exception(exc if isinstance(exc, Exception) else RedisError("enqueue cancelled"))
-                if not isinstance(exc, Exception):
+                if everyone:
                     self._waiting = []
+                if not isinstance(exc, Exception):
                     raise
                 continue
             for (_, future), result in zip(batch, results, strict=True):

@@ -15,7 +15,6 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -23,6 +22,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
+from bridge.clock import now_iso
 from bridge.lifecycle import ACTIVE_STATES, IN_FLIGHT_STATES, VERDICTS, Kind, State, Verdict, allowed
 from bridge.queue import Keys, add_job
 from bridge.routing import Environment, Route
@@ -74,10 +74,6 @@ def decode_record(raw: bytes | str) -> DeploymentRecord:
         unpacker = zlib.decompressobj(-15, RECORD_ZDICT_V1)
         raw = unpacker.decompress(raw[1:]) + unpacker.flush()
     return DeploymentRecord.model_validate_json(raw)
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class DeploymentRecord(BaseModel):

@@ -18,7 +18,6 @@ organization is matched against the configured ones without any network call (`b
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import time
@@ -34,10 +33,10 @@ from starlette.responses import Response
 from bridge import metrics, organizations
 from bridge.auth import WebhookAuth
 from bridge.body import BodyError, BodyLimits, read_json
+from bridge.clock import now_iso
 from bridge.events import BuildEvent, Ignored, InvalidEvent, parse_event
-from bridge.logs import SecretFilter
+from bridge.logs import PreparedLine, SecretFilter
 from bridge.queue import BuildEnqueuer, Keys, deployment_id
-from bridge.records import now_iso
 from bridge.routing import RoutingConfig, match_event
 from bridge.settings import Settings
 
@@ -73,15 +72,17 @@ class Intake:
         self.organizations = organizations.configured(settings.azure_devops)
         self.retention_s = max(settings.retention_days * 86400, 3600.0)
         self.scrubber = SecretFilter(settings.secret_values())  # reasons may quote the body
+        self.line = PreparedLine(log, self.scrubber)  # one per webhook
         self._enqueuer: BuildEnqueuer | None = None
 
     def enqueuer(self, redis: ArqRedis) -> BuildEnqueuer:
-        """The batching enqueuer of the app's current queue pool (a new pool, e.g. after a restart of the lifespan,
+        """The batching enqueuer of the app's current intake pool (a new pool, e.g. after a restart of the lifespan,
         gets a new one)."""
         if self._enqueuer is None or self._enqueuer.redis is not redis:
             self._enqueuer = BuildEnqueuer(redis, self.keys, self.queue_name, self.retention_s,
                                            min_replicas=self.settings.redis_min_replicas,
-                                           replica_wait_ms=self.settings.redis_replica_wait_ms)
+                                           replica_wait_ms=self.settings.redis_replica_wait_ms,
+                                           timeout_s=REDIS_TIMEOUT_S)
         return self._enqueuer
 
 
@@ -150,8 +151,7 @@ async def handle(intake: Intake, request: Request) -> Answer:
     ]
     payload = {"event": event.to_json(), "received": now_iso()}
     try:
-        async with asyncio.timeout(REDIS_TIMEOUT_S):
-            done = await intake.enqueuer(request.app.state.redis).enqueue(payload, build_key)
+        done = await intake.enqueuer(request.app.state.intake_redis).enqueue(payload, build_key)
     except (RedisError, OSError, TimeoutError) as exc:
         metrics.ENQUEUE_FAILURES.inc()
         log.warning("enqueue failed: %s", type(exc).__name__)
@@ -179,18 +179,15 @@ async def azure_devops(request: Request) -> Response:
         response.headers.append(name, value)
     metrics.count_webhook(answer.event_type, answer.outcome, time.perf_counter() - started)
     event = answer.event
-    log.info(
-        "azure-devops webhook " + answer.outcome,  # no %-args: LogRecord tests one-argument args for a Mapping (ABC)
-        extra={
-            "outcome": answer.outcome,
-            "status": answer.status,
-            "event_type": answer.event_type,
-            "event_id": answer.event_id,
-            "build_id": event.build_id if event else None,
-            "build_key": event.build_key if event else None,
-            # configured name, or (unknown organization) the normalised URL the payload claims
-            "organization": (event.organization or organizations.url_key(event.base_url)) if event else None,
-            "reason": answer.reason,
-        },
-    )
+    intake.line.info("azure-devops webhook " + answer.outcome, {
+        "outcome": answer.outcome,
+        "status": answer.status,
+        "event_type": answer.event_type,
+        "event_id": answer.event_id,
+        "build_id": event.build_id if event else None,
+        "build_key": event.build_key if event else None,
+        # configured name, or (unknown organization) the normalised URL the payload claims
+        "organization": (event.organization or organizations.url_key(event.base_url)) if event else None,
+        "reason": answer.reason,
+    })
     return response

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bridge.logs import MASK, SecretFilter, configure_logging
+from bridge.logs import MASK, PreparedLine, SecretFilter, configure_logging, forget_secret, remember_secret
 from bridge.settings import Settings
 
 SECRETS = {"webhook": {"tokens": ["hook-token-1"], "basic": ["ado:basic-pass-9"]},
@@ -85,3 +85,82 @@ def test_reconfiguring_replaces_our_handler(capture: tuple[io.StringIO, Settings
 def test_filter_masks_longest_secret_first() -> None:
     f = SecretFilter(["abcd", "abcdefgh", ""])
     assert f.scrub("x abcdefgh y abcd") == f"x {MASK} y {MASK}"
+
+
+# -- PreparedLine: the intake's line per webhook -------------------------------------------------------------------
+FIELDS = {"outcome": "queued", "status": 202, "event_id": "e-1", "build_id": 5, "build_key": "org:p:5",
+          "organization": None, "reason": "a b"}
+
+
+def test_prepared_line_writes_what_logger_info_writes(capture: tuple[io.StringIO, Settings]) -> None:
+    stream, settings = capture
+    log = logging.getLogger("bridge.webhook")
+    log.info("azure-devops webhook queued", extra=FIELDS)
+    PreparedLine(log, SecretFilter(settings.secret_values())).info("azure-devops webhook queued", FIELDS)
+    generic, prepared = (line.split(" ", 1)[1] for line in stream.getvalue().splitlines())  # after the time
+    assert prepared == generic
+    assert prepared == "INFO bridge.webhook azure-devops webhook queued outcome=queued status=202 event_id=e-1 " \
+                       "build_id=5 build_key=org:p:5 reason=\"a b\""
+
+
+def test_prepared_line_json_and_record_fields_match_logger_info() -> None:
+    settings = Settings(log_json=True, **SECRETS)  # type: ignore[arg-type]
+    stream = io.StringIO()
+    handler = configure_logging(settings, stream=stream)
+    records: list[logging.LogRecord] = []
+    keep = logging.Handler()
+    keep.emit = records.append  # type: ignore[method-assign]
+    log = logging.getLogger("bridge.webhook")
+    log.addHandler(keep)
+    try:
+        log.info("azure-devops webhook queued", extra=FIELDS)
+        PreparedLine(log, SecretFilter(settings.secret_values())).info("azure-devops webhook queued", FIELDS)
+    finally:
+        log.removeHandler(keep)
+        logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(logging.WARNING)
+    generic, prepared = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert {**prepared, "time": ""} == {**generic, "time": ""}
+    assert all(getattr(records[1], key) == value for key, value in FIELDS.items())
+
+
+class Shown:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def test_prepared_line_masks_a_secret_in_any_field(capture: tuple[io.StringIO, Settings]) -> None:
+    stream, settings = capture
+    line = PreparedLine(logging.getLogger("bridge.webhook"), SecretFilter(settings.secret_values()))
+    remember_secret("gate-token-5150")
+    try:
+        for secret in [*settings.secret_values(), "gate-token-5150"]:
+            for key in ("event_id", "build_key", "organization", "reason", "object"):
+                value = Shown(f"x{secret}y") if key == "object" else f"https://x/{secret}/y"
+                line.info(f"azure-devops webhook {secret}", {**FIELDS, key: value})
+    finally:
+        forget_secret("gate-token-5150")
+    output = stream.getvalue()
+    assert output.count("\n") == 5 * (len(settings.secret_values()) + 1)
+    for secret in [*settings.secret_values(), "gate-token-5150"]:
+        assert secret not in output
+    assert "object=x***y" in output and "build_key=https://x/***/y" in output
+
+
+def test_a_handler_with_other_secrets_still_scrubs_a_prepared_line(capture: tuple[io.StringIO, Settings]) -> None:
+    stream, settings = capture
+    other = io.StringIO()
+    handler = logging.StreamHandler(other)
+    handler.addFilter(SecretFilter(["elsewhere-secret-42"]))
+    log = logging.getLogger("bridge.webhook")
+    log.addHandler(handler)
+    try:
+        PreparedLine(log, SecretFilter(settings.secret_values())).info(
+            "azure-devops webhook queued", {**FIELDS, "event_id": "elsewhere-secret-42 hook-token-1"})
+    finally:
+        log.removeHandler(handler)
+    assert "elsewhere-secret-42" not in other.getvalue() and "event_id" not in other.getvalue()  # plain format
+    assert 'event_id="*** ***"' in stream.getvalue()  # the record is shared: each filter's mask stays on it

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from typing import Any
 
 import pytest
@@ -135,5 +136,28 @@ async def test_a_caller_that_gives_up_does_not_disturb_the_others(private_redis:
         with pytest.raises(asyncio.CancelledError):
             await impatient
         assert (await batcher.enqueue(event(4), "org:p:4")).status == "queued"
+    finally:
+        await redis.aclose()
+
+
+async def test_a_round_trip_redis_does_not_answer_in_time_fails_its_calls_and_the_waiting_ones(
+    private_redis: PrivateRedis,
+) -> None:
+    redis = pool(private_redis)
+    process = private_redis.process
+    assert process is not None
+    try:
+        batcher = enqueuer(redis, timeout_s=0.5)
+        await batcher.enqueue(event(1), "org:p:1")  # connected
+        process.send_signal(signal.SIGSTOP)  # a hung server: the connection stays open, nothing answers
+        try:
+            carried = asyncio.create_task(batcher.enqueue(event(2), "org:p:2"))
+            await asyncio.sleep(0.1)  # its round trip is under way
+            waiting = [asyncio.create_task(batcher.enqueue(event(b), f"org:p:{b}")) for b in (3, 4)]
+            results = await asyncio.gather(carried, *waiting, return_exceptions=True)
+        finally:
+            process.send_signal(signal.SIGCONT)
+        assert all(isinstance(r, TimeoutError) for r in results), results
+        assert (await batcher.enqueue(event(5), "org:p:5")).status == "queued"
     finally:
         await redis.aclose()

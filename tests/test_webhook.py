@@ -8,6 +8,7 @@ import copy
 import io
 import json
 import logging
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from arq.jobs import deserialize_job
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge import metrics
+from bridge import metrics, webhook
 from bridge.app import create_app
 from bridge.events import BuildEvent
 from bridge.logs import configure_logging
@@ -454,6 +455,20 @@ def test_redis_down_is_503_and_recovers_without_restart(private_redis: Any, serv
         build_job_id(f"dev.azure.com/fabrikamfiber:33dd33dd-ee44-ff55-aa66-77bb77bb77bb:{b}") for b in (2, 4))
 
 
+
+def test_a_hung_redis_is_503_after_the_enqueue_timeout(private_redis: Any, serve: Callable[[Any], Any],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(webhook, "REDIS_TIMEOUT_S", 0.5)
+    server = serve(create_app(make_settings(private_redis.url), routing()))
+    with httpx.Client(base_url=server.url, timeout=20) as c:
+        assert c.post(URL, json=full_build(1), headers=token_headers()).json()["status"] == "queued"
+        private_redis.process.send_signal(signal.SIGSTOP)  # connections stay open, nothing answers
+        try:
+            hung = c.post(URL, json=full_build(2), headers=token_headers())
+        finally:
+            private_redis.process.send_signal(signal.SIGCONT)
+        assert hung.status_code == 503 and hung.json()["status"] == "unavailable"
+        assert c.post(URL, json=full_build(3), headers=token_headers()).json()["status"] == "queued"
 # -- fuzzing ---------------------------------------------------------------------------------------------------------
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.floats(allow_nan=False,
@@ -555,6 +570,28 @@ def fuzz_server(db_url: str, serve: Callable[[Any], Any]) -> tuple[str, str]:
 
 
 # -- logs ------------------------------------------------------------------------------------------------------------
+def test_a_secret_in_any_payload_field_is_masked_in_the_webhook_line(db_url: str, serve: Callable[[Any], Any]) -> None:
+    settings = make_settings(db_url)
+    server = serve(create_app(settings, routing()))
+    body = full_build(31337)
+    body["id"] = f"event-{TOKEN}"  # event_id
+    body["resourceContainers"]["collection"]["baseUrl"] = f"https://dev.azure.com/{TOKEN_ROTATED}/"  # organization
+    body["resourceContainers"].pop("account", None)
+    body["resource"]["project"]["id"] = f"project-{BASIC_PASSWORD}"  # build_key
+    stream = io.StringIO()
+    handler = configure_logging(settings, stream=stream)
+    try:
+        response = httpx.post(server.url + URL, json=body, headers=token_headers(), timeout=10)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(logging.WARNING)
+    assert response.status_code == 202 and response.json()["status"] == "queued"
+    [line] = [x for x in stream.getvalue().splitlines() if "azure-devops webhook" in x]
+    assert "build_id=31337" in line and "event_id=event-***" in line and "organization=dev.azure.com/***" in line
+    for secret in settings.secret_values():
+        assert secret not in line
+
+
 def test_no_secret_in_logs_answers_or_metrics(db_url: str, serve: Callable[[Any], Any], private_redis: Any) -> None:
     settings = make_settings(private_redis.url)
     settings.log_level = "DEBUG"
