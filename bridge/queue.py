@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -205,10 +206,19 @@ def add_job(pipe: Any, queue_name: str, function: str, args: tuple[Any, ...], jo
     """Queue a job on a MULTI pipeline exactly as arq's `enqueue_job` writes it (job key with expiry, queue zset), so
     it commits or not together with the rest of the transaction. A job of that id already queued stays queued (the
     queue entry keeps its score)."""
+    add_jobs(pipe, queue_name, [(function, args, job_id)])
+
+
+def add_jobs(pipe: Any, queue_name: str, jobs: Iterable[tuple[str, tuple[Any, ...], str]]) -> None:
+    """`add_job` for many (function, args, job id): one job key each, one queue write for all of them."""
     enqueue_time_ms = int(time.time() * 1000)
-    job = serialize_job(function, args, {}, None, enqueue_time_ms, serializer=None)
-    pipe.psetex(job_key_prefix + job_id, expires_extra_ms, job)
-    pipe.zadd(queue_name, {job_id: enqueue_time_ms}, nx=True)
+    queued: dict[str, int] = {}
+    for function, args, job_id in jobs:
+        job = serialize_job(function, args, {}, None, enqueue_time_ms, serializer=None)
+        pipe.psetex(job_key_prefix + job_id, expires_extra_ms, job)
+        queued[job_id] = enqueue_time_ms
+    if queued:
+        pipe.zadd(queue_name, queued, nx=True)
 
 
 def deployment_id(build_key: str, route: str, environment: str) -> str:
