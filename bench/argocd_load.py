@@ -21,7 +21,8 @@ The Argo CD fake (real socket) follows a real bare repository; one commit bumps 
 stays Progressing for a while before turning Healthy. The product's worker class (BridgeWorker) runs in a child
 process (so its RSS is the worker's alone) with the real verify/watch jobs and no-op reports. Prints Argo CD
 requests per second (status reads, refreshes, syncs) against the target of one status read per application per poll
-interval, and the worker's peak RSS. `BENCH_TRACE=file` logs every watcher tick, `BENCH_PROFILE=file` profiles it.
+interval, and the worker's peak RSS. `BENCH_TRACE=file` logs every watcher tick, `BENCH_PROFILE=file` profiles it
+(in the ladder from the push on).
 Starts its own redis-server (tests/redis_server.py) unless `--redis` names one (whose database it flushes).
 """
 
@@ -31,6 +32,7 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -103,11 +105,12 @@ def worker_process(redis_url: str, argocd_url: str, poll: float, apps: int, bare
     from workers.runtime import BridgeWorker
     from workers.verify import resume_watches, verify_deployment, watch_application
 
-    async def noop(ctx: dict[str, Any], *args: Any) -> None:
-        return None
-
     trace = os.environ.get("BENCH_TRACE")  # a path: one line per watcher tick (start, seconds, key, outcome)
     lines: list[str] = []
+
+    async def noop(ctx: dict[str, Any], *args: Any) -> None:
+        if trace:  # when the follow-up jobs ran, against the ticks
+            lines.append(f"{time.time():.3f} 0 - {ctx.get('job_id')}")
 
     async def traced_watch(ctx: dict[str, Any], key: str, cause: str = "tick") -> str:
         began = time.time()
@@ -141,7 +144,14 @@ def worker_process(redis_url: str, argocd_url: str, poll: float, apps: int, bare
     if profile:
         import cProfile
 
-        cProfile.runctx("asyncio.run(main())", globals(), {"asyncio": asyncio, "main": main}, profile)
+        profiler = cProfile.Profile()
+        # the ladder signals the push (SIGUSR1): the profile covers the verdicts, not the registration before them
+        signal.signal(signal.SIGUSR1, lambda *_: profiler.enable())
+        if not os.environ.get("BENCH_PROFILE_FROM_PUSH"):
+            profiler.enable()
+        asyncio.run(main())
+        profiler.disable()
+        profiler.dump_stats(profile)
     else:
         asyncio.run(main())
 
@@ -269,6 +279,8 @@ def ladder_run(redis_url: str, deployments: int, apps: int, poll: float, progres
             registration = asyncio.run(until_registered(redis_url, apps, deployments, proc))
             git(work, "push", "-q", "origin", "HEAD:main")
             pushed_at = time.time()
+            if os.environ.get("BENCH_PROFILE"):
+                os.kill(proc.pid, signal.SIGUSR1)
             if os.environ.get("BENCH_TRACE"):
                 print(f"    pushed at {pushed_at:.3f}", flush=True)
             peak_rss = until_done(proc, child, started + 900)
@@ -313,6 +325,7 @@ async def finished_times(redis_url: str) -> list[tuple[str, float, str]]:
 
 def run_ladder(args: argparse.Namespace, redis_url: str) -> None:
     steps = [int(x) for x in args.ladder.split(",")]
+    os.environ["BENCH_PROFILE_FROM_PUSH"] = "1"  # read by the worker child (BENCH_PROFILE)
     print(f"Argo CD ladder: apps={args.apps} poll={args.poll:g}s (the target bound for the lag) runs={args.runs} "
           f"fake: controller period {args.reconcile:g}s, {args.progressing} passes Progressing, then Healthy")
     print("per run: waiters | verdicts ok/other | registration s | reads/app/interval max, mean | "
