@@ -238,17 +238,28 @@ async def verdicts(redis_url: str, pushed_at: float = 0.0) -> tuple[Counter[str]
     return Counter(r.verdict or "in-flight" for r in records), sorted(lead)
 
 
-def until_done(proc: Any, child: psutil.Process, deadline: float) -> int:
-    """Wait for the worker process to end (burst mode: every wait decided); returns its peak RSS in bytes."""
+def until_done(proc: Any, child: psutil.Process, deadline: float, cpu: list[tuple[float, float]] | None = None) -> int:
+    """Wait for the worker process to end (burst mode: every wait decided); returns its peak RSS in bytes. With `cpu`,
+    appends (time, the worker's CPU seconds so far) every 0.1 s."""
     peak = 0
     while proc.is_alive() and time.time() < deadline:
         try:
             peak = max(peak, child.memory_info().rss)
+            if cpu is not None:
+                times = child.cpu_times()
+                cpu.append((time.time(), times.user + times.system))
         except psutil.Error:
             break
         time.sleep(0.1)
     proc.join(timeout=30)
     return peak
+
+
+def cpu_between(samples: list[tuple[float, float]], start: float, end: float) -> float:
+    """The worker's CPU seconds from `start` to `end` (from the 0.1 s samples around them)."""
+    before = max((c for t, c in samples if t <= start), default=0.0)
+    after = min((c for t, c in samples if t >= end), default=samples[-1][1] if samples else 0.0)
+    return after - before
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -284,7 +295,8 @@ def ladder_run(redis_url: str, deployments: int, apps: int, poll: float, progres
                 os.kill(proc.pid, signal.SIGUSR1)
             if os.environ.get("BENCH_TRACE"):
                 print(f"    pushed at {pushed_at:.3f}", flush=True)
-            peak_rss = until_done(proc, child, started + 900)
+            cpu: list[tuple[float, float]] = []
+            peak_rss = until_done(proc, child, started + 900, cpu)
             requests = [r for r in fake.requests if r.time >= started and r.method == "GET"
                         and r.path.startswith("/api/v1/applications/")]
             healthy = {name: t for t, name, health in fake.transitions if health == "Healthy" and t >= pushed_at}
@@ -298,6 +310,10 @@ def ladder_run(redis_url: str, deployments: int, apps: int, poll: float, progres
                             default=float("nan")) for name, t in healthy.items()}
     waits = [first_read[name] - t for name, t in healthy.items()]
     worker = [done - first_read[env] for env, done, _ in pool_records if env in first_read]
+    # the worker's CPU from the first read after a change to the last verdict: what the lag's second part costs,
+    # whatever else the machine runs
+    window = (min(first_read.values(), default=pushed_at), max((d for _, d, _ in pool_records), default=pushed_at))
+    cpu_window = cpu_between(cpu, *window)
     outcome = Counter(verdict for _, _, verdict in pool_records)
     last = max((done for _, done, _ in pool_records), default=pushed_at)
     first_bucket, last_bucket = int(pushed_at // poll), int(last // poll)
@@ -313,6 +329,7 @@ def ladder_run(redis_url: str, deployments: int, apps: int, poll: float, progres
             "reads_mean": sum(per.values()) / max(intervals, 1), "lag_p50": percentile(lags, 0.5),
             "lag_p99": percentile(lags, 0.99), "lag_max": max(lags, default=float("nan")),
             "wait_max": max(waits, default=float("nan")), "worker_max": max(worker, default=float("nan")),
+            "cpu_us": cpu_window / max(len(worker), 1) * 1e6,
             "rss": peak_rss / 2**20, "lags": len(lags)}
 
 
@@ -337,7 +354,8 @@ def run_ladder(args: argparse.Namespace, redis_url: str) -> None:
     print(f"Argo CD ladder: apps={args.apps} poll={args.poll:g}s (the target bound for the lag) runs={args.runs} "
           f"fake: controller period {args.reconcile:g}s, {args.progressing} passes Progressing, then Healthy")
     print("per run: waiters | verdicts ok/other | registration s | reads/app/interval max, mean | "
-          "lag p50 / p99 / max s (max = the wait for the read + read → verdict) | worker RSS MiB | load")
+          "lag p50 / p99 / max s (max = the wait for the read + read → verdict) | worker CPU from the first read to "
+          "the last verdict, per verdict | worker RSS MiB | load")
     rows = []
     for n in steps:
         load_before = os.getloadavg()
@@ -347,13 +365,15 @@ def run_ladder(args: argparse.Namespace, redis_url: str) -> None:
             results.append(r)
             print(f"  {n:>6} | {r['succeeded']:.0f}/{r['other']:.0f} | {r['registration']:.1f} | "
                   f"{r['reads_max']:.0f}, {r['reads_mean']:.2f} | {r['lag_p50']:.2f} / {r['lag_p99']:.2f} / "
-                  f"{r['lag_max']:.2f} ({r['wait_max']:.2f} + {r['worker_max']:.2f}) | {r['rss']:.0f} | "
+                  f"{r['lag_max']:.2f} ({r['wait_max']:.2f} + {r['worker_max']:.2f}) | {r['cpu_us']:.0f} µs | "
+                  f"{r['rss']:.0f} | "
                   f"{os.getloadavg()[0]:.2f}", flush=True)
         rows.append((n, results, load_before, os.getloadavg()))
     print()
     print("| waiting | reads/app/interval max | mean | lag p50 | lag p99 | lag max | max / poll interval | "
-          "wait for the read, max | read → verdict, max | registration | load before → after |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "wait for the read, max | read → verdict, max | worker CPU per verdict | registration | "
+          "load before → after |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     def med(results: list[dict[str, float]], key: str) -> str:
         values = [r[key] for r in results]
         return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
@@ -362,7 +382,7 @@ def run_ladder(args: argparse.Namespace, redis_url: str) -> None:
         ratio = statistics.median(r["lag_max"] for r in results) / args.poll
         cells = [med(results, "reads_max"), med(results, "reads_mean"), *(med(results, f"lag_{q}") + " s" for q in
                  ("p50", "p99", "max")), f"{ratio:.2f}", med(results, "wait_max") + " s",
-                 med(results, "worker_max") + " s", med(results, "registration") + " s",
+                 med(results, "worker_max") + " s", med(results, "cpu_us") + " µs", med(results, "registration") + " s",
                  f"{before[0]:.2f} → {after[0]:.2f}"]
         print(f"| {n} | " + " | ".join(cells) + " |")
 
