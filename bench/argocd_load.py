@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -238,6 +239,26 @@ async def verdicts(redis_url: str, pushed_at: float = 0.0) -> tuple[Counter[str]
     return Counter(r.verdict or "in-flight" for r in records), sorted(lead)
 
 
+class Worker:
+    """The worker under measurement in its own process: this script's `--worker` mode, run from `code` (this checkout,
+    or a clone at another revision for `--against`)."""
+
+    def __init__(self, code: Path, *args: str) -> None:
+        script = code / "bench" / Path(__file__).name
+        self.proc = subprocess.Popen([sys.executable, str(script), "--worker", *args], cwd=code)
+        self.pid = self.proc.pid
+
+    def is_alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def join(self, timeout: float) -> None:
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 def until_done(proc: Any, child: psutil.Process, deadline: float, cpu: list[tuple[float, float]] | None = None) -> int:
     """Wait for the worker process to end (burst mode: every wait decided); returns its peak RSS in bytes. With `cpu`,
     appends (time, the worker's CPU seconds so far) every 0.1 s."""
@@ -268,8 +289,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def ladder_run(redis_url: str, deployments: int, apps: int, poll: float, progressing: int,
-               reconcile: float) -> dict[str, float]:
-    """One rung of the ladder: register `deployments` waiters over `apps` applications, push, wait for the verdicts."""
+               reconcile: float, code: Path = ROOT) -> dict[str, float]:
+    """One rung of the ladder: register `deployments` waiters over `apps` applications, push, wait for the verdicts
+    (the worker runs the product code of `code`)."""
     with tempfile.TemporaryDirectory() as tmp:
         bare, work = make_repo(Path(tmp), apps)
         fake = ArgoCDFake(bare)
@@ -283,10 +305,8 @@ def ladder_run(redis_url: str, deployments: int, apps: int, poll: float, progres
         with fake.serve(reconcile_period=reconcile):
             settings = bench_settings(fake.url, poll)
             asyncio.run(seed(redis_url, deployments, apps, sha, settings.queue_name))
-            proc = mp.get_context("spawn").Process(target=worker_process,
-                                                   args=(redis_url, fake.url, poll, apps, str(bare)))
             started = time.time()
-            proc.start()
+            proc = Worker(code, redis_url, fake.url, str(poll), str(apps), str(bare))
             child = psutil.Process(proc.pid)
             registration = asyncio.run(until_registered(redis_url, apps, deployments, proc))
             git(work, "push", "-q", "origin", "HEAD:main")
@@ -356,35 +376,53 @@ def run_ladder(args: argparse.Namespace, redis_url: str) -> None:
     print("per run: waiters | verdicts ok/other | registration s | reads/app/interval max, mean | "
           "lag p50 / p99 / max s (max = the wait for the read + read → verdict) | worker CPU from the first read to "
           "the last verdict, per verdict | worker RSS MiB | load")
+    codes = [("HEAD", ROOT)] + ([(args.against, checkout(args.against, Path(args.tmp)))] if args.against else [])
     rows = []
     for n in steps:
-        load_before = os.getloadavg()
-        results = []
+        before = os.getloadavg()
+        results: dict[str, list[dict[str, float]]] = {label: [] for label, _ in codes}
         for _ in range(args.runs):
-            r = ladder_run(redis_url, n, args.apps, args.poll, args.progressing, args.reconcile)
-            results.append(r)
-            print(f"  {n:>6} | {r['succeeded']:.0f}/{r['other']:.0f} | {r['registration']:.1f} | "
-                  f"{r['reads_max']:.0f}, {r['reads_mean']:.2f} | {r['lag_p50']:.2f} / {r['lag_p99']:.2f} / "
-                  f"{r['lag_max']:.2f} ({r['wait_max']:.2f} + {r['worker_max']:.2f}) | {r['cpu_us']:.0f} µs | "
-                  f"{r['rss']:.0f} | "
-                  f"{os.getloadavg()[0]:.2f}", flush=True)
-        rows.append((n, results, load_before, os.getloadavg()))
+            for label, code in codes:  # alternating, so the revisions share the machine's load
+                r = ladder_run(redis_url, n, args.apps, args.poll, args.progressing, args.reconcile, code)
+                results[label].append(r)
+                print(f"  {n:>6} {label:>8} | {r['succeeded']:.0f}/{r['other']:.0f} | {r['registration']:.1f} | "
+                      f"{r['reads_max']:.0f}, {r['reads_mean']:.2f} | {r['lag_p50']:.2f} / {r['lag_p99']:.2f} / "
+                      f"{r['lag_max']:.2f} ({r['wait_max']:.2f} + {r['worker_max']:.2f}) | {r['cpu_us']:.0f} µs | "
+                      f"{r['rss']:.0f} | {os.getloadavg()[0]:.2f}", flush=True)
+        rows += [(n, label, results[label], before, os.getloadavg()) for label, _ in codes]
     print()
-    print("| waiting | reads/app/interval max | mean | lag p50 | lag p99 | lag max | max / poll interval | "
+    print("| waiting | code | reads/app/interval max | mean | lag p50 | lag p99 | lag max | max / poll interval | "
           "wait for the read, max | read → verdict, max | worker CPU per verdict | registration | "
           "load before → after |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     def med(results: list[dict[str, float]], key: str) -> str:
         values = [r[key] for r in results]
         return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
 
-    for n, results, before, after in rows:
+    for n, label, results, before, after in rows:
         ratio = statistics.median(r["lag_max"] for r in results) / args.poll
-        cells = [med(results, "reads_max"), med(results, "reads_mean"), *(med(results, f"lag_{q}") + " s" for q in
-                 ("p50", "p99", "max")), f"{ratio:.2f}", med(results, "wait_max") + " s",
-                 med(results, "worker_max") + " s", med(results, "cpu_us") + " µs", med(results, "registration") + " s",
-                 f"{before[0]:.2f} → {after[0]:.2f}"]
+        cells = [label, med(results, "reads_max"), med(results, "reads_mean"),
+                 *(med(results, f"lag_{q}") + " s" for q in ("p50", "p99", "max")), f"{ratio:.2f}",
+                 med(results, "wait_max") + " s", med(results, "worker_max") + " s", med(results, "cpu_us") + " µs",
+                 med(results, "registration") + " s", f"{before[0]:.2f} → {after[0]:.2f}"]
         print(f"| {n} | " + " | ".join(cells) + " |")
+    if args.against:
+        print()
+        for n in steps:
+            head, base = (results for m, _, results, _, _ in rows if m == n)
+            for key, what in (("cpu_us", "worker CPU per verdict"), ("lag_max", "lag max")):
+                ratios = [h[key] / b[key] for h, b in zip(head, base, strict=True)]
+                print(f"{n} waiters, {what}: HEAD / {args.against} per run pair: median "
+                      f"{statistics.median(ratios):.2f}× (spread {min(ratios):.2f}–{max(ratios):.2f})")
+
+
+def checkout(rev: str, tmp: Path) -> Path:
+    """A clone of this repository at `rev` with this script in it: the worker then runs that revision's code."""
+    clone = tmp / "against"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    subprocess.run(["git", "-C", str(clone), "checkout", "-q", rev], check=True)
+    shutil.copy(Path(__file__), clone / "bench" / Path(__file__).name)
+    return clone
 
 
 def main() -> None:
@@ -401,9 +439,16 @@ def main() -> None:
     parser.add_argument("--selectors", type=int, default=0, help="environments naming their apps by label selector")
     parser.add_argument("--discovery", type=float, default=5.0, help="argocd.discovery_seconds (with --selectors)")
     parser.add_argument("--hints", action="store_true", help="the fake posts notifications to /webhooks/argocd")
+    parser.add_argument("--against", metavar="REV", help="with --ladder: each run also runs the worker at REV")
+    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)  # internal: redis, argocd, poll, apps, bare
     args = parser.parse_args()
+    if args.worker:
+        redis_url, argocd_url, poll, apps, bare = args.worker
+        worker_process(redis_url, argocd_url, float(poll), int(apps), bare)
+        return
     args.poll = args.poll or (5.0 if args.ladder else 1.0)
     with tempfile.TemporaryDirectory() as tmp:
+        args.tmp = tmp
         server = None
         if args.redis is None:
             server = PrivateRedis(Path(tmp) / "redis")
