@@ -21,7 +21,8 @@ The Argo CD fake (real socket) follows a real bare repository; one commit bumps 
 stays Progressing for a while before turning Healthy. The product's worker class (BridgeWorker) runs in a child
 process (so its RSS is the worker's alone) with the real verify/watch jobs and no-op reports. Prints Argo CD
 requests per second (status reads, refreshes, syncs) against the target of one status read per application per poll
-interval, and the worker's peak RSS. `BENCH_TRACE=file` logs every watcher tick, `BENCH_PROFILE=file` profiles it.
+interval, and the worker's peak RSS. `BENCH_TRACE=file` logs every watcher tick, `BENCH_PROFILE=file` profiles it
+(in the ladder from the push on).
 Starts its own redis-server (tests/redis_server.py) unless `--redis` names one (whose database it flushes).
 """
 
@@ -31,6 +32,8 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -103,11 +106,12 @@ def worker_process(redis_url: str, argocd_url: str, poll: float, apps: int, bare
     from workers.runtime import BridgeWorker
     from workers.verify import resume_watches, verify_deployment, watch_application
 
-    async def noop(ctx: dict[str, Any], *args: Any) -> None:
-        return None
-
     trace = os.environ.get("BENCH_TRACE")  # a path: one line per watcher tick (start, seconds, key, outcome)
     lines: list[str] = []
+
+    async def noop(ctx: dict[str, Any], *args: Any) -> None:
+        if trace:  # when the follow-up jobs ran, against the ticks
+            lines.append(f"{time.time():.3f} 0 - {ctx.get('job_id')}")
 
     async def traced_watch(ctx: dict[str, Any], key: str, cause: str = "tick") -> str:
         began = time.time()
@@ -128,7 +132,8 @@ def worker_process(redis_url: str, argocd_url: str, poll: float, apps: int, bare
         watch = traced_watch if trace else watch_application
         worker = BridgeWorker(functions=[func(verify_deployment, name=VERIFY_DEPLOYMENT),
                                          func(watch, name=WATCH_APPLICATION, keep_result=0),
-                                         func(noop, name=REPORT_DEPLOYMENT), func(noop, name=PROMOTE_BUILD)],
+                                         func(noop, name=REPORT_DEPLOYMENT, keep_result=0),
+                                         func(noop, name=PROMOTE_BUILD)],
                               redis_pool=pool, queue_name=settings.queue_name, burst=True, poll_delay=0.05,
                               handle_signals=False, ctx=ctx, max_jobs=10)
         await worker.main()
@@ -141,7 +146,14 @@ def worker_process(redis_url: str, argocd_url: str, poll: float, apps: int, bare
     if profile:
         import cProfile
 
-        cProfile.runctx("asyncio.run(main())", globals(), {"asyncio": asyncio, "main": main}, profile)
+        profiler = cProfile.Profile()
+        # the ladder signals the push (SIGUSR1): the profile covers the verdicts, not the registration before them
+        signal.signal(signal.SIGUSR1, lambda *_: profiler.enable())
+        if not os.environ.get("BENCH_PROFILE_FROM_PUSH"):
+            profiler.enable()
+        asyncio.run(main())
+        profiler.disable()
+        profiler.dump_stats(profile)
     else:
         asyncio.run(main())
 
@@ -227,17 +239,48 @@ async def verdicts(redis_url: str, pushed_at: float = 0.0) -> tuple[Counter[str]
     return Counter(r.verdict or "in-flight" for r in records), sorted(lead)
 
 
-def until_done(proc: Any, child: psutil.Process, deadline: float) -> int:
-    """Wait for the worker process to end (burst mode: every wait decided); returns its peak RSS in bytes."""
+class Worker:
+    """The worker under measurement in its own process: this script's `--worker` mode, run from `code` (this checkout,
+    or a clone at another revision for `--against`)."""
+
+    def __init__(self, code: Path, *args: str) -> None:
+        script = code / "bench" / Path(__file__).name
+        self.proc = subprocess.Popen([sys.executable, str(script), "--worker", *args], cwd=code)
+        self.pid = self.proc.pid
+
+    def is_alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def join(self, timeout: float) -> None:
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def until_done(proc: Any, child: psutil.Process, deadline: float, cpu: list[tuple[float, float]] | None = None) -> int:
+    """Wait for the worker process to end (burst mode: every wait decided); returns its peak RSS in bytes. With `cpu`,
+    appends (time, the worker's CPU seconds so far) every 0.1 s."""
     peak = 0
     while proc.is_alive() and time.time() < deadline:
         try:
             peak = max(peak, child.memory_info().rss)
+            if cpu is not None:
+                times = child.cpu_times()
+                cpu.append((time.time(), times.user + times.system))
         except psutil.Error:
             break
         time.sleep(0.1)
     proc.join(timeout=30)
     return peak
+
+
+def cpu_between(samples: list[tuple[float, float]], start: float, end: float) -> float:
+    """The worker's CPU seconds from `start` to `end` (from the 0.1 s samples around them)."""
+    before = max((c for t, c in samples if t <= start), default=0.0)
+    after = min((c for t, c in samples if t >= end), default=samples[-1][1] if samples else 0.0)
+    return after - before
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -246,8 +289,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def ladder_run(redis_url: str, deployments: int, apps: int, poll: float, progressing: int,
-               reconcile: float) -> dict[str, float]:
-    """One rung of the ladder: register `deployments` waiters over `apps` applications, push, wait for the verdicts."""
+               reconcile: float, code: Path = ROOT) -> dict[str, float]:
+    """One rung of the ladder: register `deployments` waiters over `apps` applications, push, wait for the verdicts
+    (the worker runs the product code of `code`)."""
     with tempfile.TemporaryDirectory() as tmp:
         bare, work = make_repo(Path(tmp), apps)
         fake = ArgoCDFake(bare)
@@ -261,17 +305,18 @@ def ladder_run(redis_url: str, deployments: int, apps: int, poll: float, progres
         with fake.serve(reconcile_period=reconcile):
             settings = bench_settings(fake.url, poll)
             asyncio.run(seed(redis_url, deployments, apps, sha, settings.queue_name))
-            proc = mp.get_context("spawn").Process(target=worker_process,
-                                                   args=(redis_url, fake.url, poll, apps, str(bare)))
             started = time.time()
-            proc.start()
+            proc = Worker(code, redis_url, fake.url, str(poll), str(apps), str(bare))
             child = psutil.Process(proc.pid)
             registration = asyncio.run(until_registered(redis_url, apps, deployments, proc))
             git(work, "push", "-q", "origin", "HEAD:main")
             pushed_at = time.time()
+            if os.environ.get("BENCH_PROFILE"):
+                os.kill(proc.pid, signal.SIGUSR1)
             if os.environ.get("BENCH_TRACE"):
                 print(f"    pushed at {pushed_at:.3f}", flush=True)
-            peak_rss = until_done(proc, child, started + 900)
+            cpu: list[tuple[float, float]] = []
+            peak_rss = until_done(proc, child, started + 900, cpu)
             requests = [r for r in fake.requests if r.time >= started and r.method == "GET"
                         and r.path.startswith("/api/v1/applications/")]
             healthy = {name: t for t, name, health in fake.transitions if health == "Healthy" and t >= pushed_at}
@@ -279,6 +324,16 @@ def ladder_run(redis_url: str, deployments: int, apps: int, poll: float, progres
                 print("    healthy at", sorted(f"{n}:{t:.3f}" for n, t in healthy.items()))
         pool_records = asyncio.run(finished_times(redis_url))
     lags = [done - healthy[env] for env, done, verdict in pool_records if env in healthy]
+    # the lag in two parts: waiting for the first read after the change (polling's share, up to one interval), and
+    # from that read to the verdict (the worker's share)
+    first_read = {name: min((r.time for r in requests if r.path.rsplit("/", 1)[-1] == name and r.time >= t),
+                            default=float("nan")) for name, t in healthy.items()}
+    waits = [first_read[name] - t for name, t in healthy.items()]
+    worker = [done - first_read[env] for env, done, _ in pool_records if env in first_read]
+    # the worker's CPU from the first read after a change to the last verdict: what the lag's second part costs,
+    # whatever else the machine runs
+    window = (min(first_read.values(), default=pushed_at), max((d for _, d, _ in pool_records), default=pushed_at))
+    cpu_window = cpu_between(cpu, *window)
     outcome = Counter(verdict for _, _, verdict in pool_records)
     last = max((done for _, done, _ in pool_records), default=pushed_at)
     first_bucket, last_bucket = int(pushed_at // poll), int(last // poll)
@@ -293,6 +348,8 @@ def ladder_run(redis_url: str, deployments: int, apps: int, poll: float, progres
             "registration": registration, "reads_max": max(per.values(), default=0),
             "reads_mean": sum(per.values()) / max(intervals, 1), "lag_p50": percentile(lags, 0.5),
             "lag_p99": percentile(lags, 0.99), "lag_max": max(lags, default=float("nan")),
+            "wait_max": max(waits, default=float("nan")), "worker_max": max(worker, default=float("nan")),
+            "cpu_us": cpu_window / max(len(worker), 1) * 1e6,
             "rss": peak_rss / 2**20, "lags": len(lags)}
 
 
@@ -313,35 +370,59 @@ async def finished_times(redis_url: str) -> list[tuple[str, float, str]]:
 
 def run_ladder(args: argparse.Namespace, redis_url: str) -> None:
     steps = [int(x) for x in args.ladder.split(",")]
+    os.environ["BENCH_PROFILE_FROM_PUSH"] = "1"  # read by the worker child (BENCH_PROFILE)
     print(f"Argo CD ladder: apps={args.apps} poll={args.poll:g}s (the target bound for the lag) runs={args.runs} "
           f"fake: controller period {args.reconcile:g}s, {args.progressing} passes Progressing, then Healthy")
     print("per run: waiters | verdicts ok/other | registration s | reads/app/interval max, mean | "
-          "lag p50 / p99 / max s | worker RSS MiB | load")
+          "lag p50 / p99 / max s (max = the wait for the read + read → verdict) | worker CPU from the first read to "
+          "the last verdict, per verdict | worker RSS MiB | load")
+    codes = [("HEAD", ROOT)] + ([(args.against, checkout(args.against, Path(args.tmp)))] if args.against else [])
     rows = []
     for n in steps:
-        load_before = os.getloadavg()
-        results = []
+        before = os.getloadavg()
+        results: dict[str, list[dict[str, float]]] = {label: [] for label, _ in codes}
         for _ in range(args.runs):
-            r = ladder_run(redis_url, n, args.apps, args.poll, args.progressing, args.reconcile)
-            results.append(r)
-            print(f"  {n:>6} | {r['succeeded']:.0f}/{r['other']:.0f} | {r['registration']:.1f} | "
-                  f"{r['reads_max']:.0f}, {r['reads_mean']:.2f} | {r['lag_p50']:.2f} / {r['lag_p99']:.2f} / "
-                  f"{r['lag_max']:.2f} | {r['rss']:.0f} | {os.getloadavg()[0]:.2f}", flush=True)
-        rows.append((n, results, load_before, os.getloadavg()))
+            for label, code in codes:  # alternating, so the revisions share the machine's load
+                r = ladder_run(redis_url, n, args.apps, args.poll, args.progressing, args.reconcile, code)
+                results[label].append(r)
+                print(f"  {n:>6} {label:>8} | {r['succeeded']:.0f}/{r['other']:.0f} | {r['registration']:.1f} | "
+                      f"{r['reads_max']:.0f}, {r['reads_mean']:.2f} | {r['lag_p50']:.2f} / {r['lag_p99']:.2f} / "
+                      f"{r['lag_max']:.2f} ({r['wait_max']:.2f} + {r['worker_max']:.2f}) | {r['cpu_us']:.0f} µs | "
+                      f"{r['rss']:.0f} | {os.getloadavg()[0]:.2f}", flush=True)
+        rows += [(n, label, results[label], before, os.getloadavg()) for label, _ in codes]
     print()
-    print("| waiting | reads/app/interval max | mean | lag p50 | lag p99 | lag max | max / poll interval | "
-          "registration | load before → after |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| waiting | code | reads/app/interval max | mean | lag p50 | lag p99 | lag max | max / poll interval | "
+          "wait for the read, max | read → verdict, max | worker CPU per verdict | registration | "
+          "load before → after |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     def med(results: list[dict[str, float]], key: str) -> str:
         values = [r[key] for r in results]
         return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
 
-    for n, results, before, after in rows:
+    for n, label, results, before, after in rows:
         ratio = statistics.median(r["lag_max"] for r in results) / args.poll
-        cells = [med(results, "reads_max"), med(results, "reads_mean"), *(med(results, f"lag_{q}") + " s" for q in
-                 ("p50", "p99", "max")), f"{ratio:.2f}", med(results, "registration") + " s",
-                 f"{before[0]:.2f} → {after[0]:.2f}"]
+        cells = [label, med(results, "reads_max"), med(results, "reads_mean"),
+                 *(med(results, f"lag_{q}") + " s" for q in ("p50", "p99", "max")), f"{ratio:.2f}",
+                 med(results, "wait_max") + " s", med(results, "worker_max") + " s", med(results, "cpu_us") + " µs",
+                 med(results, "registration") + " s", f"{before[0]:.2f} → {after[0]:.2f}"]
         print(f"| {n} | " + " | ".join(cells) + " |")
+    if args.against:
+        print()
+        for n in steps:
+            head, base = (results for m, _, results, _, _ in rows if m == n)
+            for key, what in (("cpu_us", "worker CPU per verdict"), ("lag_max", "lag max")):
+                ratios = [h[key] / b[key] for h, b in zip(head, base, strict=True)]
+                print(f"{n} waiters, {what}: HEAD / {args.against} per run pair: median "
+                      f"{statistics.median(ratios):.2f}× (spread {min(ratios):.2f}–{max(ratios):.2f})")
+
+
+def checkout(rev: str, tmp: Path) -> Path:
+    """A clone of this repository at `rev` with this script in it: the worker then runs that revision's code."""
+    clone = tmp / "against"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    subprocess.run(["git", "-C", str(clone), "checkout", "-q", rev], check=True)
+    shutil.copy(Path(__file__), clone / "bench" / Path(__file__).name)
+    return clone
 
 
 def main() -> None:
@@ -358,9 +439,16 @@ def main() -> None:
     parser.add_argument("--selectors", type=int, default=0, help="environments naming their apps by label selector")
     parser.add_argument("--discovery", type=float, default=5.0, help="argocd.discovery_seconds (with --selectors)")
     parser.add_argument("--hints", action="store_true", help="the fake posts notifications to /webhooks/argocd")
+    parser.add_argument("--against", metavar="REV", help="with --ladder: each run also runs the worker at REV")
+    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)  # internal: redis, argocd, poll, apps, bare
     args = parser.parse_args()
+    if args.worker:
+        redis_url, argocd_url, poll, apps, bare = args.worker
+        worker_process(redis_url, argocd_url, float(poll), int(apps), bare)
+        return
     args.poll = args.poll or (5.0 if args.ladder else 1.0)
     with tempfile.TemporaryDirectory() as tmp:
+        args.tmp = tmp
         server = None
         if args.redis is None:
             server = PrivateRedis(Path(tmp) / "redis")

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -214,13 +215,27 @@ def add_job(pipe: Any, queue_name: str, function: str, args: tuple[Any, ...], jo
     """Queue a job on a MULTI pipeline exactly as arq's `enqueue_job` writes it (job key with expiry, queue zset), so
     it commits or not together with the rest of the transaction; `run_at` (epoch seconds) defers it, `priority`
     starts it before the backlog. A job of that id already queued stays queued (the queue entry keeps its score)."""
+    add_jobs(pipe, queue_name, [(function, args, job_id, run_at, priority)])
+
+
+def add_jobs(pipe: Any, queue_name: str,
+             jobs: Iterable[tuple[str, tuple[Any, ...], str, float | None, bool]]) -> None:
+    """`add_job` for many (function, args, job id, run_at, priority): one job key each, one queue write for all of
+    them (and one priority-set write for those that have priority)."""
     enqueue_time_ms = int(time.time() * 1000)
-    score = enqueue_time_ms if run_at is None else max(enqueue_time_ms, int(run_at * 1000))
-    job = serialize_job(function, args, {}, None, enqueue_time_ms, serializer=None)
-    pipe.psetex(job_key_prefix + job_id, expires_extra_ms + score - enqueue_time_ms, job)
-    pipe.zadd(queue_name, {job_id: score}, nx=True)
-    if priority:
-        pipe.zadd(priority_key(queue_name), {job_id: score})
+    queued: dict[str, int] = {}
+    urgent: dict[str, int] = {}
+    for function, args, job_id, run_at, priority in jobs:
+        score = enqueue_time_ms if run_at is None else max(enqueue_time_ms, int(run_at * 1000))
+        job = serialize_job(function, args, {}, None, enqueue_time_ms, serializer=None)
+        pipe.psetex(job_key_prefix + job_id, expires_extra_ms + score - enqueue_time_ms, job)
+        queued[job_id] = score
+        if priority:
+            urgent[job_id] = score
+    if queued:
+        pipe.zadd(queue_name, queued, nx=True)
+    if urgent:
+        pipe.zadd(priority_key(queue_name), urgent)
 
 
 def deployment_id(build_key: str, route: str, environment: str) -> str:

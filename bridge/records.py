@@ -24,11 +24,12 @@ from redis.exceptions import WatchError
 
 from bridge.clock import now_iso
 from bridge.lifecycle import ACTIVE_STATES, IN_FLIGHT_STATES, VERDICTS, Kind, State, Verdict, allowed
-from bridge.queue import Keys, add_job
+from bridge.queue import Keys, add_jobs
 from bridge.routing import Environment, Route
 
-__all__ = ["VERDICTS", "DeploymentRecord", "DeploymentStore", "Effect", "FailingSince", "JobSpec", "LastSucceeded",
-           "Restored", "SortedSetAdd", "State", "Verdict", "decode_record", "encode_record", "now_iso"]
+__all__ = ["VERDICTS", "DeploymentRecord", "DeploymentStore", "Effect", "FailingSince", "JobSpec", "Jobs",
+           "LastSucceeded", "Restored", "SortedSetAdd", "State", "Verdict", "coalesce", "decode_record",
+           "encode_record", "now_iso"]
 
 STAMPS = (
     "received", "queued", "started", "committed", "pushed", "pr_opened", "merged",
@@ -126,8 +127,10 @@ class DeploymentRecord(BaseModel):
         return "queued" if value == "received" else value  # records written before the state machine
 
     def stamp(self, *names: str) -> None:
-        for name in names:
-            self.timeline.setdefault(name, now_iso())
+        """Stamp the names not stamped yet, all with one time (a stamp already there keeps its time)."""
+        missing = [name for name in names if name not in self.timeline]
+        if missing:
+            self.timeline.update(dict.fromkeys(missing, now_iso()))
 
 
 # The record fields that describe the build (copied as they are when the same build deploys elsewhere).
@@ -173,9 +176,20 @@ class JobSpec:
     priority: bool = False  # started before the backlog (a step a verdict waits for, not a report)
 
     def write(self, pipe: Pipeline, queue_name: str | None) -> None:
+        Jobs((self,)).write(pipe, queue_name)
+
+
+@dataclass(frozen=True)
+class Jobs:
+    """Queue many jobs: one job key each, one queue write for all (a batch of verdicts and their reports)."""
+
+    specs: tuple[JobSpec, ...]
+
+    def write(self, pipe: Pipeline, queue_name: str | None) -> None:
         if queue_name is None:
             raise RuntimeError("this store has no queue name: it cannot queue jobs")
-        add_job(pipe, queue_name, self.function, self.args, self.job_id, self.run_at, self.priority)
+        add_jobs(pipe, queue_name, [(spec.function, spec.args, spec.job_id, spec.run_at, spec.priority)
+                                    for spec in self.specs])
 
 
 @dataclass(frozen=True)
@@ -201,12 +215,31 @@ class LastSucceeded:
     keep: int = 20  # the newest first: a rollback restores the newest one whose tag is not what runs now
 
     def write(self, pipe: Pipeline, queue_name: str | None) -> None:
+        _push_pointers(pipe, [self])
+
+    def pointer(self) -> str:
         r = self.record
         pointer = {"deployment_id": r.id, "kind": r.kind, "build_key": r.build_key, "build_id": r.build_id,
                    "tag": r.tag, "commit": r.commit_sha, "at": now_iso()}
-        pipe.lpush(self.key, json.dumps(pointer, separators=(",", ":")))
-        pipe.ltrim(self.key, 0, self.keep - 1)
-        pipe.expire(self.key, self.ttl)
+        return json.dumps(pointer, separators=(",", ":"))
+
+
+def _push_pointers(pipe: Pipeline, pointers: builtins.list[LastSucceeded]) -> None:
+    """Push pointers (all to one list, oldest first): only the newest `keep` of them can stay in the list."""
+    last = pointers[-1]
+    pipe.lpush(last.key, *(p.pointer() for p in pointers[-last.keep:]))
+    pipe.ltrim(last.key, 0, last.keep - 1)
+    pipe.expire(last.key, last.ttl)
+
+
+@dataclass(frozen=True)
+class _Pointers:
+    """Many `LastSucceeded` of one list, in one push."""
+
+    pointers: builtins.list[LastSucceeded]
+
+    def write(self, pipe: Pipeline, queue_name: str | None) -> None:
+        _push_pointers(pipe, self.pointers)
 
 
 @dataclass(frozen=True)
@@ -241,6 +274,33 @@ class Restored:
             self.since = None
 
 
+def coalesce(effects: Iterable[Effect]) -> builtins.list[Effect]:
+    """A batch's effects in fewer commands, with the same outcome: its jobs in one queue write, the pointers to each
+    list in one push, and each restore clock read (GETDEL) by its first reader only (a later one would find it
+    stopped, so it observes nothing either way). Effects of other kinds keep their order."""
+    out: builtins.list[Effect] = []
+    jobs: builtins.list[JobSpec] = []
+    pointers: dict[str, builtins.list[LastSucceeded]] = {}
+    stopped: set[str] = set()
+    for effect in effects:
+        if isinstance(effect, JobSpec):
+            jobs.append(effect)
+        elif isinstance(effect, LastSucceeded):
+            if effect.key not in pointers:
+                pointers[effect.key] = []
+                out.append(_Pointers(pointers[effect.key]))
+            pointers[effect.key].append(effect)
+        elif isinstance(effect, Restored):
+            if effect.key not in stopped:
+                stopped.add(effect.key)
+                out.append(effect)
+        else:
+            if isinstance(effect, FailingSince):  # the clock may run again: the next success reads it
+                stopped.discard(effect.key)
+            out.append(effect)
+    return ([Jobs(tuple(jobs))] if jobs else []) + out
+
+
 class DeploymentStore:
     def __init__(self, redis: Redis, keys: Keys | None = None, retention_seconds: float = 30 * 86400,
                  queue_name: str | None = None) -> None:
@@ -257,6 +317,17 @@ class DeploymentStore:
             pipe.zrem(self.keys.state_index(old_state), record.id)
         if record.state in ACTIVE_STATES:
             pipe.zadd(self.keys.state_index(record.state), {record.id: time.time()})
+
+    def _index_many(self, pipe: Pipeline, moves: dict[tuple[str, str], builtins.list[str]]) -> None:
+        """`_index` for a batch: one command per state index for all the records that left or entered it."""
+        now = time.time()
+        for (old_state, new_state), ids in moves.items():
+            if old_state == new_state:
+                continue
+            if old_state in ACTIVE_STATES:
+                pipe.zrem(self.keys.state_index(old_state), *ids)
+            if new_state in ACTIVE_STATES:
+                pipe.zadd(self.keys.state_index(new_state), dict.fromkeys(ids, now))
 
     def _outbox(self, pipe: Pipeline, effects: Iterable[Effect]) -> builtins.list[tuple[Effect, int, int]]:
         """Queue the effects; returns where each one's replies will be in the transaction's results."""
@@ -354,7 +425,8 @@ class DeploymentStore:
                     await pipe.watch(*keys)
                     raws = await pipe.mget(keys)
                     written: builtins.list[DeploymentRecord] = []
-                    spans: builtins.list[tuple[Effect, int, int]] = []
+                    moves: dict[tuple[str, str], builtins.list[str]] = {}
+                    effects: builtins.list[Effect] = []
                     pipe.multi()  # type: ignore[no-untyped-call]
                     for key, raw in zip(keys, raws, strict=True):
                         if raw is None:
@@ -365,12 +437,14 @@ class DeploymentStore:
                             continue
                         record.updated = time.time()
                         pipe.set(key, encode_record(record), keepttl=True)
-                        self._index(pipe, record, old_state)
-                        spans += self._outbox(pipe, then(record) if then is not None else ())
+                        moves.setdefault((old_state, record.state), []).append(record.id)
+                        effects += then(record) if then is not None else ()
                         written.append(record)
                     if not written:
                         await pipe.reset()  # type: ignore[no-untyped-call]
                         return []
+                    self._index_many(pipe, moves)
+                    spans = self._outbox(pipe, coalesce(effects))
                     self._hand_back(spans, await pipe.execute())
                     return written
                 except WatchError:

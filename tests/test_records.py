@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from redis_server import PrivateRedis
 
 from bridge.queue import Keys
-from bridge.records import DeploymentRecord, DeploymentStore, decode_record, encode_record
+from bridge.records import DeploymentRecord, DeploymentStore, Effect, JobSpec, Restored, decode_record, encode_record
 
 DB = 15
 KEYS = Keys(prefix="rec")
@@ -82,3 +83,49 @@ async def test_the_build_set_is_kept_only_for_the_legacy_identity(store: Deploym
     assert await store.create(configured) and await store.create(legacy)
     assert not await store.redis.exists(KEYS.build_deployments(configured.build_key))
     assert [r.id for r in await store.for_build(legacy.build_key)] == [legacy.id]
+
+
+async def test_a_batch_writes_what_one_by_one_writes_in_one_command_per_shared_key(private_redis: PrivateRedis) -> None:
+    """`finish_many` coalesces a batch's effects (`coalesce`): one queue write, one push per pointer list, one read of
+    the restore clock, one index move per state. The outcome is the one of finishing the records one after another."""
+    redis: ArqRedis = await create_pool(RedisSettings.from_dsn(private_redis.url))
+    outcomes = []
+    for prefix, batch in (("one", False), ("many", True)):
+        keys = Keys(prefix=prefix)
+        st = DeploymentStore(redis, keys, queue_name=f"{prefix}:queue")
+        ids = [f"{n}-cart-dev-cccccc" for n in range(30)]
+        for dep in ids:
+            assert await st.create(reference(dep).model_copy(update={"state": "verifying", "verdict": None}))
+        await redis.set(keys.failing_since("cart", "dev"), "1000.0")
+        clocks: list[Restored] = []
+
+        def then(record: DeploymentRecord, st: DeploymentStore = st, clocks: list[Restored] = clocks) -> list[Effect]:
+            clocks.append(st.restored_effect(record))
+            return [JobSpec("report_deployment", (record.id, "final"), f"report:{record.id}:final"),
+                    st.last_succeeded_effect(record), clocks[-1]]
+
+        await redis.config_resetstat()
+        if batch:
+            assert len(await st.finish_many(dict.fromkeys(ids, "healthy"), "succeeded", then=then)) == 30
+        else:
+            for dep in ids:
+                record = await st.get(dep)
+                assert record is not None and await st.finish(dep, "succeeded", "healthy", then=then(record))
+        calls = {name.removeprefix("cmdstat_"): int(stats["calls"])
+                 for name, stats in (await redis.info("commandstats")).items()}
+        pointers = [p["deployment_id"] for p in await st.last_succeeded("cart", "dev")]
+        queued = sorted(await redis.zrange(f"{prefix}:queue", 0, -1))
+        index = (await redis.zcard(keys.state_index("verifying")), await redis.zcard(keys.state_index("reporting")))
+        clock_left = await redis.exists(keys.failing_since("cart", "dev"))
+        outcomes.append((calls, pointers, [c.since for c in clocks], queued, index, clock_left))
+        for dep in ids:
+            done = await st.get(dep)
+            assert done is not None and (done.verdict, done.state) == ("succeeded", "reporting")
+    (one_calls, *one), (many_calls, *many) = outcomes
+    assert one == many  # pointers newest first, the clock stopped once, every report queued, indexes moved
+    assert one[0] == [f"{n}-cart-dev-cccccc" for n in range(29, 9, -1)]
+    assert one[1] == [1000.0] + [None] * 29 and len(one[2]) == 30 and one[3:] == [(0, 30), 0]
+    assert (many_calls["lpush"], many_calls["getdel"], many_calls["zadd"], many_calls["zrem"]) == (1, 1, 2, 1)
+    assert one_calls["lpush"] == one_calls["getdel"] == 30
+    assert many_calls["set"] == one_calls["set"] == 30 and many_calls["psetex"] == one_calls["psetex"] == 30
+    await redis.aclose()

@@ -87,6 +87,10 @@ async def test_one_bump_one_commit_with_trailers_and_record(make: Any, remote: P
     assert rec.commit_sha == sha and rec.state == "verifying" and rec.old_tags == {"image.tag": "1.0.0"}
     assert "committed" in rec.timeline and "pushed" in rec.timeline
     assert await ctx["redis"].exists("arq:job:verify:101-api-prod")
+    # the verify step starts before the backlog (the queue's priority set), at the score it was queued with
+    queue = ctx["settings"].queue_name
+    assert await ctx["redis"].zscore(queue + ":priority", "verify:101-api-prod") == \
+        await ctx["redis"].zscore(queue, "verify:101-api-prod")
     assert await ctx["redis"].zcard(ctx["keys"].pending("gitops")) == 0
     setter = Setter.from_json(await ctx["redis"].get(ctx["keys"].last_setter("gitops", rec.file, "image.tag")))
     assert setter == Setter(101, None, "101-api-prod", "1.0.101", sha)

@@ -3,6 +3,7 @@ and (from the final report) start what follows it. See `bridge.lifecycle` for th
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import datetime
 
@@ -19,6 +20,7 @@ FINAL = "final"
 FAILURES = ("failed", "timed-out")  # the verdicts that start an environment's restore clock
 
 
+@functools.lru_cache(maxsize=1024)  # a batch of verdicts shares its stamps' strings (millisecond resolution)
 def _parse(ts: str | None) -> datetime | None:
     if not ts:
         return None

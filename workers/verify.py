@@ -32,6 +32,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from bridge.argocd_webhook import HINT_INTERVAL_S as HINT_GAP
 from bridge.argocd_webhook import enqueue_hint
 from bridge.errors import AuthError, NotFound, PermanentError, UpstreamUnavailable
@@ -355,7 +357,7 @@ async def watch_application(ctx: Ctx, key: str, cause: str = "tick") -> str:
     if not raw:
         await _retire(ctx, key)
         return "idle"
-    waiters = {_text(dep): json.loads(v) for dep, v in raw.items()}
+    waiters = {_text(dep): orjson.loads(v) for dep, v in raw.items()}  # every waiter, every tick: the fast parser
     # A short lease, renewed while the tick runs: a worker that dies mid-tick blocks this app for seconds, not minutes.
     lease = RedisLock(redis, k.lock(f"argocd-watch:{key}"), lease_seconds=max(5.0, 2 * _poll(ctx)))
     if await lease.acquire(0) is not LockOutcome.ACQUIRED:
@@ -741,8 +743,8 @@ async def _judge_all(ctx: Ctx, key: str, app: dict[str, Any], waiters: dict[str,
     return needs
 
 
-def _stored(w: dict[str, Any]) -> str:
-    return json.dumps({f: v for f, v in w.items() if f not in TRANSIENT_WAITER_FIELDS})
+def _stored(w: dict[str, Any]) -> bytes:
+    return orjson.dumps({f: v for f, v in w.items() if f not in TRANSIENT_WAITER_FIELDS})
 
 
 async def _judged_member(ctx: Ctx, key: str, dep: str, name: str, verdict: Succeeded | Failed | TimedOut,
