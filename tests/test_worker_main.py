@@ -25,7 +25,7 @@ from bridge.queue import FLUSH_REPOSITORY, PROCESS_BUILD, RECONCILE_BUILDS, REPO
 from bridge.routing import RoutingConfig, parse_routing
 from bridge.settings import Settings
 from workers.main import build_worker, cron_jobs, health_app, job_functions, run_worker
-from workers.runtime import CLAIM_LUA
+from workers.runtime import CLAIM_GONE, CLAIM_LATER, CLAIM_LUA
 
 DB = 8
 QUEUE = "test-worker-main:queue"
@@ -247,13 +247,15 @@ async def test_a_connection_lost_after_the_claim_ran_gives_the_slot_back_exactly
         await worker.pool.aclose()
 
 
-@pytest.mark.parametrize("marker,score,claimed", [
-    (False, 1, True), (True, 1, False), (False, None, False), (False, 0, False), (False, "future", False),
-], ids=["due", "running-elsewhere", "gone", "zero-score", "deferred"])
+@pytest.mark.parametrize("marker,score,answer", [
+    (False, 1, 1), (True, 1, CLAIM_LATER), (False, None, CLAIM_GONE), (False, 0, CLAIM_GONE),
+    (False, "future", CLAIM_LATER), (True, None, CLAIM_GONE),
+], ids=["due", "running-elsewhere", "gone", "zero-score", "deferred", "finished-elsewhere"])
 async def test_the_claim_takes_only_a_due_job_nobody_runs(tmp_path: Path, private_redis: Any, marker: bool,
-                                                          score: Any, claimed: bool) -> None:
+                                                          score: Any, answer: int) -> None:
     """arq's checks, in one script: a job is claimed (marker set for one lease, its score returned) only when it is
-    queued, due and not marked in progress by another worker."""
+    queued, due and not marked in progress by another worker; otherwise it says whether the job is gone or may be
+    claimable later."""
     settings = make_settings(tmp_path, private_redis.url, worker_max_jobs=2)
     worker = build_worker(settings, RoutingConfig(repositories={}, routes=[]))
     try:
@@ -263,10 +265,10 @@ async def test_the_claim_takes_only_a_due_job_nobody_runs(tmp_path: Path, privat
         if marker:
             await worker.pool.set(in_progress_key_prefix + "job-1", b"elsewhere", px=60_000)
         got = await worker._claim("job-1")  # type: ignore[attr-defined]
-        assert (got is not None) == claimed
+        assert got == answer
         marked = await worker.pool.get(in_progress_key_prefix + "job-1")
-        if claimed:
-            assert got == 1 and marked == b"1"
+        if answer > 0:
+            assert marked == b"1"
             assert 0 < await worker.pool.pttl(in_progress_key_prefix + "job-1") <= settings.job_lease_seconds * 1000
         else:
             assert marked == (b"elsewhere" if marker else None)
@@ -347,13 +349,17 @@ async def test_priority_entries_of_jobs_that_ran_elsewhere_do_not_block_the_lane
                                _defer_until=datetime.fromtimestamp(now - 10 + n * 0.01, UTC))
     worker = BridgeWorker(functions=[func(job, name="job", keep_result=0)], redis_pool=pool, queue_name=QUEUE,
                           burst=True, max_jobs=1, poll_delay=0.01, handle_signals=False)
+    await pool.enqueue_job("job", "running", _job_id="running", _queue_name=QUEUE)
+    await pool.set(in_progress_key_prefix + "running", b"1", px=60_000)  # another worker runs it: keep its entry
+    await prioritize(pool, QUEUE, "running", now - 5)
     try:
-        await worker.start_jobs([])  # meets the ten stale entries
-        assert await pool.zcard(QUEUE + ":priority") == 0
+        await worker.start_jobs([])  # meets the ten stale entries and the running one
+        assert await pool.zrange(QUEUE + ":priority", 0, -1) == [b"running"]
+        await pool.delete(in_progress_key_prefix + "running")
         await pool.enqueue_job("job", "verify", _job_id="verify", _queue_name=QUEUE)
         await prioritize(pool, QUEUE, "verify", time.time())
         await worker.main()
     finally:
         await worker.close()
-    assert ran[0] == "verify" and sorted(ran[1:]) == sorted(f"backlog-{n}" for n in range(5))
+    assert ran[:2] == ["running", "verify"] and sorted(ran[2:]) == sorted(f"backlog-{n}" for n in range(5))
     await pool.aclose()

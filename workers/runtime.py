@@ -54,12 +54,13 @@ async def prioritize(redis: Any, queue_name: str, job_id: str, due: float) -> No
     """Start job `job_id` (already queued) before the backlog once `due` (epoch seconds) has come."""
     await redis.zadd(priority_key(queue_name), {job_id: int(due * 1000)})
 
-# KEYS: in-progress marker, queue; ARGV: job id, now (ms), lease (ms). The job's score, or nil when it is running
-# elsewhere, gone, or not due yet — exactly arq's checks, atomically.
+# KEYS: in-progress marker, queue; ARGV: job id, now (ms), lease (ms). The job's score when claimed; CLAIM_GONE when
+# it is no longer queued; CLAIM_LATER when it runs elsewhere or is not due yet — exactly arq's checks, atomically.
+CLAIM_GONE, CLAIM_LATER = -1, -2
 CLAIM_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return nil end
 local score = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]))
-if not score or score == 0 or score > tonumber(ARGV[2]) then return nil end
+if not score or score == 0 then return -1 end
+if redis.call('EXISTS', KEYS[1]) == 1 or score > tonumber(ARGV[2]) then return -2 end
 redis.call('PSETEX', KEYS[1], ARGV[3], '1')
 return score
 """
@@ -227,7 +228,7 @@ class BridgeWorker(Worker):
         urgent = await self._due_priority()
         if urgent:
             job_ids = urgent + [j for j in job_ids if j not in set(urgent)]
-        tried: list[bytes] = []  # claimed, or not claimable (ran elsewhere, gone): either way off the priority set
+        settled: list[bytes] = []  # claimed here, or gone from the queue: either way off the priority set
         for job_id_b in job_ids:
             await self.sem.acquire()
             if self.job_counter >= self.max_jobs:
@@ -235,33 +236,36 @@ class BridgeWorker(Worker):
                 break
             self.job_counter += 1
             job_id = job_id_b.decode()
-            score: int | None = None
+            answer: int | None = None
             try:
-                score = await self._claim(job_id)
+                answer = await self._claim(job_id)
             finally:
-                if score is None:  # not ours, or Redis failed: the slot goes back here and only here
+                if answer is None or answer < 0:  # not ours, or Redis failed: the slot goes back here and only here
                     self.job_counter -= 1
                     self.sem.release()
-            tried.append(job_id_b)
-            if score is None:
+            if answer != CLAIM_LATER:
+                settled.append(job_id_b)
+            if answer < 0:
                 continue
+            score = answer
             task = self.loop.create_task(self.run_job(job_id, score))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
-        done = [j for j in urgent if j in set(tried)]
-        if done:  # an entry left behind would be tried first at every poll for an hour
+        done = [j for j in urgent if j in set(settled)]
+        if done:  # an entry of a job that ran elsewhere would otherwise be tried first at every poll for an hour
             await self.pool.zrem(priority_key(self.queue_name), *done)
 
-    async def _claim(self, job_id: str) -> int | None:
+    async def _claim(self, job_id: str) -> int:
         """Mark the job in progress for this worker (a `lease`-long marker, see the heartbeat); its queue score when
-        this worker now owns it, None when it runs elsewhere, is done or is deferred. One script call (arq's own claim
-        takes a WATCH, two reads and a MULTI: four round trips a job). A Redis error raises: a marker that was set
-        but not confirmed expires within one lease and the job runs again (idempotent)."""
+        this worker now owns it, CLAIM_GONE when it is done (no longer queued), CLAIM_LATER when it runs elsewhere or
+        is deferred. One script call (arq's own claim takes a WATCH, two reads and a MULTI: four round trips a job).
+        A Redis error raises: a marker that was set but not confirmed expires within one lease and the job runs again
+        (idempotent)."""
         if self._claim_script is None:
             self._claim_script = self.pool.register_script(CLAIM_LUA)
         score = await self._claim_script(keys=[in_progress_key_prefix + job_id, self.queue_name],
                                          args=[job_id, timestamp_ms(), int(self.in_progress_timeout_s * 1000)])
-        return int(score) if score is not None else None
+        return int(score)
 
     async def _due_priority(self) -> list[bytes]:
         key = priority_key(self.queue_name)
