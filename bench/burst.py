@@ -26,7 +26,6 @@ import asyncio
 import json
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,7 @@ from pipeline import (  # noqa: E402
     downgrades,
     free_port,
     read_ref,
+    stop_processes,
     vm,
     wait_http,
     wait_landed,
@@ -174,15 +174,7 @@ def one_run(args: argparse.Namespace, run: int) -> dict[str, float]:
     finally:
         if sampler is not None:
             sampler.stop_flag.set()
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=5)
+        stop_processes(procs)
         redis.stop()
         shutil.rmtree(root, ignore_errors=True)
 
