@@ -139,7 +139,7 @@ async def finish_deployments(ctx: Ctx, verdict: Verdict, reasons: dict[str, str]
     """`finish_deployment` for many deployments with one verdict: one transaction per `batch` records instead of
     several round trips each (a watcher deciding a thousand waiters at once). Failed and timed-out go one by one:
     `on_failure: rollback` decides per deployment. Returns how many this call decided."""
-    if verdict in ("failed", "timed-out"):
+    if verdict in FAILURES:
         decided = 0
         for dep, reason in reasons.items():
             if stamp:
